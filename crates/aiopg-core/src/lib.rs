@@ -1,0 +1,12 @@
+//! aiopg's runtime-free core: the PostgreSQL wire protocol, types, DSN parsing and errors.
+//!
+//! This crate performs no I/O and knows no async runtime: bytes go in, messages come out.
+//! `aiopg-conn` drives it over a socket.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+
+pub use config::Config;
+pub use error::{DbError, Error, ErrorKind, Result, SqlState};
