@@ -1,1 +1,52 @@
-//! placeholder
+//! # aiopg: an asynchronous PostgreSQL client with aiopg's API, on any runtime
+//!
+//! aiopg re-creates Python's [aiopg](https://aiopg.readthedocs.io) for Rust: `connect`, cursors,
+//! pools, transactions, LISTEN/NOTIFY and timeouts, on tokio, smol or async-std, with one API.
+//!
+//! ```no_run
+//! # async fn f() -> aiopg::Result<()> {
+//! let dsn = std::env::var("AIOPG_DSN").unwrap_or_else(|_| "dbname=aiopg user=aiopg".into());
+//! let conn = aiopg::connect(&dsn).await?;
+//! let rows = conn.query("SELECT $1::int4", &[&1i32]).await?;
+//! assert_eq!(rows[0].get::<i32>(0), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Runtimes
+//!
+//! | feature     | runtime | |
+//! |-------------|---------|---|
+//! | `tokio` (default) | tokio | |
+//! | `smol`      | smol | recommended when you do not use tokio |
+//! | `async-std` | async-std | discontinued upstream: prefer `smol` |
+//!
+//! With one runtime feature, that runtime is used. With several, aiopg uses tokio when called
+//! from inside a tokio runtime, else smol, else async-std; [`ConnectOptions::runtime`] picks
+//! one explicitly.
+//!
+//! # Pipelining and cancel safety
+//!
+//! A [`Connection`] is cheap to clone; queries issued at once from clones or tasks are
+//! pipelined on the one socket, and any query future may be dropped at any point without
+//! desynchronising the connection. See [`aiopg_conn`]'s documentation for the design.
+//!
+//! # Where aiopg for Rust differs from Python's aiopg on purpose
+//!
+//! - A second statement while one runs on the same connection is pipelined, not an error.
+//! - Errors carry the server's SQLSTATE and every field it sent ([`Error::as_db_error`]).
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub use aiopg_conn::{
+    connect, Column, ConnectOptions, Connection, Notification, Param, Row, SimpleQueryMessage,
+    SimpleRow, Statement, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
+};
+pub use aiopg_core::config::{self, Config};
+pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};
+pub use aiopg_core::types;
+pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
+
+/// The runtime seam: the [`rt::Runtime`] trait and the adapters the enabled features provide.
+pub mod rt {
+    pub use aiopg_rt::*;
+}

@@ -7,6 +7,18 @@
 
 pub mod config;
 pub mod error;
+pub mod protocol;
+pub mod row;
 
 pub use config::Config;
 pub use error::{DbError, Error, ErrorKind, Result, SqlState};
+pub use protocol::TransactionStatus;
+pub use row::{Column, Row, RowIndex, SimpleRow};
+
+/// PostgreSQL types and the traits that convert Rust values to and from them
+/// (re-exported from `postgres-types`).
+pub mod types {
+    pub use postgres_types::{
+        FromSql, FromSqlOwned, IsNull, Kind, Oid, ToSql, Type, WasNull, WrongType,
+    };
+}

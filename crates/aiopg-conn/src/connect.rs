@@ -1,0 +1,546 @@
+//! Opening a connection: hosts in order, start-up, authentication, cancel requests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+
+use aiopg_core::config::{Host, SslMode, TargetSessionAttrs};
+use aiopg_core::error::DbError;
+use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
+use aiopg_rt::{BoxStream, Runtime, TcpOptions};
+
+use crate::connection::{Connection, Identity, Shared};
+use crate::io::{read_message, write_all, ReadBuf};
+use crate::state::State;
+use crate::statement::StatementCache;
+
+/// aiopg's default statement timeout, as Python aiopg's `DEFAULT_TIMEOUT` (60 seconds).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many prepared statements a connection caches unless told otherwise.
+pub const DEFAULT_STATEMENT_CACHE_SIZE: usize = 256;
+
+/// Settings for [`connect`]: a parsed DSN plus client-side options.
+///
+/// ```no_run
+/// # async fn f() -> aiopg_core::Result<()> {
+/// use std::time::Duration;
+/// let conn = aiopg_conn::ConnectOptions::new("postgresql://app@db.internal/app")?
+///     .connect_timeout(Duration::from_secs(5))
+///     .statement_cache_size(0) // PgBouncer in transaction mode
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConnectOptions {
+    config: Config,
+    runtime: Option<Arc<dyn Runtime>>,
+    connect_timeout: Option<Duration>,
+    statement_cache_size: usize,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("config", &self.config)
+            .field("runtime", &self.runtime.as_ref().map(|r| r.name()))
+            .field("statement_cache_size", &self.statement_cache_size)
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// Options from a DSN (libpq `key=value` string or `postgresql://` URI), completed from the
+    /// PG* environment variables and libpq's defaults.
+    pub fn new(dsn: &str) -> Result<ConnectOptions> {
+        Ok(ConnectOptions::from_config(Config::from_dsn(dsn)?))
+    }
+
+    /// Options from an already built [`Config`].
+    pub fn from_config(config: Config) -> ConnectOptions {
+        ConnectOptions {
+            config,
+            runtime: None,
+            connect_timeout: None,
+            statement_cache_size: DEFAULT_STATEMENT_CACHE_SIZE,
+        }
+    }
+
+    /// The runtime to use; by default the one the enabled features and the calling context
+    /// select ([`aiopg_rt::default_runtime`]).
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Bounds the whole connection set-up (TCP, start-up, authentication) per host, as libpq's
+    /// `connect_timeout`. Overrides the DSN's `connect_timeout`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How many prepared statements to cache (LRU). 0 uses only the unnamed statement, which
+    /// PgBouncer's transaction mode requires.
+    pub fn statement_cache_size(mut self, size: usize) -> Self {
+        self.statement_cache_size = size;
+        self
+    }
+
+    /// The connection settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The connection settings, to change.
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    /// Connects.
+    pub async fn connect(&self) -> Result<Connection> {
+        let runtime = match &self.runtime {
+            Some(r) => r.clone(),
+            None => aiopg_rt::default_runtime().ok_or_else(|| {
+                Error::config(
+                    "runtime",
+                    "no async runtime: enable one of aiopg's features `tokio`, `smol` or \
+                     `async-std`, or pass one with ConnectOptions::runtime",
+                )
+            })?,
+        };
+        let timeout = self.connect_timeout.or(self.config.get_connect_timeout());
+        connect_any(&self.config, runtime, timeout, self.statement_cache_size).await
+    }
+}
+
+/// Connects to the server a DSN names.
+///
+/// ```no_run
+/// # async fn f() -> aiopg_core::Result<()> {
+/// let conn = aiopg_conn::connect("host=localhost dbname=app user=app").await?;
+/// let rows = conn.query("SELECT 1", &[]).await?;
+/// assert_eq!(rows[0].get::<i32>(0), 1);
+/// # Ok(()) }
+/// ```
+pub async fn connect(dsn: &str) -> Result<Connection> {
+    ConnectOptions::new(dsn)?.connect().await
+}
+
+/// Where one attempt goes.
+#[derive(Debug, Clone)]
+enum Target {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(a) => write!(f, "{a}"),
+            Target::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+async fn connect_any(
+    config: &Config,
+    runtime: Arc<dyn Runtime>,
+    connect_timeout: Option<Duration>,
+    cache_size: usize,
+) -> Result<Connection> {
+    if matches!(
+        config.get_ssl_mode(),
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    ) {
+        return Err(Error::new(
+            ErrorKind::Tls,
+            "sslmode requires TLS, which this build of aiopg does not support yet; \
+             use sslmode=disable or prefer",
+            None,
+        ));
+    }
+    let hosts: Vec<Host> = if config.get_hosts().is_empty() {
+        vec![Host::Tcp("localhost".into())]
+    } else {
+        config.get_hosts().to_vec()
+    };
+    let mut failures: Vec<(String, Error)> = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let port = config.port_for(i);
+        let attempt = connect_host(config, &runtime, host, port, cache_size);
+        let res = match connect_timeout {
+            Some(t) => match aiopg_rt::timeout(&*runtime, t, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::timeout(format!(
+                    "connecting took longer than connect_timeout ({} s); check that the \
+                     server is up and reachable",
+                    t.as_secs_f64()
+                ))),
+            },
+            None => attempt.await,
+        };
+        match res {
+            Ok(conn) => return Ok(conn),
+            Err(e) => {
+                let name = match host {
+                    Host::Tcp(h) => format!("{h}:{port}"),
+                    Host::Unix(d) => format!("{}/.s.PGSQL.{port}", d.display()),
+                };
+                tracing::debug!(host = %name, error = %e, "connection attempt failed");
+                failures.push((name, e));
+            }
+        }
+    }
+    if failures.len() == 1 {
+        let (name, e) = failures.pop().expect("one failure");
+        return Err(with_host(e, &name));
+    }
+    let summary: Vec<String> = failures
+        .iter()
+        .map(|(name, e)| format!("{name}: {e}"))
+        .collect();
+    let (_, last) = failures.pop().expect("at least one host");
+    Err(Error::new(
+        last.kind(),
+        format!(
+            "could not connect to any of {} hosts ({})",
+            summary.len(),
+            summary.join("; ")
+        ),
+        Some(Box::new(last)),
+    ))
+}
+
+/// Adds the host an error happened on, keeping its kind and cause.
+fn with_host(e: Error, host: &str) -> Error {
+    match e.kind() {
+        // A server error already says what went wrong, and its fields stay reachable.
+        ErrorKind::Db => e,
+        kind => Error::new(kind, format!("{host}"), Some(Box::new(e))),
+    }
+}
+
+async fn connect_host(
+    config: &Config,
+    runtime: &Arc<dyn Runtime>,
+    host: &Host,
+    port: u16,
+    cache_size: usize,
+) -> Result<Connection> {
+    let targets = match host {
+        Host::Unix(dir) => vec![Target::Unix(dir.join(format!(".s.PGSQL.{port}")))],
+        Host::Tcp(name) => {
+            let addrs = match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => runtime
+                    .resolve(name, port)
+                    .await
+                    .map_err(|e| Error::io(format!("resolving host name {name:?}"), e))?,
+            };
+            if addrs.is_empty() {
+                return Err(Error::io(
+                    format!("host name {name:?} resolved to no address"),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+                ));
+            }
+            addrs.into_iter().map(Target::Tcp).collect()
+        }
+    };
+    let mut last = None;
+    for target in targets {
+        match connect_target(config, runtime, host, &target, port, cache_size).await {
+            Ok(c) => return Ok(c),
+            // Authentication and server errors would repeat on every address of the host.
+            Err(e) if matches!(e.kind(), ErrorKind::Auth | ErrorKind::Db) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one address"))
+}
+
+async fn open(runtime: &Arc<dyn Runtime>, target: &Target) -> Result<BoxStream> {
+    let res = match target {
+        Target::Tcp(addr) => runtime.connect_tcp(*addr, &TcpOptions::default()).await,
+        Target::Unix(path) => runtime.connect_unix(path).await,
+    };
+    res.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                ": is the server running there and accepting connections?"
+            }
+            std::io::ErrorKind::NotFound => ": no server socket there; is the server running?",
+            _ => "",
+        };
+        Error::io(format!("connecting to {target}{hint}"), e)
+    })
+}
+
+async fn connect_target(
+    config: &Config,
+    runtime: &Arc<dyn Runtime>,
+    host: &Host,
+    target: &Target,
+    port: u16,
+    cache_size: usize,
+) -> Result<Connection> {
+    let mut stream = open(runtime, target).await?;
+    let mut rb = ReadBuf::new();
+    let user = config.get_user().ok_or_else(|| {
+        Error::config("user", "no user name: set user in the DSN or PGUSER")
+    })?;
+
+    // Start-up.
+    let mut buf = BytesMut::new();
+    let mut params: Vec<(&str, &str)> = vec![("user", user), ("client_encoding", "UTF8")];
+    if let Some(db) = config.get_dbname() {
+        params.push(("database", db));
+    }
+    if let Some(app) = config.get_application_name() {
+        params.push(("application_name", app));
+    }
+    if let Some(opts) = config.get_options() {
+        params.push(("options", opts));
+    }
+    frontend::startup_message(params.iter().copied(), &mut buf)
+        .map_err(|e| Error::encode(format!("start-up message: {e}"), Some(Box::new(e))))?;
+    write_all(&mut stream, &mut buf).await?;
+
+    authenticate(config, host, port, user, &mut stream, &mut rb).await?;
+
+    // After authentication: key data and parameters until ReadyForQuery.
+    let mut backend_pid = 0;
+    let mut secret_key = 0;
+    let mut server_params = HashMap::new();
+    loop {
+        match read_message(&mut stream, &mut rb).await? {
+            Message::BackendKeyData(k) => {
+                backend_pid = k.process_id();
+                secret_key = k.secret_key();
+            }
+            Message::ParameterStatus(p) => {
+                let name = p.name().map_err(|e| Error::protocol(e.to_string()))?;
+                let value = p.value().map_err(|e| Error::protocol(e.to_string()))?;
+                server_params.insert(name.to_owned(), value.to_owned());
+            }
+            Message::NoticeResponse(n) => {
+                if let Ok(n) = DbError::parse(&mut n.fields()) {
+                    tracing::info!(code = %n.code(), "{}", n.message());
+                }
+            }
+            Message::ErrorResponse(e) => return Err(db_error(&e)?),
+            Message::ReadyForQuery(_) => break,
+            _ => return Err(Error::protocol("unexpected message during start-up")),
+        }
+    }
+
+    let identity = Identity {
+        backend_pid,
+        secret_key,
+        config: config.clone(),
+        host: host.clone(),
+        addr: match target {
+            Target::Tcp(a) => Some(*a),
+            Target::Unix(_) => None,
+        },
+        port,
+    };
+    let state = State::new(stream, rb, server_params, StatementCache::new(cache_size));
+    let conn = Connection {
+        shared: Arc::new(Shared::new(state, runtime.clone(), identity)),
+    };
+    check_session_attrs(&conn, config.get_target_session_attrs()).await?;
+    tracing::debug!(backend_pid, runtime = runtime.name(), "connected");
+    Ok(conn)
+}
+
+fn db_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -> Result<Error> {
+    let db = DbError::parse(&mut body.fields())
+        .map_err(|e| Error::protocol(format!("malformed error: {e}")))?;
+    let code = db.code().clone();
+    Ok(
+        if code == SqlState::INVALID_PASSWORD
+            || code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            Error::auth_db(db.message().to_owned(), db)
+        } else {
+            Error::db(db)
+        },
+    )
+}
+
+async fn authenticate(
+    config: &Config,
+    host: &Host,
+    port: u16,
+    user: &str,
+    stream: &mut BoxStream,
+    rb: &mut ReadBuf,
+) -> Result<()> {
+    let password = || {
+        config.password_for(host, port).ok_or_else(|| {
+            Error::auth(format!(
+                "the server asks a password for user {user:?} and none was given: set \
+                 password in the DSN, PGPASSWORD or ~/.pgpass"
+            ))
+        })
+    };
+    let mut buf = BytesMut::new();
+    loop {
+        match read_message(stream, rb).await? {
+            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationCleartextPassword => {
+                let pw = password()?;
+                frontend::password_message(pw.expose(), &mut buf)
+                    .map_err(|e| Error::encode(e.to_string(), None))?;
+                write_all(stream, &mut buf).await?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let pw = password()?;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    user.as_bytes(),
+                    pw.expose(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut buf)
+                    .map_err(|e| Error::encode(e.to_string(), None))?;
+                write_all(stream, &mut buf).await?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut scram = false;
+                while let Some(m) = mechanisms
+                    .next()
+                    .map_err(|e| Error::protocol(e.to_string()))?
+                {
+                    scram |= m == SCRAM_SHA_256;
+                }
+                if !scram {
+                    return Err(Error::auth(
+                        "the server offers no SASL mechanism aiopg supports (SCRAM-SHA-256)",
+                    ));
+                }
+                let pw = password()?;
+                scram_exchange(pw.expose(), stream, rb).await?;
+            }
+            Message::ErrorResponse(e) => return Err(db_error(&e)?),
+            Message::NoticeResponse(_) => {}
+            Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential
+            | Message::AuthenticationGss
+            | Message::AuthenticationSspi
+            | Message::AuthenticationGssContinue(_) => {
+                return Err(Error::auth(
+                    "the server asks for an authentication method aiopg does not support \
+                     (Kerberos, GSSAPI, SSPI or SCM); use password, md5 or scram-sha-256",
+                ))
+            }
+            _ => return Err(Error::protocol("unexpected message during authentication")),
+        }
+    }
+}
+
+async fn scram_exchange(password: &[u8], stream: &mut BoxStream, rb: &mut ReadBuf) -> Result<()> {
+    // Without TLS there is no channel to bind to.
+    let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+    let mut buf = BytesMut::new();
+    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut buf)
+        .map_err(|e| Error::encode(e.to_string(), None))?;
+    write_all(stream, &mut buf).await?;
+    match read_message(stream, rb).await? {
+        Message::AuthenticationSaslContinue(body) => {
+            scram.update(body.data()).map_err(|e| {
+                Error::auth(format!("the server's SCRAM challenge is invalid: {e}"))
+            })?;
+        }
+        Message::ErrorResponse(e) => return Err(db_error(&e)?),
+        _ => return Err(Error::protocol("expected AuthenticationSASLContinue")),
+    }
+    frontend::sasl_response(scram.message(), &mut buf)
+        .map_err(|e| Error::encode(e.to_string(), None))?;
+    write_all(stream, &mut buf).await?;
+    match read_message(stream, rb).await? {
+        Message::AuthenticationSaslFinal(body) => scram.finish(body.data()).map_err(|e| {
+            Error::auth(format!(
+                "the server could not prove it knows the password (SCRAM signature): {e}"
+            ))
+        }),
+        Message::ErrorResponse(e) => Err(db_error(&e)?),
+        _ => Err(Error::protocol("expected AuthenticationSASLFinal")),
+    }
+}
+
+/// Checks `target_session_attrs` on a fresh connection.
+async fn check_session_attrs(conn: &Connection, want: TargetSessionAttrs) -> Result<()> {
+    if want == TargetSessionAttrs::Any {
+        return Ok(());
+    }
+    // Servers from 14 on report both settings at start-up; older ones are asked.
+    let mut read_only = conn.parameter_status("default_transaction_read_only");
+    let mut standby = conn.parameter_status("in_hot_standby");
+    if read_only.is_none() || standby.is_none() {
+        let rows = conn
+            .simple_query("SHOW transaction_read_only; SELECT pg_catalog.pg_is_in_recovery()")
+            .await?;
+        let mut values = rows.iter().filter_map(|m| match m {
+            crate::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        read_only = values.next();
+        standby = values.next().map(|v| if v == "t" { "on".into() } else { "off".into() });
+    }
+    let read_only = read_only.as_deref() == Some("on");
+    let standby = standby.as_deref() == Some("on");
+    let ok = match want {
+        TargetSessionAttrs::ReadWrite => !read_only,
+        TargetSessionAttrs::ReadOnly => read_only,
+        TargetSessionAttrs::Primary => !standby,
+        TargetSessionAttrs::Standby => standby,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        conn.close().await;
+        Err(Error::new(
+            ErrorKind::Config,
+            format!("the server does not match target_session_attrs={want:?}"),
+            None,
+        ))
+    }
+}
+
+/// Sends a CancelRequest for `shared`'s backend over a new socket.
+pub(crate) async fn cancel(shared: &Shared) -> Result<()> {
+    let id = &shared.identity;
+    let target = match (&id.host, id.addr) {
+        (_, Some(addr)) => Target::Tcp(addr),
+        (Host::Unix(dir), None) => Target::Unix(dir.join(format!(".s.PGSQL.{}", id.port))),
+        (Host::Tcp(_), None) => return Err(Error::usage("no address to send the cancel to")),
+    };
+    let runtime = &shared.runtime;
+    let send = async {
+        let mut stream = open(runtime, &target).await?;
+        let mut buf = BytesMut::new();
+        frontend::cancel_request(id.backend_pid, id.secret_key, &mut buf);
+        write_all(&mut stream, &mut buf).await?;
+        // The server closes the socket once it has read the request; waiting for that keeps
+        // the cancel from racing ahead of the caller's next statement.
+        let mut rb = ReadBuf::new();
+        let _ = std::future::poll_fn(|cx| rb.poll_fill(&mut stream, cx)).await;
+        Ok(())
+    };
+    let timeout = id.config.get_connect_timeout().unwrap_or(Duration::from_secs(10));
+    match aiopg_rt::timeout(&**runtime, timeout, send).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::timeout("sending the cancel request")),
+    }
+}

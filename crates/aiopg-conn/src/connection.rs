@@ -1,0 +1,356 @@
+//! The connection handle and its queries.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use futures_io::AsyncWrite;
+use postgres_protocol::message::frontend;
+
+use aiopg_core::error::DbError;
+use aiopg_core::protocol::{self, TransactionStatus};
+use aiopg_core::row::Row;
+use aiopg_core::types::ToSql;
+use aiopg_core::{Config, Error, Result};
+use aiopg_rt::Runtime;
+
+use crate::state::{Collector, Output, State};
+use crate::statement::Statement;
+use crate::{Notification, SimpleQueryMessage};
+
+/// A query parameter: any value `postgres-types` can encode.
+pub type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// What a connection knows about itself from start-up.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) backend_pid: i32,
+    pub(crate) secret_key: i32,
+    pub(crate) config: Config,
+    /// The host and port this connection reached, for CancelRequest.
+    pub(crate) host: aiopg_core::config::Host,
+    pub(crate) addr: Option<std::net::SocketAddr>,
+    pub(crate) port: u16,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) identity: Identity,
+}
+
+impl Shared {
+    pub(crate) fn new(state: State, runtime: Arc<dyn Runtime>, identity: Identity) -> Shared {
+        Shared {
+            state: Mutex::new(state),
+            runtime,
+            identity,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing the lock guards is left half-changed by a panic (encoding rolls back), so a
+        // poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection to a PostgreSQL server.
+///
+/// Cheap to clone: clones share the one socket. Queries issued at the same time from several
+/// clones or tasks are pipelined on it, in the order they were issued, each getting its own
+/// answer.
+///
+/// # Cancel safety
+///
+/// Every query future may be dropped at any point. A query that was already queued still runs
+/// on the server (drop is not a cancel), and its answer is read and discarded, so the next
+/// query gets its own answer.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("backend_pid", &self.shared.identity.backend_pid)
+            .field("dsn", &self.dsn())
+            .field("runtime", &self.shared.runtime.name())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A request on the wire: resolves to its answer. Dropping it abandons the answer.
+struct Request<'a> {
+    shared: &'a Shared,
+    id: u64,
+    finished: bool,
+}
+
+impl Future for Request<'_> {
+    type Output = Result<Output>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Output>> {
+        let res = self.shared.lock().poll_request(self.id, cx);
+        if res.is_ready() {
+            self.finished = true;
+        }
+        res
+    }
+}
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.lock().abandon(self.id);
+        }
+    }
+}
+
+impl Connection {
+    /// Queues a request: `encode` appends its messages to the write buffer and returns what
+    /// collects the answer. Either all of its messages are queued or, on error, none.
+    fn start(&self, encode: impl FnOnce(&mut State) -> Result<Collector>) -> Result<Request<'_>> {
+        let mut st = self.shared.lock();
+        if let Some(e) = st.closed_error() {
+            return Err(e);
+        }
+        let start = st.write.len();
+        // Closing statements whose handles were dropped rides on this request; their
+        // CloseComplete answers are skipped by the collector.
+        for name in st.statements.take_closes() {
+            frontend::close(b'S', &name, &mut st.write).map_err(|e| {
+                Error::encode(format!("closing statement: {e}"), Some(Box::new(e)))
+            })?;
+        }
+        let collector = match encode(&mut st) {
+            Ok(c) => c,
+            Err(e) => {
+                st.write.truncate(start);
+                return Err(e);
+            }
+        };
+        let id = st.push(collector);
+        drop(st);
+        Ok(Request {
+            shared: &self.shared,
+            id,
+            finished: false,
+        })
+    }
+
+    /// Prepares `sql` on the server, using the statement cache.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// let stmt = conn.prepare("SELECT $1::int4 + 1").await?;
+    /// assert_eq!(stmt.params().len(), 1);
+    /// let rows = conn.query_prepared(&stmt, &[&41i32]).await?;
+    /// assert_eq!(rows[0].get::<i32>(0), 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn prepare(&self, sql: &str) -> Result<Statement> {
+        if let Some(stmt) = self.shared.lock().statements.get(sql) {
+            return Ok(stmt);
+        }
+        self.prepare_uncached(sql).await
+    }
+
+    async fn prepare_uncached(&self, sql: &str) -> Result<Statement> {
+        let req = self.start(|st| {
+            let name = st.statements.next_name();
+            protocol::encode_or_rollback(&mut st.write, |w| {
+                frontend::parse(&name, sql, std::iter::empty(), w)?;
+                frontend::describe(b'S', &name, w)?;
+                frontend::sync(w);
+                Ok(())
+            })?;
+            Ok(Collector::Prepare {
+                cache: !name.is_empty(),
+                name,
+                sql: Arc::from(sql),
+                params: None,
+                columns: None,
+            })
+        })?;
+        match req.await? {
+            Output::Statement(s) => Ok(s),
+            _ => Err(Error::protocol("unexpected answer to Parse")),
+        }
+    }
+
+    /// Runs a statement with parameters bound in binary and returns its rows.
+    ///
+    /// Parameters are `$1`, `$2`, ... in the SQL. The statement is prepared once per
+    /// connection and cached, so repeated queries take one round trip.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// let rows = conn.query("SELECT $1::text || '!'", &[&"hi"]).await?;
+    /// assert_eq!(rows[0].get::<&str>(0), "hi!");
+    /// # Ok(()) }
+    /// ```
+    pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        let stmt = self.prepare(sql).await?;
+        self.query_prepared(&stmt, params).await
+    }
+
+    /// Runs a prepared statement and returns its rows.
+    pub async fn query_prepared(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        match self.execute_inner(stmt, params).await? {
+            Output::Rows { rows, .. } => Ok(rows),
+            _ => Err(Error::protocol("unexpected answer to Execute")),
+        }
+    }
+
+    /// Runs a statement and returns the number of rows it affected (0 for commands without a
+    /// count).
+    pub async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        let stmt = self.prepare(sql).await?;
+        self.execute_prepared(&stmt, params).await
+    }
+
+    /// Runs a prepared statement and returns the number of rows it affected.
+    pub async fn execute_prepared(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<u64> {
+        match self.execute_inner(stmt, params).await? {
+            Output::Rows { affected, .. } => Ok(affected.unwrap_or(0)),
+            _ => Err(Error::protocol("unexpected answer to Execute")),
+        }
+    }
+
+    async fn execute_inner(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<Output> {
+        let req = self.start(|st| {
+                let w = &mut st.write;
+                if stmt.name().is_empty() {
+                    // The unnamed statement may have been replaced by another caller's since
+                    // it was described: parse it again in the same batch.
+                    protocol::encode_or_rollback(w, |w| {
+                        frontend::parse("", stmt.sql(), std::iter::empty(), w)
+                    })?;
+                }
+                protocol::bind(w, stmt.name(), stmt.params(), params)?;
+                protocol::encode_or_rollback(w, |w| {
+                    frontend::execute("", 0, w)?;
+                    frontend::sync(w);
+                    Ok(())
+                })?;
+                Ok(Collector::Query {
+                    columns: stmt.columns_arc().clone(),
+                    rows: Vec::new(),
+                    affected: None,
+                })
+            })?;
+        req.await
+    }
+
+    /// Runs one or more SQL statements, separated by semicolons, through the simple query
+    /// protocol (no parameters; values come back as text).
+    pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>> {
+        let req = self.start(|st| {
+            protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w))?;
+            Ok(Collector::Simple {
+                columns: None,
+                out: Vec::new(),
+            })
+        })?;
+        match req.await? {
+            Output::Simple(v) => Ok(v),
+            _ => Err(Error::protocol("unexpected answer to Query")),
+        }
+    }
+
+    /// Runs one or more SQL statements, separated by semicolons, ignoring any rows.
+    pub async fn batch_execute(&self, sql: &str) -> Result<()> {
+        self.simple_query(sql).await.map(drop)
+    }
+
+    /// Closes the connection: tells the server (Terminate) and shuts the socket. Queries still
+    /// in flight fail with a closed error. Closing twice is harmless.
+    pub async fn close(&self) {
+        let stream = {
+            let mut st = self.shared.lock();
+            if st.is_closed() {
+                return;
+            }
+            let stream = st.take_stream();
+            st.close_by_client();
+            stream
+        };
+        if let Some(mut s) = stream {
+            // Best effort: the server also cleans up when the socket just closes.
+            let mut buf = bytes::BytesMut::new();
+            frontend::terminate(&mut buf);
+            let _ = crate::io::write_all(&mut s, &mut buf).await;
+            let _ = poll_fn(|cx| Pin::new(&mut s).poll_close(cx)).await;
+        }
+    }
+
+    /// True once the connection is closed, by [`close`](Self::close), the server or a broken
+    /// link. A closed connection stays closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().is_closed()
+    }
+
+    /// The server process serving this connection (`pg_backend_pid()`).
+    pub fn backend_pid(&self) -> i32 {
+        self.shared.identity.backend_pid
+    }
+
+    /// The server version in libpq's integer form (`150018` for 15.18), as aiopg's
+    /// `server_version`.
+    pub fn server_version(&self) -> u32 {
+        self.parameter_status("server_version")
+            .and_then(|v| protocol::server_version_number(&v))
+            .unwrap_or(0)
+    }
+
+    /// A run-time parameter the server reports (`server_version`, `TimeZone`,
+    /// `standard_conforming_strings`, `application_name`, ...), kept up to date as it changes.
+    pub fn parameter_status(&self, name: &str) -> Option<String> {
+        self.shared.lock().params.get(name).cloned()
+    }
+
+    /// The transaction state as of the server's last answer.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.shared.lock().tx_status
+    }
+
+    /// Takes the notices (and warnings) the server sent since the last call, oldest first.
+    /// The newest 64 are kept.
+    pub fn notices(&self) -> Vec<DbError> {
+        self.shared.lock().notices.drain(..).collect()
+    }
+
+    /// Takes the `LISTEN` notifications received so far, without waiting.
+    pub fn take_notifications(&self) -> Vec<Notification> {
+        self.shared.lock().notifications.drain(..).collect()
+    }
+
+    /// The connection string, with the password redacted.
+    pub fn dsn(&self) -> String {
+        format!("{:?}", self.shared.identity.config) // TODO: Display once config lands
+    }
+
+    /// The runtime this connection uses for timers, clean-up and cancel requests.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.shared.runtime
+    }
+
+    /// How many statements the cache holds now.
+    pub fn cached_statements(&self) -> usize {
+        self.shared.lock().statements.len()
+    }
+
+    /// Asks the server to cancel whatever this connection is running, over a new socket
+    /// (a CancelRequest). Returns once the request is sent; the running statement then fails
+    /// with SQLSTATE 57014 (`query_canceled`), and the connection stays usable.
+    pub async fn cancel(&self) -> Result<()> {
+        crate::connect::cancel(&self.shared).await
+    }
+}
