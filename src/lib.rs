@@ -50,3 +50,8 @@ pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 pub mod rt {
     pub use aiopg_rt::*;
 }
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -176,7 +176,7 @@ async fn connect_any(
     let mut failures: Vec<(String, Error)> = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let port = config.port_for(i);
-        let attempt = connect_host(config, &runtime, host, port, cache_size);
+        let attempt = connect_host(config, &runtime, host, config.hostaddr_for(i), port, cache_size);
         let res = match connect_timeout {
             Some(t) => match aiopg_rt::timeout(&*runtime, t, attempt).await {
                 Ok(r) => r,
@@ -233,10 +233,15 @@ async fn connect_host(
     config: &Config,
     runtime: &Arc<dyn Runtime>,
     host: &Host,
+    hostaddr: Option<std::net::IpAddr>,
     port: u16,
     cache_size: usize,
 ) -> Result<Connection> {
     let targets = match host {
+        // `hostaddr` skips name resolution; the host name still serves pgpass and TLS.
+        _ if hostaddr.is_some() => {
+            vec![Target::Tcp(SocketAddr::new(hostaddr.expect("checked"), port))]
+        }
         Host::Unix(dir) => vec![Target::Unix(dir.join(format!(".s.PGSQL.{port}")))],
         Host::Tcp(name) => {
             let addrs = match name.parse::<std::net::IpAddr>() {
@@ -267,9 +272,18 @@ async fn connect_host(
     Err(last.expect("at least one address"))
 }
 
-async fn open(runtime: &Arc<dyn Runtime>, target: &Target) -> Result<BoxStream> {
+fn tcp_options(config: &Config) -> TcpOptions {
+    TcpOptions {
+        keepalive: config.get_keepalives(),
+        keepalive_idle: config.get_keepalives_idle(),
+        keepalive_interval: config.get_keepalives_interval(),
+        keepalive_retries: config.get_keepalives_count(),
+    }
+}
+
+async fn open(config: &Config, runtime: &Arc<dyn Runtime>, target: &Target) -> Result<BoxStream> {
     let res = match target {
-        Target::Tcp(addr) => runtime.connect_tcp(*addr, &TcpOptions::default()).await,
+        Target::Tcp(addr) => runtime.connect_tcp(*addr, &tcp_options(config)).await,
         Target::Unix(path) => runtime.connect_unix(path).await,
     };
     res.map_err(|e| {
@@ -292,7 +306,7 @@ async fn connect_target(
     port: u16,
     cache_size: usize,
 ) -> Result<Connection> {
-    let mut stream = open(runtime, target).await?;
+    let mut stream = open(config, runtime, target).await?;
     let mut rb = ReadBuf::new();
     let user = config.get_user().ok_or_else(|| {
         Error::config("user", "no user name: set user in the DSN or PGUSER")
@@ -528,7 +542,7 @@ pub(crate) async fn cancel(shared: &Shared) -> Result<()> {
     };
     let runtime = &shared.runtime;
     let send = async {
-        let mut stream = open(runtime, &target).await?;
+        let mut stream = open(&id.config, runtime, &target).await?;
         let mut buf = BytesMut::new();
         frontend::cancel_request(id.backend_pid, id.secret_key, &mut buf);
         write_all(&mut stream, &mut buf).await?;

@@ -334,7 +334,7 @@ impl Connection {
 
     /// The connection string, with the password redacted.
     pub fn dsn(&self) -> String {
-        format!("{:?}", self.shared.identity.config) // TODO: Display once config lands
+        self.shared.identity.config.redacted_dsn()
     }
 
     /// The runtime this connection uses for timers, clean-up and cancel requests.
