@@ -121,7 +121,6 @@ impl Connection {
         if let Some(e) = st.closed_error() {
             return Err(e);
         }
-        let start = st.write.len();
         // Closing statements whose handles were dropped rides on this request; their
         // CloseComplete answers are skipped by the collector.
         for name in st.statements.take_closes() {
@@ -129,6 +128,7 @@ impl Connection {
                 Error::encode(format!("closing statement: {e}"), Some(Box::new(e)))
             })?;
         }
+        let start = st.write.len();
         let collector = match encode(&mut st) {
             Ok(c) => c,
             Err(e) => {
@@ -136,7 +136,8 @@ impl Connection {
                 return Err(e);
             }
         };
-        let id = st.push(collector);
+        let wire_len = st.write.len() - start;
+        let id = st.push(collector, wire_len);
         drop(st);
         Ok(Request {
             shared: &self.shared,

@@ -86,6 +86,8 @@ struct Entry {
     slot: Slot,
     waker: Option<Waker>,
     abandoned: bool,
+    /// How many bytes of the write buffer this request's own messages took.
+    wire_len: usize,
 }
 
 /// Why the connection closed: enough to build a fresh error for every caller.
@@ -171,8 +173,9 @@ impl State {
         self.closed.as_ref().map(CloseReason::to_error)
     }
 
-    /// Queues a request whose messages were just appended to the write buffer; returns its id.
-    pub(crate) fn push(&mut self, collector: Collector) -> u64 {
+    /// Queues a request whose `wire_len` bytes of messages were just appended to the write
+    /// buffer; returns its id.
+    pub(crate) fn push(&mut self, collector: Collector, wire_len: usize) -> u64 {
         let id = self.base_id + self.queue.len() as u64;
         self.queue.push_back(Entry {
             slot: Slot::Waiting {
@@ -181,6 +184,7 @@ impl State {
             },
             waker: None,
             abandoned: false,
+            wire_len,
         });
         id
     }
@@ -219,6 +223,20 @@ impl State {
     /// The owner of request `id` went away before collecting its result.
     pub(crate) fn abandon(&mut self, id: u64) {
         if id < self.base_id {
+            return;
+        }
+        // A request still wholly in the write buffer, with nothing queued behind it, was never
+        // seen by the server: take it back, so that a future dropped before it was polled
+        // leaves no trace (a dropped BEGIN must not open a transaction later).
+        let idx = (id - self.base_id) as usize;
+        let unsent = idx + 1 == self.queue.len()
+            && idx >= self.answered
+            && self.write.len() >= self.queue[idx].wire_len;
+        if unsent {
+            let keep = self.write.len() - self.queue[idx].wire_len;
+            self.write.truncate(keep);
+            self.queue.pop_back();
+            self.wake_next_driver();
             return;
         }
         let entry = self.entry(id);

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use aiopg_core::row::Column;
@@ -10,7 +11,12 @@ use aiopg_core::types::Type;
 /// Names of server-side statements whose last handle was dropped, waiting to be closed with
 /// the next request. Kept apart from the connection state so that dropping a statement never
 /// needs the connection's lock.
-pub(crate) type CloseList = Mutex<Vec<String>>;
+#[derive(Debug, Default)]
+pub(crate) struct CloseList {
+    /// Set whenever `names` is not empty, so that the common case costs one load, not a lock.
+    pending: AtomicBool,
+    names: Mutex<Vec<String>>,
+}
 
 /// A prepared statement: its parameter types and result columns.
 ///
@@ -34,8 +40,9 @@ impl Drop for Inner {
             return;
         }
         if let Some(list) = self.close_list.upgrade() {
-            if let Ok(mut list) = list.lock() {
-                list.push(std::mem::take(&mut self.name));
+            if let Ok(mut names) = list.names.lock() {
+                names.push(std::mem::take(&mut self.name));
+                list.pending.store(true, Ordering::Release);
             }
         }
     }
@@ -98,7 +105,7 @@ impl StatementCache {
             map: HashMap::new(),
             tick: 0,
             next_name: 0,
-            close_list: Arc::new(Mutex::new(Vec::new())),
+            close_list: Arc::new(CloseList::default()),
         }
     }
 
@@ -159,9 +166,15 @@ impl StatementCache {
 
     /// Takes the names of statements to close on the server.
     pub(crate) fn take_closes(&self) -> Vec<String> {
-        match self.close_list.lock() {
-            Ok(mut l) if !l.is_empty() => std::mem::take(&mut *l),
-            _ => Vec::new(),
+        if !self.close_list.pending.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        match self.close_list.names.lock() {
+            Ok(mut names) => {
+                self.close_list.pending.store(false, Ordering::Release);
+                std::mem::take(&mut *names)
+            }
+            Err(_) => Vec::new(),
         }
     }
 
