@@ -75,23 +75,32 @@ async fn tokio_postgres_once(s: &Settings) -> f64 {
 
 async fn sqlx_once(s: &Settings) -> f64 {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(&s.url).await.expect("sqlx connect");
-    let ops = {
-        let conn = &mut conn;
-        let cell = std::cell::RefCell::new(conn);
-        timed(s.duration, |i| {
-            let cell = &cell;
-            async move {
-                let mut c = cell.borrow_mut();
-                let v: i32 = sqlx::query_scalar("SELECT $1::int4")
-                    .bind(i)
-                    .fetch_one(&mut **c)
-                    .await
-                    .expect("query");
-                assert_eq!(v, i);
-            }
-        })
+    let mut conn = sqlx::PgConnection::connect(&s.url)
         .await
+        .expect("sqlx connect");
+    // sqlx needs `&mut` per query, so the timing loop is written out here.
+    async fn one(conn: &mut sqlx::PgConnection, i: i32) {
+        let v: i32 = sqlx::query_scalar("SELECT $1::int4")
+            .bind(i)
+            .fetch_one(conn)
+            .await
+            .expect("query");
+        assert_eq!(v, i);
+    }
+    for i in 0..WARMUP {
+        one(&mut conn, i).await;
+    }
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    let ops = loop {
+        for _ in 0..64 {
+            one(&mut conn, n as i32).await;
+            n += 1;
+        }
+        let el = start.elapsed();
+        if el >= s.duration {
+            break n as f64 / el.as_secs_f64();
+        }
     };
     let _ = conn.close().await;
     ops
@@ -111,7 +120,14 @@ fn pgbench_once(s: &Settings) -> Option<f64> {
     let mut cmd = Command::new(format!("{bindir}/pgbench"));
     cmd.args(["-n", "-M", "prepared", "-c", "1", "-T", &secs, "-f"])
         .arg(&script)
-        .args(["-h", &get("host")?, "-p", &get("port")?, "-U", &get("user")?])
+        .args([
+            "-h",
+            &get("host")?,
+            "-p",
+            &get("port")?,
+            "-U",
+            &get("user")?,
+        ])
         .arg(get("dbname")?);
     let out = cmd.output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);

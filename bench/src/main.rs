@@ -62,8 +62,18 @@ fn main() {
                     _ => usage(),
                 }
             }
-            "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
-            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--smoke" => smoke = true,
             "--json" => json = Some(args.next().unwrap_or_else(|| usage())),
             "-h" | "--help" => usage(),

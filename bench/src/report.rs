@@ -19,20 +19,35 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn add(&mut self, workload: &str, contender: &str, unit: &'static str, higher_is_better: bool, v: f64) {
+    pub fn add(
+        &mut self,
+        workload: &str,
+        contender: &str,
+        unit: &'static str,
+        higher_is_better: bool,
+        v: f64,
+    ) {
         let s = self
             .rows
             .entry(workload.to_string())
             .or_default()
             .entry(contender.to_string())
-            .or_insert_with(|| Series { unit, higher_is_better, samples: Vec::new() });
+            .or_insert_with(|| Series {
+                unit,
+                higher_is_better,
+                samples: Vec::new(),
+            });
         s.samples.push(v);
     }
 
     fn summary(s: &Series) -> (f64, f64, f64) {
         let mut v = s.samples.clone();
         let m = median(&mut v);
-        (m, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+        (
+            m,
+            v.first().copied().unwrap_or(f64::NAN),
+            v.last().copied().unwrap_or(f64::NAN),
+        )
     }
 
     pub fn print(&self) {
@@ -42,8 +57,14 @@ impl Report {
             println!("|---|---:|---:|---:|---|---:|");
             for (name, s) in contenders {
                 let (m, lo, hi) = Self::summary(s);
-                let ratio = self.ratio(workload, name).map(|r| format!("{r:.2}x")).unwrap_or_default();
-                println!("| {name} | {m:.0} | {lo:.0} | {hi:.0} | {} | {ratio} |", s.unit);
+                let ratio = self
+                    .ratio(workload, name)
+                    .map(|r| format!("{r:.2}x"))
+                    .unwrap_or_default();
+                println!(
+                    "| {name} | {m:.0} | {lo:.0} | {hi:.0} | {} | {ratio} |",
+                    s.unit
+                );
             }
         }
     }
@@ -56,7 +77,11 @@ impl Report {
             return None;
         }
         let runtime = contender.rsplit('/').next().unwrap_or("tokio");
-        let runtime = if ["tokio", "async-std", "smol"].contains(&runtime) { runtime } else { "tokio" };
+        let runtime = if ["tokio", "async-std", "smol"].contains(&runtime) {
+            runtime
+        } else {
+            "tokio"
+        };
         let ours = row.get(&format!("aiopg/{runtime}"))?;
         let theirs = row.get(contender)?;
         let (a, _, _) = Self::summary(ours);
@@ -76,7 +101,10 @@ impl Report {
                     out.push(',');
                 }
                 let (m, lo, hi) = Self::summary(s);
-                let ratio = self.ratio(workload, name).map(|r| format!("{r:.4}")).unwrap_or("null".into());
+                let ratio = self
+                    .ratio(workload, name)
+                    .map(|r| format!("{r:.4}"))
+                    .unwrap_or("null".into());
                 out.push_str(&format!(
                     "\n    \"{name}\": {{\"unit\": \"{}\", \"median\": {m:.3}, \"min\": {lo:.3}, \"max\": {hi:.3}, \"samples\": {}, \"aiopg_ratio\": {ratio}}}",
                     s.unit,

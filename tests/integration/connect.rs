@@ -7,7 +7,10 @@ use aiopg::ErrorKind;
 use crate::support::{self, connect, options, require_cluster, rt_test};
 
 fn role_dsn(c: &support::Cluster, role: &str, password: Option<&str>) -> String {
-    let mut dsn = format!("host={} port={} user={role} dbname=postgres", c.host, c.port);
+    let mut dsn = format!(
+        "host={} port={} user={role} dbname=postgres",
+        c.host, c.port
+    );
     if let Some(p) = password {
         dsn.push_str(&format!(" password={p}"));
     }

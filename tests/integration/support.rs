@@ -86,7 +86,10 @@ pub fn options(dsn: &str) -> ConnectOptions {
 }
 
 pub async fn connect() -> Connection {
-    options(&dsn()).connect().await.expect("connect to the test server")
+    options(&dsn())
+        .connect()
+        .await
+        .expect("connect to the test server")
 }
 
 /// The xtask cluster's host, port and socket folder, which the auth tests need (they use the

@@ -21,7 +21,7 @@ pub fn run(root: &Path, check: bool) -> Result<()> {
     let source = errcodes_path()?;
     let text = std::fs::read_to_string(&source)
         .map_err(|e| format!("reading {}: {e}", source.display()))?;
-    let generated = generate(&text)?;
+    let generated = rustfmt(&generate(&text)?)?;
     let out = root.join(OUTPUT);
     if check {
         let current = std::fs::read_to_string(&out).unwrap_or_default();
@@ -48,6 +48,29 @@ fn errcodes_path() -> Result<PathBuf> {
         )
         .into())
     }
+}
+
+/// Formats generated code the way `cargo fmt` would, so that the committed file passes
+/// `cargo fmt --check` and `--check` here compares like with like.
+fn rustfmt(code: &str) -> Result<String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("rustfmt")
+        .args(["--edition", "2021", "--emit", "stdout"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running rustfmt: {e} (rustup component add rustfmt)"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(code.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err("rustfmt failed on the generated code".into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn generate(text: &str) -> Result<String> {

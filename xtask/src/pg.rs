@@ -1,14 +1,28 @@
 //! Finding PostgreSQL's binaries and running a throwaway cluster.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::sys;
 use crate::Result;
 
 /// The folder holding PostgreSQL's server binaries (`initdb`, `postgres`, `pg_ctl`).
 pub fn bindir() -> Result<PathBuf> {
     if let Some(dir) = which_dir("initdb") {
-        return Ok(dir);
+        // Follow a symlink (e.g. /usr/local/bin/initdb) to the real bindir, which also
+        // holds pg_isready, psql and friends.
+        let real = dir
+            .join("initdb")
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .filter(|d| d.join("pg_ctl").is_file() && d.join("postgres").is_file());
+        return Ok(real.unwrap_or(dir));
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         if out.status.success() {
@@ -59,4 +73,931 @@ pub fn sharedir() -> Result<PathBuf> {
 fn which_dir(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).find(|dir| dir.join(program).is_file())
+}
+
+// ---------------------------------------------------------------------------
+// Throwaway clusters.
+//
+// A cluster lives in a fresh temporary folder (`$TMPDIR/aiopg-pg-…`, holding `data/`
+// and the Unix socket folder `sock/`) and is described by a `state` file (key=value
+// lines) in a folder under `target/aiopg-pg/`:
+//
+// - `target/aiopg-pg/state`: the one `cargo xtask pg start|stop|status` manages;
+// - `target/aiopg-pg/run-<pid>/state`: a private one of a `test-all-runtimes`/`demo` run;
+// - `target/aiopg-pg/bench/state`: the benchmark-tuned one of `cargo xtask bench`.
+//
+// The last two record their owner's pid: one whose owner died is stale, and is cleaned
+// up by the next start in that folder or by `cargo xtask pg stop`.
+
+/// How long the server gets to accept connections, and to stop.
+const TIMEOUT: Duration = Duration::from_secs(30);
+const TIMEOUT_ARG: &str = "30";
+
+/// The superuser (`initdb -U postgres --auth=trust`).
+pub const SUPERUSER: &str = "postgres";
+
+/// Login roles, one per authentication method: (name, password, pg_hba.conf method).
+pub const ROLES: &[(&str, Option<&str>, &str)] = &[
+    ("aiopg_trust", None, "trust"),
+    ("aiopg_password", Some("aiopg-pw-password"), "password"),
+    ("aiopg_md5", Some("aiopg-pw-md5"), "md5"),
+    ("aiopg_scram", Some("aiopg-pw-scram"), "scram-sha-256"),
+];
+
+/// The folder of the cluster `cargo xtask pg` manages; others live in subfolders.
+pub fn state_root(root: &Path) -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    };
+    target.join("aiopg-pg")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// Many connections, no durability: for the test suites.
+    Test,
+    /// Like `Test`, with more memory, minimal WAL and no JIT: for benchmarks.
+    Bench,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Test => "test",
+            Profile::Bench => "bench",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Profile> {
+        match s {
+            "test" => Some(Profile::Test),
+            "bench" => Some(Profile::Bench),
+            _ => None,
+        }
+    }
+
+    /// postgresql.conf lines (later lines win).
+    fn settings(self) -> &'static str {
+        match self {
+            Profile::Test => TEST_SETTINGS,
+            Profile::Bench => BENCH_SETTINGS,
+        }
+    }
+}
+
+macro_rules! test_settings {
+    () => {
+        "max_connections = 300
+shared_buffers = 128MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+password_encryption = 'scram-sha-256'
+log_line_prefix = '%m [%p] %q%u@%d '
+"
+    };
+}
+
+const TEST_SETTINGS: &str = test_settings!();
+
+const BENCH_SETTINGS: &str = concat!(
+    test_settings!(),
+    "shared_buffers = 256MB
+wal_level = minimal
+max_wal_senders = 0
+max_wal_size = 4GB
+checkpoint_timeout = 30min
+jit = off
+"
+);
+
+/// A throwaway cluster, as recorded in its state file.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Where the `state` file lives.
+    pub state_dir: PathBuf,
+    /// The temporary folder holding `data/` and `sock/`; deleted on stop.
+    pub base: PathBuf,
+    pub datadir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub bindir: PathBuf,
+    pub port: u16,
+    /// The postmaster's pid (0 until started).
+    pub pid: u32,
+    /// The xtask process the cluster belongs to; `None` for `cargo xtask pg start`.
+    pub owner: Option<u32>,
+    pub profile: Profile,
+}
+
+impl Cluster {
+    /// `host=127.0.0.1 port=<P> user=postgres dbname=postgres`.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres",
+            self.port
+        )
+    }
+
+    /// The same over the Unix socket.
+    pub fn socket_dsn(&self) -> String {
+        format!(
+            "host={} port={} user={SUPERUSER} dbname=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.datadir.join("postgres.log")
+    }
+
+    fn state_file(state_dir: &Path) -> PathBuf {
+        state_dir.join("state")
+    }
+
+    /// Reads the state file in `state_dir`, if there is one.
+    pub fn load(state_dir: &Path) -> Result<Option<Cluster>> {
+        let path = Cluster::state_file(state_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading {}: {e}", path.display()).into()),
+        };
+        let get = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_string())
+                .ok_or_else(|| format!("{}: no `{key}=` line", path.display()))
+        };
+        let number = |key: &str| -> Result<u32> {
+            let v = get(key)?;
+            v.parse::<u32>()
+                .map_err(|_| format!("{}: bad {key}={v}", path.display()).into())
+        };
+        let owner = get("owner").ok().and_then(|v| v.parse().ok());
+        let profile = get("profile")
+            .ok()
+            .and_then(|p| Profile::parse(&p))
+            .unwrap_or(Profile::Test);
+        Ok(Some(Cluster {
+            state_dir: state_dir.to_path_buf(),
+            base: PathBuf::from(get("base")?),
+            datadir: PathBuf::from(get("datadir")?),
+            socket_dir: PathBuf::from(get("socket_dir")?),
+            bindir: PathBuf::from(get("bindir")?),
+            port: u16::try_from(number("port")?).map_err(|_| "bad port")?,
+            pid: number("pid")?,
+            owner,
+            profile,
+        }))
+    }
+
+    fn save(&self) -> Result<()> {
+        let mut text = String::new();
+        let _ = writeln!(text, "datadir={}", self.datadir.display());
+        let _ = writeln!(text, "port={}", self.port);
+        let _ = writeln!(text, "socket_dir={}", self.socket_dir.display());
+        let _ = writeln!(text, "bindir={}", self.bindir.display());
+        let _ = writeln!(text, "pid={}", self.pid);
+        let _ = writeln!(text, "base={}", self.base.display());
+        let _ = writeln!(text, "log={}", self.log_file().display());
+        if let Some(owner) = self.owner {
+            let _ = writeln!(text, "owner={owner}");
+        }
+        let _ = writeln!(text, "profile={}", self.profile.name());
+        let _ = writeln!(text, "dsn={}", self.dsn());
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| format!("creating {}: {e}", self.state_dir.display()))?;
+        let path = Cluster::state_file(&self.state_dir);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(())
+    }
+
+    /// Whether the recorded postmaster is alive and still owns the data folder.
+    pub fn is_running(&self) -> bool {
+        self.pid != 0 && postmaster_pid(&self.datadir) == Some(self.pid) && sys::alive(self.pid)
+    }
+
+    /// Whether the process this cluster belongs to is gone (never for `pg start`'s).
+    pub fn is_orphaned(&self) -> bool {
+        match self.owner {
+            None => false,
+            Some(owner) => owner == std::process::id() || !sys::alive(owner),
+        }
+    }
+
+    /// Starts a cluster described by `state_dir`, or reuses the one running there.
+    /// Returns the cluster and whether it was started by this call.
+    pub fn start(
+        state_dir: &Path,
+        profile: Profile,
+        owner: Option<u32>,
+    ) -> Result<(Cluster, bool)> {
+        match Cluster::load(state_dir) {
+            Ok(Some(existing)) if existing.is_running() && !existing.is_orphaned() => {
+                return Ok((existing, false));
+            }
+            Ok(Some(stale)) => {
+                errln!(
+                    "xtask: cleaning up a stale cluster ({})",
+                    stale.base.display()
+                );
+                stale.stop()?;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                errln!("xtask: ignoring unreadable cluster state: {e}");
+                let _ = std::fs::remove_file(Cluster::state_file(state_dir));
+            }
+        }
+        let bindir = bindir()?;
+        let user = if sys::is_root() {
+            Some(postgres_ids()?)
+        } else {
+            None
+        };
+        let label = match state_dir.file_name().and_then(OsStr::to_str) {
+            Some("aiopg-pg") | None => "dev",
+            Some(name) if name.starts_with("run-") => "run",
+            Some(name) => name,
+        };
+        let base = fresh_temp_dir(label)?;
+        let mut cluster = Cluster {
+            state_dir: state_dir.to_path_buf(),
+            datadir: base.join("data"),
+            socket_dir: base.join("sock"),
+            base,
+            bindir,
+            port: 0,
+            pid: 0,
+            owner,
+            profile,
+        };
+        // Recorded before anything runs, so that an interrupted start can be cleaned up.
+        cluster.save()?;
+        if let Err(e) = cluster.boot(user) {
+            if let Err(stop_err) = cluster.stop() {
+                errln!("xtask: cleaning up after the failed start: {stop_err}");
+            }
+            return Err(e);
+        }
+        Ok((cluster, true))
+    }
+
+    fn boot(&mut self, user: Option<(u32, u32)>) -> Result<()> {
+        let runner = PgRunner { user };
+        std::fs::create_dir(&self.socket_dir)
+            .map_err(|e| format!("creating {}: {e}", self.socket_dir.display()))?;
+        if let Some((uid, gid)) = user {
+            for dir in [&self.base, &self.socket_dir] {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown postgres {}: {e}", dir.display()))?;
+            }
+        }
+
+        let initdb = self.bindir.join("initdb");
+        runner.run(
+            "initdb",
+            &initdb,
+            [
+                OsStr::new("-D"),
+                self.datadir.as_os_str(),
+                OsStr::new("-U"),
+                OsStr::new(SUPERUSER),
+                OsStr::new("--auth=trust"),
+                OsStr::new("--encoding=UTF8"),
+                OsStr::new("--locale=C"),
+                OsStr::new("--no-sync"),
+            ],
+        )?;
+
+        let conf = self.datadir.join("postgresql.conf");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .and_then(|mut f| f.write_all(b"\n# added by cargo xtask\ninclude 'aiopg.conf'\n"))
+            .map_err(|e| format!("writing {}: {e}", conf.display()))?;
+        self.write_file("pg_hba.conf", &hba_conf(), user)?;
+
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let log = self.log_file();
+        let attempts = 5;
+        for attempt in 1..=attempts {
+            self.port = free_port()?;
+            self.write_file("aiopg.conf", &self.settings(), user)?;
+            self.save()?;
+            let started = runner.run(
+                "pg_ctl start",
+                &pg_ctl,
+                [
+                    OsStr::new("start"),
+                    OsStr::new("-D"),
+                    self.datadir.as_os_str(),
+                    OsStr::new("-l"),
+                    log.as_os_str(),
+                    OsStr::new("-w"),
+                    OsStr::new("-t"),
+                    OsStr::new(TIMEOUT_ARG),
+                    OsStr::new("-s"),
+                ],
+            );
+            match started {
+                Ok(_) => break,
+                Err(e) => {
+                    let tail = log_tail(&log, 20);
+                    let port_taken =
+                        tail.contains("could not bind") || tail.contains("already in use");
+                    if port_taken && attempt < attempts {
+                        errln!("xtask: port {} was taken, trying another", self.port);
+                        continue;
+                    }
+                    return Err(format!("{e}\n--- {} ---\n{tail}", log.display()).into());
+                }
+            }
+        }
+        self.pid = postmaster_pid(&self.datadir).ok_or_else(|| {
+            format!(
+                "the server started but left no postmaster.pid ({})",
+                log.display()
+            )
+        })?;
+        self.save()?;
+        self.wait_ready()?;
+        self.create_roles()
+    }
+
+    fn settings(&self) -> String {
+        format!(
+            "# written by cargo xtask ({} profile)\n\
+             port = {}\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = {}\n\
+             {}",
+            self.profile.name(),
+            self.port,
+            conf_quote(&self.socket_dir),
+            self.profile.settings()
+        )
+    }
+
+    fn write_file(&self, name: &str, text: &str, user: Option<(u32, u32)>) -> Result<()> {
+        let path = self.datadir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| format!("chown postgres {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Polls until the server answers on its socket and its TCP port (bounded).
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        let pg_isready = self.bindir.join("pg_isready");
+        let port = self.port.to_string();
+        loop {
+            let socket_ok = if pg_isready.is_file() {
+                pg_command(&pg_isready)
+                    .args([
+                        "-q", "-t", "2", "-U", SUPERUSER, "-d", "postgres", "-p", &port, "-h",
+                    ])
+                    .arg(&self.socket_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            } else {
+                self.socket_dir
+                    .join(format!(".s.PGSQL.{}", self.port))
+                    .exists()
+            };
+            let tcp_ok = socket_ok
+                && TcpStream::connect_timeout(
+                    &([127, 0, 0, 1], self.port).into(),
+                    Duration::from_secs(2),
+                )
+                .is_ok();
+            if tcp_ok {
+                return Ok(());
+            }
+            if !sys::alive(self.pid) || Instant::now() > deadline {
+                let log = self.log_file();
+                return Err(format!(
+                    "the server did not become ready within {}s\n--- {} ---\n{}",
+                    TIMEOUT.as_secs(),
+                    log.display(),
+                    log_tail(&log, 20)
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates the login roles and the `aiopg_test` database.
+    fn create_roles(&self) -> Result<()> {
+        let mut sql = String::from("\\set ON_ERROR_STOP 1\n");
+        let names: Vec<&str> = ROLES.iter().map(|r| r.0).collect();
+        let all = names.join(", ");
+        for (name, password, method) in ROLES {
+            // The stored hash decides what the server can check: an md5 role needs an
+            // MD5-hashed password, or the server silently upgrades md5 auth to SCRAM.
+            let encryption = if *method == "md5" {
+                "md5"
+            } else {
+                "scram-sha-256"
+            };
+            let _ = writeln!(sql, "SET password_encryption = '{encryption}';");
+            match password {
+                Some(pw) => {
+                    let _ = writeln!(
+                        sql,
+                        "CREATE ROLE {name} LOGIN CREATEDB PASSWORD '{}';",
+                        pw.replace('\'', "''")
+                    );
+                }
+                None => {
+                    let _ = writeln!(sql, "CREATE ROLE {name} LOGIN CREATEDB;");
+                }
+            }
+        }
+        sql.push_str("RESET password_encryption;\n");
+        let _ = writeln!(
+            sql,
+            "DO $$ BEGIN
+  IF (SELECT rolpassword NOT LIKE 'md5%' FROM pg_authid WHERE rolname = 'aiopg_md5') THEN
+    RAISE EXCEPTION 'aiopg_md5 password is not MD5-hashed';
+  END IF;
+  IF (SELECT rolpassword NOT LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'aiopg_scram') THEN
+    RAISE EXCEPTION 'aiopg_scram password is not SCRAM-hashed';
+  END IF;
+END $$;"
+        );
+        let _ = writeln!(
+            sql,
+            "GRANT CONNECT, TEMPORARY ON DATABASE postgres TO {all};"
+        );
+        let _ = writeln!(sql, "GRANT CREATE ON SCHEMA public TO {all};");
+        let _ = writeln!(sql, "CREATE DATABASE aiopg_test OWNER {SUPERUSER};");
+        let _ = writeln!(
+            sql,
+            "GRANT CONNECT, TEMPORARY, CREATE ON DATABASE aiopg_test TO {all};"
+        );
+        sql.push_str("\\connect aiopg_test\n");
+        let _ = writeln!(sql, "GRANT CREATE ON SCHEMA public TO {all};");
+
+        let psql = self.psql()?;
+        let mut child = pg_command(&psql)
+            .args(["-X", "-q", "-U", SUPERUSER, "-d", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running {}: {e}", psql.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(sql.as_bytes())
+                .map_err(|e| format!("writing to psql: {e}"))?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(format!("creating the test roles failed:\n{}", output_text(&out)).into());
+        }
+        Ok(())
+    }
+
+    /// `psql` from the server's bindir, else from PATH.
+    pub fn psql(&self) -> Result<PathBuf> {
+        let local = self.bindir.join("psql");
+        if local.is_file() {
+            return Ok(local);
+        }
+        which_dir("psql")
+            .map(|d| d.join("psql"))
+            .ok_or_else(|| "psql not found: install the postgresql-client package".into())
+    }
+
+    /// Stops the server (immediate shutdown), deletes its folder and its state file.
+    /// Works on half-started clusters too.
+    pub fn stop(&self) -> Result<()> {
+        let user = if sys::is_root() {
+            postgres_ids().ok()
+        } else {
+            None
+        };
+        let runner = PgRunner { user };
+        let pid = postmaster_pid(&self.datadir).or((self.pid != 0).then_some(self.pid));
+        let mut stopped = true;
+        if self.datadir.join("postmaster.pid").exists() {
+            stopped = runner
+                .run(
+                    "pg_ctl stop",
+                    &self.bindir.join("pg_ctl"),
+                    [
+                        OsStr::new("stop"),
+                        OsStr::new("-D"),
+                        self.datadir.as_os_str(),
+                        OsStr::new("-m"),
+                        OsStr::new("immediate"),
+                        OsStr::new("-w"),
+                        OsStr::new("-t"),
+                        OsStr::new(TIMEOUT_ARG),
+                        OsStr::new("-s"),
+                    ],
+                )
+                .is_ok();
+        }
+        if let Some(pid) = pid {
+            if !stopped && postmaster_pid(&self.datadir) == Some(pid) && sys::alive(pid) {
+                errln!("xtask: pg_ctl stop failed, killing postmaster {pid}");
+                sys::send(pid as i32, sys::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while sys::alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        // Refuse to delete anything xtask did not create.
+        let ours = self
+            .base
+            .file_name()
+            .and_then(OsStr::to_str)
+            .is_some_and(|n| n.starts_with("aiopg-pg-"));
+        if ours {
+            match std::fs::remove_dir_all(&self.base) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("deleting {}: {e}", self.base.display()).into()),
+            }
+        } else {
+            errln!(
+                "xtask: not deleting {} (not an xtask folder)",
+                self.base.display()
+            );
+        }
+        let _ = std::fs::remove_file(Cluster::state_file(&self.state_dir));
+        // Only succeeds when empty (a per-run folder); the top folder keeps its subfolders.
+        let _ = std::fs::remove_dir(&self.state_dir);
+        Ok(())
+    }
+}
+
+/// Stops a cluster when dropped (also on panic), unless it was reused from elsewhere.
+pub struct Guard {
+    cluster: Option<Cluster>,
+}
+
+impl Guard {
+    /// Takes charge of stopping `cluster` when `started` (it was started by us).
+    pub fn new(cluster: &Cluster, started: bool) -> Guard {
+        Guard {
+            cluster: started.then(|| cluster.clone()),
+        }
+    }
+
+    /// Stops the cluster now, reporting errors.
+    pub fn stop(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            errln!(
+                "xtask: stopping the PostgreSQL cluster (port {})",
+                cluster.port
+            );
+            if let Err(e) = cluster.stop() {
+                errln!("xtask: stopping the cluster: {e}");
+            }
+        }
+        // Cleared only once stopped: if anything above panicked, `drop` tries again.
+        self.cluster = None;
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs commands as the `postgres` user when xtask runs as root (the server refuses
+/// to run as root), as the current user otherwise.
+struct PgRunner {
+    user: Option<(u32, u32)>,
+}
+
+impl PgRunner {
+    fn command<I, S>(&self, program: &Path, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = if self.user.is_none() {
+            let mut cmd = pg_command(program);
+            cmd.args(args);
+            cmd
+        } else if let Some(runuser) = find_runuser() {
+            let mut cmd = pg_command(&runuser);
+            cmd.args(["-u", "postgres", "--"]).arg(program).args(args);
+            cmd
+        } else {
+            let mut line = String::from("exec");
+            for word in std::iter::once(program.as_os_str().to_os_string())
+                .chain(args.into_iter().map(|a| a.as_ref().to_os_string()))
+            {
+                line.push(' ');
+                line.push_str(&shell_quote(&word.to_string_lossy()));
+            }
+            let mut cmd = pg_command(Path::new("su"));
+            cmd.args(["postgres", "-s", "/bin/sh", "-c", &line]);
+            cmd
+        };
+        // The postgres user may not be able to enter the current folder.
+        cmd.current_dir("/").stdin(Stdio::null());
+        cmd
+    }
+
+    fn run<I, S>(&self, what: &str, program: &Path, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self
+            .command(program, args)
+            .output()
+            .map_err(|e| format!("{what}: running {}: {e}", program.display()))?;
+        if !out.status.success() {
+            return Err(format!("{what} failed ({}):\n{}", out.status, output_text(&out)).into());
+        }
+        Ok(out)
+    }
+}
+
+/// A command for a PostgreSQL tool, shielded from the caller's libpq settings.
+fn pg_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for var in [
+        "PGDATA",
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn find_runuser() -> Option<PathBuf> {
+    which_dir("runuser").map(|d| d.join("runuser")).or_else(|| {
+        ["/usr/sbin/runuser", "/sbin/runuser"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    })
+}
+
+/// The uid and gid of the `postgres` user.
+fn postgres_ids() -> Result<(u32, u32)> {
+    let from_passwd = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("postgres:"))
+                .map(str::to_string)
+        });
+    let line = from_passwd.or_else(|| {
+        let out = Command::new("getent")
+            .args(["passwd", "postgres"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    let line = line.ok_or(
+        "running as root needs a `postgres` user to run the server \
+         (the `postgresql` package creates it)",
+    )?;
+    let fields: Vec<&str> = line.split(':').collect();
+    match (
+        fields.get(2).and_then(|v| v.parse().ok()),
+        fields.get(3).and_then(|v| v.parse().ok()),
+    ) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => Err(format!("cannot parse the postgres user: {line}").into()),
+    }
+}
+
+fn hba_conf() -> String {
+    let mut text = String::from(
+        "# written by cargo xtask: one role per authentication method, catch-all trust last\n\
+         # TYPE  DATABASE  USER  ADDRESS  METHOD\n",
+    );
+    for (name, _, method) in ROLES {
+        let _ = writeln!(text, "local all {name} {method}");
+        let _ = writeln!(text, "host all {name} 127.0.0.1/32 {method}");
+        let _ = writeln!(text, "host all {name} ::1/128 {method}");
+    }
+    text.push_str(
+        "local all all trust\n\
+         host all all 127.0.0.1/32 trust\n\
+         host all all ::1/128 trust\n\
+         local replication all trust\n\
+         host replication all 127.0.0.1/32 trust\n\
+         host replication all ::1/128 trust\n",
+    );
+    text
+}
+
+/// A new, empty folder in the temporary directory (short paths keep the Unix socket
+/// path under its 107-byte limit).
+fn fresh_temp_dir(label: &str) -> Result<PathBuf> {
+    let tmp = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = tmp.join(format!(
+            "aiopg-pg-{label}-{}-{:x}",
+            std::process::id(),
+            nanos.wrapping_add(attempt)
+        ));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("creating {}: {e}", dir.display()).into()),
+        }
+    }
+    Err(format!("could not create a fresh folder in {}", tmp.display()).into())
+}
+
+/// A TCP port that was free a moment ago (the server may still lose a race for it:
+/// the caller retries).
+fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("finding a free port: {e}"))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The pid on the first line of `postmaster.pid`.
+fn postmaster_pid(datadir: &Path) -> Option<u32> {
+    std::fs::read_to_string(datadir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn conf_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "''"))
+}
+
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+// ---------------------------------------------------------------------------
+// `cargo xtask pg start|stop|status`.
+
+pub fn command(root: &Path, args: &[String]) -> Result<i32> {
+    let dir = state_root(root);
+    match args.first().map(String::as_str) {
+        Some("start") => {
+            let (cluster, started) = Cluster::start(&dir, Profile::Test, None)?;
+            if started {
+                errln!("xtask: started a PostgreSQL cluster");
+            } else {
+                errln!("xtask: a cluster is already running; reusing it");
+            }
+            describe(&cluster);
+            outln!("{}", cluster.dsn());
+            Ok(0)
+        }
+        Some("stop") => {
+            match Cluster::load(&dir)? {
+                Some(cluster) => {
+                    let was_running = cluster.is_running();
+                    cluster.stop()?;
+                    if was_running {
+                        errln!(
+                            "xtask: stopped the cluster and deleted {}",
+                            cluster.base.display()
+                        );
+                    } else {
+                        errln!(
+                            "xtask: the cluster was not running; deleted {}",
+                            cluster.base.display()
+                        );
+                    }
+                }
+                None => errln!("xtask: no cluster to stop"),
+            }
+            for other in others(&dir) {
+                if other.is_orphaned() {
+                    errln!("xtask: cleaning up stale {}", other.state_dir.display());
+                    other.stop()?;
+                }
+            }
+            Ok(0)
+        }
+        Some("status") => {
+            for other in others(&dir) {
+                let what = if other.is_orphaned() {
+                    "stale (its xtask is gone; `cargo xtask pg stop` cleans it up)"
+                } else if other.is_running() {
+                    "running"
+                } else {
+                    "starting or stopping"
+                };
+                errln!(
+                    "xtask: {} cluster in {}: {what}, {}",
+                    other.profile.name(),
+                    other.state_dir.display(),
+                    other.dsn()
+                );
+            }
+            match Cluster::load(&dir)? {
+                Some(cluster) if cluster.is_running() => {
+                    errln!("xtask: running");
+                    describe(&cluster);
+                    outln!("{}", cluster.dsn());
+                    Ok(0)
+                }
+                Some(_) => {
+                    outln!("not running (stale state: `cargo xtask pg stop` cleans it up)");
+                    Ok(3)
+                }
+                None => {
+                    outln!("not running");
+                    Ok(3)
+                }
+            }
+        }
+        _ => Err("usage: cargo xtask pg start|stop|status".into()),
+    }
+}
+
+fn describe(c: &Cluster) {
+    errln!("  pid:        {}", c.pid);
+    errln!("  data:       {}", c.datadir.display());
+    errln!("  log:        {}", c.log_file().display());
+    errln!("  bindir:     {}", c.bindir.display());
+    errln!(
+        "  state:      {}",
+        Cluster::state_file(&c.state_dir).display()
+    );
+    errln!("  TCP:        {}", c.dsn());
+    errln!("  socket:     {}", c.socket_dsn());
+    errln!("  roles:      superuser {SUPERUSER} (trust), database aiopg_test");
+    for (name, password, method) in ROLES {
+        match password {
+            Some(pw) => errln!("              {name} / {pw} ({method})"),
+            None => errln!("              {name} ({method})"),
+        }
+    }
+    errln!("  for tests:  export AIOPG_TEST_DSN='{}'", c.dsn());
+}
+
+/// Clusters recorded in subfolders (bench, per-run).
+fn others(dir: &Path) -> Vec<Cluster> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Cluster> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Cluster::load(&e.path()).ok().flatten())
+        .collect();
+    found.sort_by(|a, b| a.state_dir.cmp(&b.state_dir));
+    found
 }

@@ -176,7 +176,14 @@ async fn connect_any(
     let mut failures: Vec<(String, Error)> = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let port = config.port_for(i);
-        let attempt = connect_host(config, &runtime, host, config.hostaddr_for(i), port, cache_size);
+        let attempt = connect_host(
+            config,
+            &runtime,
+            host,
+            config.hostaddr_for(i),
+            port,
+            cache_size,
+        );
         let res = match connect_timeout {
             Some(t) => match aiopg_rt::timeout(&*runtime, t, attempt).await {
                 Ok(r) => r,
@@ -222,11 +229,7 @@ async fn connect_any(
 
 /// Adds the host an error happened on, keeping its kind and cause.
 fn with_host(e: Error, host: &str) -> Error {
-    match e.kind() {
-        // A server error already says what went wrong, and its fields stay reachable.
-        ErrorKind::Db => e,
-        kind => Error::new(kind, format!("{host}"), Some(Box::new(e))),
-    }
+    e.context(host)
 }
 
 async fn connect_host(
@@ -240,7 +243,10 @@ async fn connect_host(
     let targets = match host {
         // `hostaddr` skips name resolution; the host name still serves pgpass and TLS.
         _ if hostaddr.is_some() => {
-            vec![Target::Tcp(SocketAddr::new(hostaddr.expect("checked"), port))]
+            vec![Target::Tcp(SocketAddr::new(
+                hostaddr.expect("checked"),
+                port,
+            ))]
         }
         Host::Unix(dir) => vec![Target::Unix(dir.join(format!(".s.PGSQL.{port}")))],
         Host::Tcp(name) => {
@@ -308,9 +314,9 @@ async fn connect_target(
 ) -> Result<Connection> {
     let mut stream = open(config, runtime, target).await?;
     let mut rb = ReadBuf::new();
-    let user = config.get_user().ok_or_else(|| {
-        Error::config("user", "no user name: set user in the DSN or PGUSER")
-    })?;
+    let user = config
+        .get_user()
+        .ok_or_else(|| Error::config("user", "no user name: set user in the DSN or PGUSER"))?;
 
     // Start-up.
     let mut buf = BytesMut::new();
@@ -509,7 +515,9 @@ async fn check_session_attrs(conn: &Connection, want: TargetSessionAttrs) -> Res
             _ => None,
         });
         read_only = values.next();
-        standby = values.next().map(|v| if v == "t" { "on".into() } else { "off".into() });
+        standby = values
+            .next()
+            .map(|v| if v == "t" { "on".into() } else { "off".into() });
     }
     let read_only = read_only.as_deref() == Some("on");
     let standby = standby.as_deref() == Some("on");
@@ -552,7 +560,10 @@ pub(crate) async fn cancel(shared: &Shared) -> Result<()> {
         let _ = std::future::poll_fn(|cx| rb.poll_fill(&mut stream, cx)).await;
         Ok(())
     };
-    let timeout = id.config.get_connect_timeout().unwrap_or(Duration::from_secs(10));
+    let timeout = id
+        .config
+        .get_connect_timeout()
+        .unwrap_or(Duration::from_secs(10));
     match aiopg_rt::timeout(&**runtime, timeout, send).await {
         Ok(r) => r,
         Err(_) => Err(Error::timeout("sending the cancel request")),

@@ -124,9 +124,8 @@ impl Connection {
         // Closing statements whose handles were dropped rides on this request; their
         // CloseComplete answers are skipped by the collector.
         for name in st.statements.take_closes() {
-            frontend::close(b'S', &name, &mut st.write).map_err(|e| {
-                Error::encode(format!("closing statement: {e}"), Some(Box::new(e)))
-            })?;
+            frontend::close(b'S', &name, &mut st.write)
+                .map_err(|e| Error::encode(format!("closing statement: {e}"), Some(Box::new(e))))?;
         }
         let start = st.write.len();
         let collector = match encode(&mut st) {
@@ -227,26 +226,26 @@ impl Connection {
 
     async fn execute_inner(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<Output> {
         let req = self.start(|st| {
-                let w = &mut st.write;
-                if stmt.name().is_empty() {
-                    // The unnamed statement may have been replaced by another caller's since
-                    // it was described: parse it again in the same batch.
-                    protocol::encode_or_rollback(w, |w| {
-                        frontend::parse("", stmt.sql(), std::iter::empty(), w)
-                    })?;
-                }
-                protocol::bind(w, stmt.name(), stmt.params(), params)?;
+            let w = &mut st.write;
+            if stmt.name().is_empty() {
+                // The unnamed statement may have been replaced by another caller's since
+                // it was described: parse it again in the same batch.
                 protocol::encode_or_rollback(w, |w| {
-                    frontend::execute("", 0, w)?;
-                    frontend::sync(w);
-                    Ok(())
+                    frontend::parse("", stmt.sql(), std::iter::empty(), w)
                 })?;
-                Ok(Collector::Query {
-                    columns: stmt.columns_arc().clone(),
-                    rows: Vec::new(),
-                    affected: None,
-                })
+            }
+            protocol::bind(w, stmt.name(), stmt.params(), params)?;
+            protocol::encode_or_rollback(w, |w| {
+                frontend::execute("", 0, w)?;
+                frontend::sync(w);
+                Ok(())
             })?;
+            Ok(Collector::Query {
+                columns: stmt.columns_arc().clone(),
+                rows: Vec::new(),
+                affected: None,
+            })
+        })?;
         req.await
     }
 

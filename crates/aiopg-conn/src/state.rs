@@ -64,7 +64,10 @@ pub(crate) enum Collector {
 #[derive(Debug)]
 pub(crate) enum Output {
     Statement(Statement),
-    Rows { rows: Vec<Row>, affected: Option<u64> },
+    Rows {
+        rows: Vec<Row>,
+        affected: Option<u64>,
+    },
     Simple(Vec<SimpleQueryMessage>),
 }
 
@@ -253,7 +256,8 @@ impl State {
 
     /// Drops collected entries off the queue's front.
     fn compact(&mut self) {
-        while self.answered > 0 && matches!(self.queue.front(), Some(e) if matches!(e.slot, Slot::Gone))
+        while self.answered > 0
+            && matches!(self.queue.front(), Some(e) if matches!(e.slot, Slot::Gone))
         {
             self.queue.pop_front();
             self.base_id += 1;
@@ -264,7 +268,12 @@ impl State {
     /// Wakes the first caller still waiting for an answer, so that it takes over driving.
     fn wake_next_driver(&mut self) {
         let answered = self.answered;
-        if let Some(e) = self.queue.iter_mut().skip(answered).find(|e| e.waker.is_some()) {
+        if let Some(e) = self
+            .queue
+            .iter_mut()
+            .skip(answered)
+            .find(|e| e.waker.is_some())
+        {
             if let Some(w) = e.waker.take() {
                 w.wake();
             }
@@ -419,7 +428,9 @@ impl State {
                 if matches!(err.severity(), "FATAL" | "PANIC")
                     || matches!(
                         err.parsed_severity(),
-                        Some(aiopg_core::error::Severity::Fatal | aiopg_core::error::Severity::Panic)
+                        Some(
+                            aiopg_core::error::Severity::Fatal | aiopg_core::error::Severity::Panic
+                        )
                     )
                 {
                     // The server ends the session after a FATAL error: close now, so that every

@@ -138,9 +138,10 @@ pub fn bind(
             frontend::BindError::Conversion(e) => {
                 Error::encode(format!("a parameter could not be encoded: {e}"), Some(e))
             }
-            frontend::BindError::Serialization(e) => {
-                Error::encode(format!("a parameter is too large to send: {e}"), Some(Box::new(e)))
-            }
+            frontend::BindError::Serialization(e) => Error::encode(
+                format!("a parameter is too large to send: {e}"),
+                Some(Box::new(e)),
+            ),
         });
     }
     Ok(())
@@ -177,7 +178,10 @@ mod tests {
 
     #[test]
     fn server_versions() {
-        assert_eq!(server_version_number("15.18 (Debian 15.18-0+deb12u1)"), Some(150018));
+        assert_eq!(
+            server_version_number("15.18 (Debian 15.18-0+deb12u1)"),
+            Some(150018)
+        );
         assert_eq!(server_version_number("9.6.24"), Some(90624));
         assert_eq!(server_version_number("17devel"), Some(170000));
         assert_eq!(server_version_number("16beta1"), Some(160000));
@@ -192,7 +196,10 @@ mod tests {
         assert_eq!(&buf[..], b"xyz");
         assert!(err.to_string().contains("$1"), "{err}");
         let err = bind(&mut buf, "s", &[Type::INT8, Type::INT8], &[&v]).unwrap_err();
-        assert!(err.to_string().contains("2 parameters but 1 was given"), "{err}");
+        assert!(
+            err.to_string().contains("2 parameters but 1 was given"),
+            "{err}"
+        );
         bind(&mut buf, "s", &[Type::INT8], &[&v]).unwrap();
         assert_eq!(buf[3], b'B');
     }

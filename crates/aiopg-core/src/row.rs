@@ -110,10 +110,11 @@ impl RowIndex for str {
     #[inline]
     fn index(&self, columns: &[Column]) -> Option<usize> {
         // An exact match first, then a case-insensitive one, as psycopg does for dict rows.
-        columns
-            .iter()
-            .position(|c| c.name == self)
-            .or_else(|| columns.iter().position(|c| c.name.eq_ignore_ascii_case(self)))
+        columns.iter().position(|c| c.name == self).or_else(|| {
+            columns
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(self))
+        })
     }
 }
 

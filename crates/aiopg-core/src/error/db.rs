@@ -257,7 +257,10 @@ impl fmt::Debug for DbError {
                 if let Some(v) = &self.$name { d.field(stringify!($name), v); }
             )*};
         }
-        opt!(detail, hint, position, where_, schema, table, column, datatype, constraint, file, line, routine);
+        opt!(
+            detail, hint, position, where_, schema, table, column, datatype, constraint, file,
+            line, routine
+        );
         d.finish()
     }
 }

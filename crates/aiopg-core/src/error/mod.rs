@@ -166,6 +166,16 @@ impl Error {
         Error::new(ErrorKind::Usage, message, None)
     }
 
+    /// Prefixes the message with where the error happened (`"db1:5432"`), keeping its kind
+    /// and cause.
+    pub fn context(mut self, context: impl std::fmt::Display) -> Error {
+        self.0.message = Some(match self.0.message.take() {
+            Some(m) => format!("{context}: {m}"),
+            None => context.to_string(),
+        });
+        self
+    }
+
     /// What kind of error this is.
     pub fn kind(&self) -> ErrorKind {
         self.0.kind
@@ -183,10 +193,12 @@ impl Error {
 
     /// The server error behind this error, if there is one.
     pub fn as_db_error(&self) -> Option<&DbError> {
-        self.0
-            .source
-            .as_deref()
-            .and_then(|s| s.downcast_ref::<DbError>())
+        let source = self.0.source.as_deref()?;
+        if let Some(db) = source.downcast_ref::<DbError>() {
+            return Some(db);
+        }
+        // An error may wrap another aiopg error (a failed host among several, say).
+        source.downcast_ref::<Error>()?.as_db_error()
     }
 
     /// The SQLSTATE of the server error behind this error, if there is one.
@@ -227,6 +239,14 @@ impl fmt::Display for Error {
                 }
                 f.write_str(self.0.kind.describe())
             }
+            (Some(m), ErrorKind::Db) => {
+                // A server error with context: the context, then the server's words.
+                f.write_str(m)?;
+                if let Some(db) = self.as_db_error() {
+                    write!(f, ": {db}")?;
+                }
+                return Ok(());
+            }
             (None, kind) => f.write_str(kind.describe()),
             (Some(m), kind) => write!(f, "{}: {m}", kind.describe()),
         }?;
@@ -240,7 +260,10 @@ impl fmt::Display for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source.as_deref().map(|s| s as &(dyn StdError + 'static))
+        self.0
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
     }
 }
 
@@ -262,7 +285,10 @@ mod tests {
             "connecting to 127.0.0.1:1",
             io::Error::new(io::ErrorKind::ConnectionRefused, "refused"),
         );
-        assert_eq!(e.to_string(), "I/O error: connecting to 127.0.0.1:1: refused");
+        assert_eq!(
+            e.to_string(),
+            "I/O error: connecting to 127.0.0.1:1: refused"
+        );
         assert!(e.as_io_error().is_some());
         assert!(e.source().is_some());
     }

@@ -1160,7 +1160,8 @@ impl SqlState {
     pub const DIAGNOSTICS_EXCEPTION: SqlState = SqlState(Inner::E0Z000);
 
     /// `0Z002`: stacked_diagnostics_accessed_without_active_handler
-    pub const STACKED_DIAGNOSTICS_ACCESSED_WITHOUT_ACTIVE_HANDLER: SqlState = SqlState(Inner::E0Z002);
+    pub const STACKED_DIAGNOSTICS_ACCESSED_WITHOUT_ACTIVE_HANDLER: SqlState =
+        SqlState(Inner::E0Z002);
 
     /// `20000`: case_not_found
     pub const CASE_NOT_FOUND: SqlState = SqlState(Inner::E20000);
@@ -1415,7 +1416,8 @@ impl SqlState {
     pub const INAPPROPRIATE_ACCESS_MODE_FOR_BRANCH_TRANSACTION: SqlState = SqlState(Inner::E25003);
 
     /// `25004`: inappropriate_isolation_level_for_branch_transaction
-    pub const INAPPROPRIATE_ISOLATION_LEVEL_FOR_BRANCH_TRANSACTION: SqlState = SqlState(Inner::E25004);
+    pub const INAPPROPRIATE_ISOLATION_LEVEL_FOR_BRANCH_TRANSACTION: SqlState =
+        SqlState(Inner::E25004);
 
     /// `25005`: no_active_sql_transaction_for_branch_transaction
     pub const NO_ACTIVE_SQL_TRANSACTION_FOR_BRANCH_TRANSACTION: SqlState = SqlState(Inner::E25005);
