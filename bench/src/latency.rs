@@ -1,166 +1,78 @@
-//! `latency`: sequential prepared `SELECT $1::int4` on one connection, in ops/s.
+//! `latency`: sequential prepared `SELECT $1::int4` on one connection.
 
-use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use crate::block_on;
+use crate::child::{drive, Job};
 
-use crate::report::Report;
-use crate::{block_on, Settings};
-
-const WORKLOAD: &str = "latency";
-const WARMUP: i32 = 200;
-
-/// Runs `op` until `duration` has passed; returns operations per second.
-async fn timed<F, Fut>(duration: Duration, mut op: F) -> f64
-where
-    F: FnMut(i32) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for i in 0..WARMUP {
-        op(i).await;
-    }
-    let start = Instant::now();
-    let mut n: u64 = 0;
-    loop {
-        for _ in 0..64 {
-            op(n as i32).await;
-            n += 1;
-        }
-        let el = start.elapsed();
-        if el >= duration {
-            return n as f64 / el.as_secs_f64();
-        }
+pub fn run(job: &Job) -> (u64, f64) {
+    let rt = job.runtime.clone();
+    match job.contender.as_str() {
+        "aiopg" => block_on(&rt, aiopg(job)),
+        "tokio-postgres" => block_on(&rt, tokio_postgres(job)),
+        "sqlx" => block_on(&rt, sqlx(job)),
+        other => panic!("latency: unknown contender {other}"),
     }
 }
 
-async fn aiopg_once(s: &Settings, runtime: &str) -> f64 {
-    let rt: Arc<dyn aiopg::rt::Runtime> = aiopg::rt::runtime_by_name(runtime).expect("runtime");
-    let conn = aiopg::ConnectOptions::new(&s.dsn)
-        .expect("dsn")
-        .runtime(rt)
-        .connect()
-        .await
-        .expect("aiopg connect");
+async fn aiopg(job: &Job) -> (u64, f64) {
+    let conn = crate::aiopg_connect(job).await;
     let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
-    let ops = timed(s.duration, |i| {
+    let r = drive(job.amount, |n| {
         let (conn, stmt) = (&conn, &stmt);
         async move {
+            let i = n as i32;
             let rows = conn.query_prepared(stmt, &[&i]).await.expect("query");
             assert_eq!(rows[0].get::<i32>(0), i);
+            1
         }
     })
     .await;
     conn.close().await;
-    ops
+    r
 }
 
-async fn tokio_postgres_once(s: &Settings) -> f64 {
-    let (client, connection) = tokio_postgres::connect(&s.dsn, tokio_postgres::NoTls)
-        .await
-        .expect("tokio-postgres connect");
-    let task = tokio::spawn(connection);
+async fn tokio_postgres(job: &Job) -> (u64, f64) {
+    let client = crate::tokio_postgres_connect(job).await;
     let stmt = client.prepare("SELECT $1::int4").await.expect("prepare");
-    let ops = timed(s.duration, |i| {
+    drive(job.amount, |n| {
         let (client, stmt) = (&client, &stmt);
         async move {
+            let i = n as i32;
             let rows = client.query(stmt, &[&i]).await.expect("query");
             assert_eq!(rows[0].get::<_, i32>(0), i);
+            1
         }
     })
-    .await;
-    drop(client);
-    let _ = task.await;
-    ops
+    .await
 }
 
-async fn sqlx_once(s: &Settings) -> f64 {
+async fn sqlx(job: &Job) -> (u64, f64) {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(&s.url)
+    let mut conn = sqlx::PgConnection::connect(&job.url)
         .await
         .expect("sqlx connect");
-    // sqlx needs `&mut` per query, so the timing loop is written out here.
-    async fn one(conn: &mut sqlx::PgConnection, i: i32) {
+    // sqlx prepares on first use and caches; do that before measuring, as the others do.
+    let _: i32 = sqlx::query_scalar("SELECT $1::int4")
+        .bind(0)
+        .fetch_one(&mut conn)
+        .await
+        .expect("prepare");
+    // sqlx needs `&mut` per query, so the loop is written out rather than using `drive`.
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    loop {
+        let i = n as i32;
         let v: i32 = sqlx::query_scalar("SELECT $1::int4")
             .bind(i)
-            .fetch_one(conn)
+            .fetch_one(&mut conn)
             .await
             .expect("query");
         assert_eq!(v, i);
-    }
-    for i in 0..WARMUP {
-        one(&mut conn, i).await;
-    }
-    let start = Instant::now();
-    let mut n: u64 = 0;
-    let ops = loop {
-        for _ in 0..64 {
-            one(&mut conn, n as i32).await;
-            n += 1;
+        n += 1;
+        if crate::child::finished(job.amount, n, start) {
+            break;
         }
-        let el = start.elapsed();
-        if el >= s.duration {
-            break n as f64 / el.as_secs_f64();
-        }
-    };
+    }
+    let r = (n, start.elapsed().as_secs_f64());
     let _ = conn.close().await;
-    ops
-}
-
-/// pgbench `-M prepared -c 1`: libpq's figure for the same statement.
-fn pgbench_once(s: &Settings) -> Option<f64> {
-    let bindir = s.bindir.as_deref()?;
-    let script = std::env::temp_dir().join("aiopg-bench-latency.sql");
-    std::fs::write(&script, "\\set x random(1, 1000000)\nSELECT :x::int4;\n").ok()?;
-    let get = |k: &str| {
-        s.dsn
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string))
-    };
-    let secs = s.duration.as_secs().max(1).to_string();
-    let mut cmd = Command::new(format!("{bindir}/pgbench"));
-    cmd.args(["-n", "-M", "prepared", "-c", "1", "-T", &secs, "-f"])
-        .arg(&script)
-        .args([
-            "-h",
-            &get("host")?,
-            "-p",
-            &get("port")?,
-            "-U",
-            &get("user")?,
-        ])
-        .arg(get("dbname")?);
-    let out = cmd.output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l["tps = ".len()..].split_whitespace().next()?.parse().ok())
-}
-
-pub fn run(s: &Settings, report: &mut Report) {
-    println!(
-        "latency: {} rounds of {:?} per contender, alternating",
-        s.rounds, s.duration
-    );
-    for round in 0..s.rounds {
-        for &rt in &s.runtimes {
-            let v = block_on(rt, aiopg_once(s, rt));
-            report.add(WORKLOAD, &format!("aiopg/{rt}"), "ops/s", true, v);
-            let v = if rt == "tokio" {
-                let v = block_on("tokio", tokio_postgres_once(s));
-                report.add(WORKLOAD, "tokio-postgres/tokio", "ops/s", true, v);
-                block_on("tokio", sqlx_once(s))
-            } else {
-                block_on(rt, sqlx_once(s))
-            };
-            report.add(WORKLOAD, &format!("sqlx/{rt}"), "ops/s", true, v);
-        }
-        if !s.smoke {
-            match pgbench_once(s) {
-                Some(v) => report.add(WORKLOAD, "pgbench -M prepared -c 1", "ops/s", true, v),
-                None if round == 0 => println!("pgbench not found or failed: skipped"),
-                None => {}
-            }
-        }
-        println!("  round {} of {} done", round + 1, s.rounds);
-    }
+    r
 }

@@ -1,61 +1,105 @@
 //! `cargo xtask bench`: aiopg beside tokio-postgres, sqlx and pgbench, measured in one run.
 //!
-//! Contenders alternate within every round, and each figure is the median over rounds, because
-//! this machine is shared and noisy. `AIOPG_BENCH_DSN` names the server (xtask starts a
-//! throwaway cluster and sets it); `AIOPG_BENCH_PG_BINDIR` is where pgbench lives.
+//! The parent process runs every measurement in a child process (`--child`), pinned to a core
+//! with `taskset`: the server is pinned to core 0, and each workload runs with the client on
+//! the same core and on the other one, because on a 2-core machine that placement alone moves
+//! single-connection results several-fold. Contenders alternate within every round and each
+//! figure is the median over rounds. `--instructions` runs each client once under callgrind
+//! and reports client instructions per operation, which repeat exactly from run to run.
+//!
+//! Environment (set by `cargo xtask bench`): `AIOPG_BENCH_DSN`, `AIOPG_BENCH_PG_BINDIR`
+//! (pgbench, psql) and `AIOPG_BENCH_PG_PID` (the postmaster, to pin).
 
+mod child;
+mod fetch;
 mod latency;
+mod pipeline;
 mod report;
 
-use std::time::Duration;
+use std::process::Command;
+use std::time::Instant;
 
-/// Command-line settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub dsn: String,
-    pub url: String,
-    pub bindir: Option<String>,
-    pub runtimes: Vec<&'static str>,
-    pub rounds: usize,
-    pub duration: Duration,
-    pub smoke: bool,
-    pub json: Option<String>,
-}
+use child::{Amount, Job};
+use report::{Report, Sample};
 
-const WORKLOADS: &[&str] = &["latency"];
+const RUNTIMES: [&str; 3] = ["tokio", "async-std", "smol"];
+const WORKLOADS: &[&str] = &["latency", "pipeline", "fetch-1m"];
 const LATER: &[(&str, &str)] = &[
-    ("pipeline", "the benchmark issue"),
-    ("fetch-1m", "the benchmark issue"),
     ("stream-5m", "server-side cursors (the cursor issue)"),
-    ("pool", "the pool issue"),
-    ("acquire", "the pool issue"),
+    ("pool", "the pool (the pool issue)"),
+    ("acquire", "the pool (the pool issue)"),
     ("insert-batch", "executemany (the cursor issue)"),
     ("copy-out", "COPY"),
     ("copy-in", "COPY"),
 ];
 
+/// Where the client runs relative to the server (pinned to core 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    SameCore,
+    OtherCore,
+    Unpinned,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::SameCore => "same core",
+            Layout::OtherCore => "other cores",
+            Layout::Unpinned => "unpinned",
+        }
+    }
+    fn cpu(self) -> Option<&'static str> {
+        match self {
+            Layout::SameCore => Some("0"),
+            Layout::OtherCore => Some("1"),
+            Layout::Unpinned => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Settings {
+    dsn: String,
+    bindir: Option<String>,
+    runtimes: Vec<&'static str>,
+    rounds: usize,
+    seconds: f64,
+    smoke: bool,
+    instructions: bool,
+    layouts: Vec<Layout>,
+    json: Option<String>,
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: aiopg-bench [WORKLOAD..] [--runtime tokio|async-std|smol|all] [--rounds N] \
-         [--seconds S] [--smoke] [--json FILE]\nworkloads: {}",
+         [--seconds S] [--layout same|other|both|none] [--instructions] [--smoke] [--json FILE]\n\
+         workloads: {}",
         WORKLOADS.join(", ")
     );
     std::process::exit(2)
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut workloads = Vec::new();
-    let mut runtimes = vec!["tokio", "async-std", "smol"];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return child_main(&args[1..]);
+    }
+    let mut it = args.into_iter();
+    let mut workloads: Vec<String> = Vec::new();
+    let mut runtimes = RUNTIMES.to_vec();
     let mut rounds = 5;
     let mut seconds = 2.0f64;
     let mut smoke = false;
+    let mut instructions = false;
+    let mut layouts = vec![Layout::SameCore, Layout::OtherCore];
     let mut json = None;
-    while let Some(a) = args.next() {
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--runtime" => {
-                runtimes = match args.next().as_deref() {
-                    Some("all") => vec!["tokio", "async-std", "smol"],
+                runtimes = match it.next().as_deref() {
+                    Some("all") => RUNTIMES.to_vec(),
                     Some("tokio") => vec!["tokio"],
                     Some("async-std") => vec!["async-std"],
                     Some("smol") => vec!["smol"],
@@ -63,19 +107,29 @@ fn main() {
                 }
             }
             "--rounds" => {
-                rounds = args
+                rounds = it
                     .next()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage())
             }
             "--seconds" => {
-                seconds = args
+                seconds = it
                     .next()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage())
             }
+            "--layout" => {
+                layouts = match it.next().as_deref() {
+                    Some("same") => vec![Layout::SameCore],
+                    Some("other") => vec![Layout::OtherCore],
+                    Some("both") => vec![Layout::SameCore, Layout::OtherCore],
+                    Some("none") => vec![Layout::Unpinned],
+                    _ => usage(),
+                }
+            }
+            "--instructions" => instructions = true,
             "--smoke" => smoke = true,
-            "--json" => json = Some(args.next().unwrap_or_else(|| usage())),
+            "--json" => json = Some(it.next().unwrap_or_else(|| usage())),
             "-h" | "--help" => usage(),
             w if !w.starts_with('-') => workloads.push(w.to_string()),
             _ => usage(),
@@ -83,7 +137,7 @@ fn main() {
     }
     if smoke {
         rounds = 1;
-        seconds = 0.05;
+        layouts = vec![Layout::Unpinned];
     }
     if workloads.is_empty() {
         workloads = WORKLOADS.iter().map(|s| s.to_string()).collect();
@@ -95,34 +149,272 @@ fn main() {
         eprintln!("AIOPG_BENCH_DSN is not set: run the benchmarks with `cargo xtask bench`");
         std::process::exit(2)
     });
-    let settings = Settings {
-        url: dsn_to_url(&dsn),
+    if layouts != [Layout::Unpinned] {
+        pin_server();
+    }
+    let s = Settings {
         dsn,
         bindir: std::env::var("AIOPG_BENCH_PG_BINDIR").ok(),
         runtimes,
         rounds,
-        duration: Duration::from_secs_f64(seconds),
+        seconds,
         smoke,
+        instructions,
+        layouts,
         json,
     };
-    let mut report = report::Report::default();
+    let mut report = Report::default();
     for w in &workloads {
-        match w.as_str() {
-            "latency" => latency::run(&settings, &mut report),
-            other => match LATER.iter().find(|(n, _)| n == &other) {
-                Some((_, needs)) => println!("skipping `{other}`: it needs {needs}, not built yet"),
+        if !WORKLOADS.contains(&w.as_str()) {
+            match LATER.iter().find(|(n, _)| n == w) {
+                Some((_, needs)) => println!("skipping `{w}`: it needs {needs}, not built yet"),
                 None => {
-                    eprintln!("unknown workload `{other}`");
+                    eprintln!("unknown workload `{w}`");
                     usage()
                 }
-            },
+            }
+            continue;
+        }
+        if s.instructions {
+            instructions_for(&s, w, &mut report);
+        } else {
+            wall_time_for(&s, w, &mut report);
         }
     }
     report.print();
-    if let Some(path) = &settings.json {
+    if let Some(path) = &s.json {
         std::fs::write(path, report.to_json()).expect("write the JSON report");
-        println!("wrote {path}");
+        println!("\nwrote {path}");
     }
+}
+
+/// The client contenders of a workload: (contender, runtime).
+fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    for &rt in &s.runtimes {
+        v.push(("aiopg", rt));
+        if rt == "tokio" {
+            v.push(("tokio-postgres", "tokio"));
+        }
+        if workload != "pipeline" {
+            // sqlx cannot have several queries in flight on one connection.
+            v.push(("sqlx", rt));
+        }
+    }
+    v
+}
+
+fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
+    println!(
+        "{workload}: {} round(s), layouts: {}",
+        s.rounds,
+        s.layouts
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let amount = if s.smoke {
+        Amount::Count(if workload == "fetch-1m" { 1000 } else { 200 })
+    } else {
+        Amount::Seconds(s.seconds)
+    };
+    for round in 0..s.rounds {
+        for &layout in &s.layouts {
+            for (contender, rt) in contenders(s, workload) {
+                let r = run_child(s, workload, contender, rt, amount, layout, None)
+                    .unwrap_or_else(|e| panic!("{contender}/{rt} on {workload}: {e}"));
+                let name = format!("{contender}/{rt}");
+                report.add(workload, layout.name(), &name, r.clone(), unit(workload));
+                if workload == "fetch-1m" {
+                    report.add(
+                        "fetch-1m peak RSS",
+                        layout.name(),
+                        &name,
+                        Sample::rss(&r),
+                        "MB",
+                    );
+                }
+            }
+            if !s.smoke {
+                for (name, v) in ceilings(s, workload, layout) {
+                    report.add(
+                        workload,
+                        layout.name(),
+                        &name,
+                        Sample::value(v),
+                        unit(workload),
+                    );
+                }
+            }
+        }
+        println!("  round {} of {} done", round + 1, s.rounds);
+    }
+}
+
+fn unit(workload: &str) -> &'static str {
+    if workload == "fetch-1m" {
+        "rows/s"
+    } else {
+        "ops/s"
+    }
+}
+
+/// Client instructions per operation: a run of N operations minus a run of none (connecting,
+/// preparing, shutting down), divided by N.
+fn instructions_for(s: &Settings, workload: &str, report: &mut Report) {
+    let n: u64 = match (workload, s.smoke) {
+        ("fetch-1m", false) => 100_000,
+        ("fetch-1m", true) => 1_000,
+        (_, false) => 5_000,
+        (_, true) => 100,
+    };
+    println!("{workload}: client instructions per operation under callgrind ({n} ops minus 0)");
+    for (contender, rt) in contenders(s, workload) {
+        let full = callgrind(s, workload, contender, rt, n);
+        let base = callgrind(
+            s,
+            workload,
+            contender,
+            rt,
+            if workload == "fetch-1m" { 0 } else { 1 },
+        );
+        match (full, base) {
+            (Ok(full), Ok(base)) => {
+                let per_op = (full.saturating_sub(base)) as f64 / n as f64;
+                report.add(
+                    &format!("{workload} instructions"),
+                    "callgrind",
+                    &format!("{contender}/{rt}"),
+                    Sample::value(per_op),
+                    "instr/op",
+                );
+                report.lower_is_better(&format!("{workload} instructions"));
+                println!("  {contender}/{rt}: {per_op:.0} instructions per op (connect and set-up: {base})");
+            }
+            (Err(e), _) | (_, Err(e)) => println!("  {contender}/{rt}: callgrind failed: {e}"),
+        }
+    }
+}
+
+fn callgrind(
+    s: &Settings,
+    workload: &str,
+    contender: &str,
+    rt: &str,
+    n: u64,
+) -> Result<u64, String> {
+    let out = std::env::temp_dir().join(format!(
+        "aiopg-bench-callgrind-{}-{workload}-{contender}-{rt}-{n}.out",
+        std::process::id()
+    ));
+    let r = run_child(
+        s,
+        workload,
+        contender,
+        rt,
+        Amount::Count(n),
+        Layout::Unpinned,
+        Some(&out),
+    );
+    let text = std::fs::read_to_string(&out).map_err(|e| format!("reading callgrind output: {e}"));
+    let _ = std::fs::remove_file(&out);
+    r?;
+    let text = text?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary: ")
+                .or_else(|| l.strip_prefix("totals: "))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "no instruction total in callgrind's output".into())
+}
+
+fn run_child(
+    s: &Settings,
+    workload: &str,
+    contender: &str,
+    rt: &str,
+    amount: Amount,
+    layout: Layout,
+    callgrind_out: Option<&std::path::Path>,
+) -> Result<Sample, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd;
+    if let Some(out) = callgrind_out {
+        cmd = Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg("--quiet")
+            .arg(&exe);
+    } else if let Some(cpu) = layout.cpu() {
+        cmd = Command::new("taskset");
+        cmd.args(["-c", cpu]).arg(&exe);
+    } else {
+        cmd = Command::new(&exe);
+    }
+    cmd.args(["--child", workload, contender, rt]);
+    match amount {
+        Amount::Seconds(x) => cmd.args(["--seconds", &x.to_string()]),
+        Amount::Count(c) => cmd.args(["--count", &c.to_string()]),
+    };
+    cmd.env("AIOPG_BENCH_DSN", &s.dsn);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("starting the child: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "child failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Sample::parse(&stdout).ok_or_else(|| format!("no RESULT line in: {stdout}"))
+}
+
+fn child_main(args: &[String]) {
+    let (workload, contender, runtime) = match args {
+        [w, c, r, ..] => (w.clone(), c.clone(), r.clone()),
+        _ => usage(),
+    };
+    let amount = match &args[3..] {
+        [flag, v] if flag == "--seconds" => Amount::Seconds(v.parse().unwrap_or_else(|_| usage())),
+        [flag, v] if flag == "--count" => Amount::Count(v.parse().unwrap_or_else(|_| usage())),
+        _ => usage(),
+    };
+    let dsn = std::env::var("AIOPG_BENCH_DSN").unwrap_or_else(|_| usage());
+    child::run(Job {
+        workload,
+        contender,
+        runtime,
+        amount,
+        url: dsn_to_url(&dsn),
+        dsn,
+    });
+}
+
+/// Pins the server's postmaster (and so every backend it forks from now on) to core 0.
+fn pin_server() {
+    match std::env::var("AIOPG_BENCH_PG_PID") {
+        Ok(pid) => {
+            let ok = Command::new("taskset")
+                .args(["-a", "-p", "-c", "0", &pid])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !ok {
+                println!("warning: could not pin the server (taskset): layouts are not enforced");
+            }
+        }
+        Err(_) => println!("warning: AIOPG_BENCH_PG_PID not set: the server is not pinned"),
+    }
+}
+
+fn dsn_value(dsn: &str, key: &str) -> Option<String> {
+    dsn.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
 
 /// sqlx takes URLs only: turns `host=.. port=.. user=.. dbname=..` into `postgres://`.
@@ -130,24 +422,120 @@ fn dsn_to_url(dsn: &str) -> String {
     if dsn.starts_with("postgres") {
         return dsn.to_string();
     }
-    let get = |k: &str| {
-        dsn.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string))
-    };
     format!(
         "postgres://{}@{}:{}/{}",
-        get("user").unwrap_or_else(|| "postgres".into()),
-        get("host").unwrap_or_else(|| "127.0.0.1".into()),
-        get("port").unwrap_or_else(|| "5432".into()),
-        get("dbname").unwrap_or_else(|| "postgres".into())
+        dsn_value(dsn, "user").unwrap_or_else(|| "postgres".into()),
+        dsn_value(dsn, "host").unwrap_or_else(|| "127.0.0.1".into()),
+        dsn_value(dsn, "port").unwrap_or_else(|| "5432".into()),
+        dsn_value(dsn, "dbname").unwrap_or_else(|| "postgres".into())
     )
 }
 
-/// Runs a future on the named runtime, the way an application on it would.
-pub fn block_on<F: std::future::Future + Send>(runtime: &str, f: F) -> F::Output
-where
-    F::Output: Send,
-{
+/// The limits each workload is read against, measured with the same placement: pgbench
+/// (libpq) for statements, the server's own send rate for rows.
+fn ceilings(s: &Settings, workload: &str, layout: Layout) -> Vec<(String, f64)> {
+    let Some(bindir) = s.bindir.as_deref() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match workload {
+        "latency" => {
+            if let Some(v) = pgbench(
+                s,
+                bindir,
+                layout,
+                "\\set x random(1, 1000000)\nSELECT :x::int4;\n",
+                1,
+            ) {
+                out.push(("pgbench -M prepared -c 1".into(), v));
+            }
+        }
+        "pipeline" => {
+            let mut script = String::from("\\set x random(1, 1000000)\n\\startpipeline\n");
+            for _ in 0..pipeline::DEPTH {
+                script.push_str("SELECT :x::int4;\n");
+            }
+            script.push_str("\\endpipeline\n");
+            if let Some(v) = pgbench(s, bindir, layout, &script, pipeline::DEPTH as u64) {
+                out.push((format!("pgbench pipeline depth {}", pipeline::DEPTH), v));
+            }
+        }
+        "fetch-1m" => {
+            if let Some(v) = copy_ceiling(s, bindir, layout) {
+                out.push(("server send ceiling (COPY binary)".into(), v));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn pinned(layout: Layout, program: &str) -> Command {
+    match layout.cpu() {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn conn_args(s: &Settings) -> Option<Vec<String>> {
+    Some(vec![
+        "-h".into(),
+        dsn_value(&s.dsn, "host")?,
+        "-p".into(),
+        dsn_value(&s.dsn, "port")?,
+        "-U".into(),
+        dsn_value(&s.dsn, "user")?,
+    ])
+}
+
+/// pgbench's rate for a script, in statements per second (`per_tx` statements a transaction).
+fn pgbench(s: &Settings, bindir: &str, layout: Layout, script: &str, per_tx: u64) -> Option<f64> {
+    let path = std::env::temp_dir().join(format!("aiopg-bench-{}.sql", std::process::id()));
+    std::fs::write(&path, script).ok()?;
+    let secs = (s.seconds.round() as u64).max(1).to_string();
+    let out = pinned(layout, &format!("{bindir}/pgbench"))
+        .args(["-n", "-M", "prepared", "-c", "1", "-T", &secs, "-f"])
+        .arg(&path)
+        .args(conn_args(s)?)
+        .arg(dsn_value(&s.dsn, "dbname")?)
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next()?.parse().ok())?;
+    Some(tps * per_tx as f64)
+}
+
+/// How fast the server produces the fetch-1m rows when the client does nothing with them:
+/// `COPY (query) TO STDOUT (FORMAT binary)` through psql into /dev/null.
+fn copy_ceiling(s: &Settings, bindir: &str, layout: Layout) -> Option<f64> {
+    let sql = format!(
+        "COPY ({}) TO STDOUT (FORMAT binary)",
+        fetch::sql(fetch::ROWS)
+    );
+    let start = Instant::now();
+    let status = pinned(layout, &format!("{bindir}/psql"))
+        .args(conn_args(s)?)
+        .args(["-d", &dsn_value(&s.dsn, "dbname")?, "-q", "-c", &sql])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    let el = start.elapsed();
+    status
+        .success()
+        .then(|| fetch::ROWS as f64 / el.as_secs_f64().max(1e-9))
+}
+
+/// Runs a future on the named runtime, the way an application on it would: tokio's
+/// multi-threaded scheduler (as `#[tokio::main]`), async-std's and smol's `block_on`.
+pub fn block_on<F: std::future::Future>(runtime: &str, f: F) -> F::Output {
     match runtime {
         "tokio" => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -161,16 +549,20 @@ where
     }
 }
 
-/// The median of some samples (which it sorts).
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+pub async fn aiopg_connect(job: &Job) -> aiopg::Connection {
+    let rt = aiopg::rt::runtime_by_name(&job.runtime).expect("runtime");
+    aiopg::ConnectOptions::new(&job.dsn)
+        .expect("dsn")
+        .runtime(rt)
+        .connect()
+        .await
+        .expect("aiopg connect")
+}
+
+pub async fn tokio_postgres_connect(job: &Job) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&job.dsn, tokio_postgres::NoTls)
+        .await
+        .expect("tokio-postgres connect");
+    tokio::spawn(connection);
+    client
 }

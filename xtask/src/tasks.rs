@@ -285,7 +285,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<i32> {
         .args(["run", "--release", "-p", "aiopg-bench", "--"])
         .args(passthrough(args))
         .env("AIOPG_BENCH_DSN", cluster.dsn())
-        .env("AIOPG_BENCH_PG_BINDIR", &cluster.bindir);
+        .env("AIOPG_BENCH_PG_BINDIR", &cluster.bindir)
+        .env("AIOPG_BENCH_PG_PID", cluster.pid.to_string());
     let outcome = run::run(&mut cmd, false);
     guard.stop();
     let outcome = outcome?;

@@ -5,31 +5,64 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use aiopg_core::protocol::{self, backend::Message};
 use aiopg_core::{Error, Result};
 use aiopg_rt::BoxStream;
 
-/// The smallest and largest single read. Reads start small so that a short answer (the common
-/// case) zeroes little buffer, and grow while the server keeps filling them.
-const MIN_READ: usize = 4 * 1024;
-const MAX_READ: usize = 256 * 1024;
+/// How much room a read gets at least, and how much is added when the buffer runs out.
+const MIN_SPARE: usize = 4 * 1024;
+const CHUNK: usize = 64 * 1024;
+/// The largest message accepted from the server (PostgreSQL's own limit is 1 GB per field).
+const MAX_MESSAGE: usize = 1 << 30;
+
+/// A framed backend message.
+pub(crate) enum Frame {
+    /// A `DataRow`, whole (tag and length included).
+    DataRow(Bytes),
+    /// Any other message, parsed.
+    Message(Message),
+}
 
 /// The read buffer: bytes from the server not yet framed into messages.
+///
+/// `futures-io` reads into initialised memory only, so the buffer is zeroed once when it
+/// grows and its whole length stays initialised: the first `filled` bytes are data, the rest
+/// is room for the next read. Each complete message is split off the front as its own
+/// reference-counted slice, so rows keep pointing into this memory without a copy.
 #[derive(Debug)]
 pub(crate) struct ReadBuf {
-    pub(crate) buf: BytesMut,
-    next_read: usize,
+    buf: BytesMut,
+    filled: usize,
 }
 
 impl ReadBuf {
     pub(crate) fn new() -> ReadBuf {
         ReadBuf {
-            buf: BytesMut::with_capacity(MIN_READ),
-            next_read: MIN_READ,
+            buf: BytesMut::new(),
+            filled: 0,
         }
+    }
+
+    /// Makes room for the next read: at least [`MIN_SPARE`], and the rest of a message that
+    /// has only partly arrived.
+    fn make_room(&mut self) {
+        let mut need = MIN_SPARE;
+        if self.filled >= 5 {
+            let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+            need = need.max((len as usize + 1).saturating_sub(self.filled));
+        }
+        if self.buf.len() - self.filled >= need {
+            return;
+        }
+        // Growing zeroes the new room once; `reserve` reuses the allocation when no row
+        // still points into it.
+        self.buf.truncate(self.filled);
+        self.buf.reserve(need.max(CHUNK));
+        let cap = self.buf.capacity();
+        self.buf.resize(cap, 0);
     }
 
     /// Reads once from `stream`. `Ok(0)` means the server closed the connection.
@@ -38,28 +71,49 @@ impl ReadBuf {
         stream: &mut BoxStream,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
-        let len = self.buf.len();
-        // futures-io reads into initialised memory, so the spare room is zeroed first; sizing
-        // the read to what the server has been sending keeps that cheap.
-        self.buf.resize(len + self.next_read, 0);
-        let res = Pin::new(stream).poll_read(cx, &mut self.buf[len..]);
-        let n = match &res {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        self.buf.truncate(len + n);
-        if n == self.next_read {
-            self.next_read = (self.next_read * 2).min(MAX_READ);
-        } else if n > 0 && n < self.next_read / 4 {
-            self.next_read = (self.next_read / 2).max(MIN_READ);
+        self.make_room();
+        let res = Pin::new(stream).poll_read(cx, &mut self.buf[self.filled..]);
+        if let Poll::Ready(Ok(n)) = res {
+            self.filled += n;
         }
         res
     }
 
-    /// The next complete message, if the buffer holds one.
+    /// The next complete message, if the buffer holds one. Rows, the bulk of most answers,
+    /// skip general parsing: the whole message becomes the row's storage.
     #[inline]
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if self.filled < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if !(4..=MAX_MESSAGE).contains(&len) {
+            return Err(Error::protocol(format!(
+                "the server sent a message of invalid length {len}"
+            )));
+        }
+        if self.filled < len + 1 {
+            return Ok(None);
+        }
+        let is_row = self.buf[0] == b'D';
+        let mut frame = self.buf.split_to(len + 1);
+        self.filled -= len + 1;
+        if is_row {
+            return Ok(Some(Frame::DataRow(frame.freeze())));
+        }
+        match protocol::decode(&mut frame)? {
+            Some(m) => Ok(Some(Frame::Message(m))),
+            None => Err(Error::protocol("a complete message could not be framed")),
+        }
+    }
+
+    /// The next complete message during start-up, when no rows are expected.
     pub(crate) fn next_message(&mut self) -> Result<Option<Message>> {
-        protocol::decode(&mut self.buf)
+        match self.next_frame()? {
+            None => Ok(None),
+            Some(Frame::Message(m)) => Ok(Some(m)),
+            Some(Frame::DataRow(_)) => Err(Error::protocol("a row arrived during start-up")),
+        }
     }
 }
 

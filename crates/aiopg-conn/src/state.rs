@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 
 use aiopg_core::error::DbError;
@@ -29,7 +29,7 @@ use aiopg_core::types::Type;
 use aiopg_core::{Error, ErrorKind, Result};
 use aiopg_rt::BoxStream;
 
-use crate::io::{poll_write_all, ReadBuf};
+use crate::io::{poll_write_all, Frame, ReadBuf};
 use crate::statement::{Statement, StatementCache};
 use crate::{Notification, SimpleQueryMessage};
 
@@ -376,11 +376,47 @@ impl State {
     }
 
     fn dispatch_all(&mut self) -> Result<()> {
-        while let Some(msg) = self.read.next_message()? {
+        while let Some(frame) = self.read.next_frame()? {
+            let msg = match frame {
+                Frame::DataRow(row) => {
+                    self.dispatch_row(row)?;
+                    continue;
+                }
+                Frame::Message(m) => m,
+            };
             self.dispatch(msg)?;
             if self.closed.is_some() {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Routes a row to the request it answers: the hot path of every result.
+    #[inline]
+    fn dispatch_row(&mut self, row: Bytes) -> Result<()> {
+        let Some(entry) = self.queue.get_mut(self.answered) else {
+            return Err(Error::protocol("a row arrived with no request in flight"));
+        };
+        let Slot::Waiting { collector, error } = &mut entry.slot else {
+            return Err(Error::protocol("a row arrived for an answered request"));
+        };
+        if error.is_some() {
+            return Ok(());
+        }
+        let res = match collector {
+            Collector::Query { columns, rows, .. } => {
+                Row::from_frame(columns.clone(), row).map(|r| rows.push(r))
+            }
+            Collector::Simple { columns, out } => match columns {
+                Some(cols) => SimpleRow::from_frame(cols.clone(), row)
+                    .map(|r| out.push(SimpleQueryMessage::Row(r))),
+                None => Err(Error::protocol("DataRow before RowDescription")),
+            },
+            Collector::Prepare { .. } => Err(Error::protocol("a row arrived in answer to Parse")),
+        };
+        if let Err(e) = res {
+            *error = Some(e);
         }
         Ok(())
     }
@@ -543,9 +579,6 @@ impl State {
 /// Routes one message of a request's answer into its collector.
 fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
     match (collector, msg) {
-        (Collector::Query { columns, rows, .. }, Message::DataRow(body)) => {
-            rows.push(Row::new(columns.clone(), body)?);
-        }
         (Collector::Query { affected, .. }, Message::CommandComplete(body)) => {
             let tag = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
             *affected = rows_from_tag(tag);
@@ -569,12 +602,6 @@ fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
         (Collector::Simple { columns, .. }, Message::RowDescription(body)) => {
             let cols: Arc<[Column]> = parse_row_description(&body)?.into();
             *columns = Some(cols);
-        }
-        (Collector::Simple { columns, out }, Message::DataRow(body)) => {
-            let cols = columns
-                .clone()
-                .ok_or_else(|| Error::protocol("DataRow before RowDescription"))?;
-            out.push(SimpleQueryMessage::Row(SimpleRow::new(cols, body)?));
         }
         (Collector::Simple { columns, out }, Message::CommandComplete(body)) => {
             let tag = body.tag().map_err(|e| Error::protocol(e.to_string()))?;

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use postgres_protocol::message::backend::{DataRowBody, RowDescriptionBody};
+use postgres_protocol::message::backend::RowDescriptionBody;
 use postgres_types::{FromSql, Oid, Type, WasNull};
 
 use crate::error::{Error, Result};
@@ -125,35 +125,66 @@ impl<T: ?Sized + RowIndex> RowIndex for &T {
     }
 }
 
+/// Where a `DataRow` message's values start: tag (1), length (4), column count (2).
+const VALUES: usize = 7;
+/// How many columns' positions a row remembers; later columns are found by walking on from
+/// the last remembered one.
+const REMEMBERED: usize = 8;
+
 /// One row of a result, in PostgreSQL's binary format.
+///
+/// The row holds its whole `DataRow` message (a slice of the connection's read buffer) and the
+/// positions of its first columns, so `get` finds a value without scanning and a row costs no
+/// allocation of its own.
 #[derive(Clone)]
 pub struct Row {
     columns: Arc<[Column]>,
-    body: Bytes,
+    frame: Bytes,
+    /// Positions of the length words of the first [`REMEMBERED`] columns, when the message is
+    /// short enough for `u16` positions.
+    offsets: [u16; REMEMBERED],
 }
 
 impl Row {
-    /// Wraps a `DataRow` message, checking that it holds one well-formed value per column.
-    pub fn new(columns: Arc<[Column]>, body: DataRowBody) -> Result<Row> {
-        let buf = body.buffer_bytes();
+    /// Wraps a whole `DataRow` message (tag and length included), checking that it holds one
+    /// well-formed value per column.
+    pub fn from_frame(columns: Arc<[Column]>, frame: Bytes) -> Result<Row> {
+        let count = frame
+            .get(5..7)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(|| Error::protocol("DataRow too short"))?;
+        if count != columns.len() {
+            return Err(Error::protocol(format!(
+                "DataRow has {count} values but its RowDescription {} columns",
+                columns.len()
+            )));
+        }
+        let mut offsets = [0u16; REMEMBERED];
+        let small = frame.len() <= u16::MAX as usize;
         // One pass over the length words now means `get` never meets a malformed row later.
-        let mut pos = 0usize;
-        for _ in 0..columns.len() {
-            let len = read_len(buf, pos)
-                .ok_or_else(|| Error::protocol("DataRow is shorter than its RowDescription"))?;
+        let mut pos = VALUES;
+        for i in 0..count {
+            if let Some(slot) = offsets.get_mut(i).filter(|_| small) {
+                *slot = pos as u16;
+            }
+            let len = read_len(&frame, pos)
+                .ok_or_else(|| Error::protocol("DataRow is shorter than its column count"))?;
             pos += 4;
-            if len >= 0 {
+            if len > 0 {
                 pos += len as usize;
+            } else if len < -1 {
+                return Err(Error::protocol("DataRow has a negative value length"));
             }
         }
-        if pos != buf.len() {
+        if pos != frame.len() {
             return Err(Error::protocol(
-                "DataRow does not match its RowDescription (column count or lengths differ)",
+                "DataRow lengths do not add up to the message length",
             ));
         }
         Ok(Row {
             columns,
-            body: buf.clone(),
+            frame,
+            offsets,
         })
     }
 
@@ -180,12 +211,13 @@ impl Row {
     /// returns those as errors instead.
     ///
     /// ```no_run
-    /// # async fn f(conn: &aiopg_core::row::Row) {
-    /// let id: i32 = conn.get(0);
-    /// let name: Option<String> = conn.get("name");
+    /// # async fn f(row: &aiopg_core::row::Row) {
+    /// let id: i32 = row.get(0);
+    /// let name: Option<String> = row.get("name");
     /// # }
     /// ```
     #[track_caller]
+    #[inline]
     pub fn get<'a, T: FromSql<'a>>(&'a self, idx: impl RowIndex) -> T {
         match self.try_get(idx) {
             Ok(v) => v,
@@ -194,47 +226,56 @@ impl Row {
     }
 
     /// Decodes a column's value, with an error naming the column and both types when it cannot.
+    #[inline]
     pub fn try_get<'a, T: FromSql<'a>>(&'a self, idx: impl RowIndex) -> Result<T> {
         let i = match idx.index(&self.columns) {
             Some(i) => i,
             None => return Err(self.unknown_column(&idx)),
         };
-        let column = &self.columns[i];
-        let ty = &column.type_;
+        let ty = &self.columns[i].type_;
         if !T::accepts(ty) {
-            return Err(Error::decode(
+            return Err(self.wrong_type::<T>(i));
+        }
+        T::from_sql_nullable(ty, self.raw(i)).map_err(|e| self.decode_failed::<T>(i, e))
+    }
+
+    #[cold]
+    fn wrong_type<T>(&self, i: usize) -> Error {
+        let column = &self.columns[i];
+        Error::decode(
+            format!(
+                "column {i} `{}` has PostgreSQL type {}, which cannot be read as Rust type {}",
+                column.name,
+                column.type_,
+                std::any::type_name::<T>()
+            ),
+            None,
+        )
+    }
+
+    #[cold]
+    fn decode_failed<T>(&self, i: usize, e: Box<dyn std::error::Error + Sync + Send>) -> Error {
+        let column = &self.columns[i];
+        if e.is::<WasNull>() {
+            Error::decode(
                 format!(
-                    "column {i} `{}` has PostgreSQL type {}, which cannot be read as Rust type {}",
+                    "column {i} `{}` is NULL, which Rust type {} cannot hold: read it as Option<_>",
                     column.name,
-                    ty,
                     std::any::type_name::<T>()
                 ),
-                None,
-            ));
+                Some(e),
+            )
+        } else {
+            Error::decode(
+                format!(
+                    "column {i} `{}` (PostgreSQL type {}) could not be decoded as Rust type {}",
+                    column.name,
+                    column.type_,
+                    std::any::type_name::<T>()
+                ),
+                Some(e),
+            )
         }
-        let raw = self.raw(i);
-        T::from_sql_nullable(ty, raw).map_err(|e| {
-            if e.is::<WasNull>() {
-                Error::decode(
-                    format!(
-                        "column {i} `{}` is NULL, which Rust type {} cannot hold: read it as Option<_>",
-                        column.name,
-                        std::any::type_name::<T>()
-                    ),
-                    Some(e),
-                )
-            } else {
-                Error::decode(
-                    format!(
-                        "column {i} `{}` (PostgreSQL type {}) could not be decoded as Rust type {}",
-                        column.name,
-                        ty,
-                        std::any::type_name::<T>()
-                    ),
-                    Some(e),
-                )
-            }
-        })
     }
 
     /// The raw binary value of column `i` (`None` for NULL).
@@ -242,22 +283,22 @@ impl Row {
     /// # Panics
     ///
     /// When `i` is out of range.
-    pub fn raw(&self, i: usize) -> Option<&[u8]> {
-        self.range(i).map(|r| &self.body[r])
-    }
-
     #[inline]
-    fn range(&self, i: usize) -> Option<Range<usize>> {
+    pub fn raw(&self, i: usize) -> Option<&[u8]> {
         assert!(i < self.columns.len(), "column index {i} out of range");
-        // Walking the length words is cheaper than storing offsets for the narrow rows most
-        // queries return, and saves an allocation per row; `new` already checked the layout.
-        let mut pos = 0usize;
-        let mut col = 0usize;
+        let small = self.frame.len() <= u16::MAX as usize;
+        let (mut col, mut pos) = if small {
+            let k = i.min(REMEMBERED - 1);
+            (k, self.offsets[k] as usize)
+        } else {
+            (0, VALUES)
+        };
+        // `from_frame` checked the layout, so these reads stay in bounds.
         loop {
-            let len = read_len(&self.body, pos).unwrap_or(-1);
+            let len = read_len(&self.frame, pos).unwrap_or(-1);
             pos += 4;
             if col == i {
-                return (len >= 0).then(|| pos..pos + len as usize);
+                return (len >= 0).then(|| &self.frame[pos..pos + len as usize]);
             }
             if len > 0 {
                 pos += len as usize;
@@ -307,25 +348,27 @@ pub struct SimpleRow {
 }
 
 impl SimpleRow {
-    /// Wraps a `DataRow` message of a simple query.
-    pub fn new(columns: Arc<[Column]>, body: DataRowBody) -> Result<SimpleRow> {
-        use fallible_iterator::FallibleIterator;
-        let ranges: Vec<_> = body
-            .ranges()
-            .collect()
-            .map_err(|e| Error::protocol(format!("malformed DataRow: {e}")))?;
-        if ranges.len() != columns.len() {
-            return Err(Error::protocol(
-                "DataRow column count differs from its RowDescription",
-            ));
-        }
-        for r in ranges.iter().flatten() {
-            std::str::from_utf8(&body.buffer()[r.clone()])
-                .map_err(|e| Error::decode("a text value is not valid UTF-8", Some(Box::new(e))))?;
+    /// Wraps a whole `DataRow` message (tag and length included) of a simple query.
+    pub fn from_frame(columns: Arc<[Column]>, frame: Bytes) -> Result<SimpleRow> {
+        // The binary row's checks apply unchanged; text values are then checked for UTF-8.
+        let row = Row::from_frame(columns, frame)?;
+        let mut ranges = Vec::with_capacity(row.len());
+        let base = row.frame.as_ptr() as usize;
+        for i in 0..row.len() {
+            let r = row.raw(i).map(|v| {
+                let start = v.as_ptr() as usize - base;
+                start..start + v.len()
+            });
+            if let Some(r) = &r {
+                std::str::from_utf8(&row.frame[r.clone()]).map_err(|e| {
+                    Error::decode("a text value is not valid UTF-8", Some(Box::new(e)))
+                })?;
+            }
+            ranges.push(r);
         }
         Ok(SimpleRow {
-            columns,
-            body: body.buffer_bytes().clone(),
+            columns: row.columns,
+            body: row.frame,
             ranges,
         })
     }

@@ -1,0 +1,80 @@
+//! `pipeline`: 64 prepared `SELECT $1::int4` in flight on one connection at all times.
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::block_on;
+use crate::child::{finished, Job};
+
+pub const DEPTH: usize = 64;
+
+pub fn run(job: &Job) -> (u64, f64) {
+    let rt = job.runtime.clone();
+    match job.contender.as_str() {
+        "aiopg" => block_on(&rt, aiopg(job)),
+        "tokio-postgres" => block_on(&rt, tokio_postgres(job)),
+        other => panic!("pipeline: unknown contender {other}"),
+    }
+}
+
+async fn aiopg(job: &Job) -> (u64, f64) {
+    let conn = crate::aiopg_connect(job).await;
+    let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
+    let query = |i: i32| {
+        let (conn, stmt) = (&conn, &stmt);
+        async move {
+            let rows = conn.query_prepared(stmt, &[&i]).await.expect("query");
+            assert_eq!(rows[0].get::<i32>(0), i);
+        }
+    };
+    let start = std::time::Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut issued = 0u64;
+    let mut done = 0u64;
+    while (issued as usize) < DEPTH {
+        inflight.push(query(issued as i32));
+        issued += 1;
+    }
+    let mut stop = false;
+    while inflight.next().await.is_some() {
+        done += 1;
+        stop = stop || finished(job.amount, done, start);
+        if !stop {
+            inflight.push(query(issued as i32));
+            issued += 1;
+        }
+    }
+    let r = (done, start.elapsed().as_secs_f64());
+    drop(inflight);
+    conn.close().await;
+    r
+}
+
+async fn tokio_postgres(job: &Job) -> (u64, f64) {
+    let client = crate::tokio_postgres_connect(job).await;
+    let stmt = client.prepare("SELECT $1::int4").await.expect("prepare");
+    let query = |i: i32| {
+        let (client, stmt) = (&client, &stmt);
+        async move {
+            let rows = client.query(stmt, &[&i]).await.expect("query");
+            assert_eq!(rows[0].get::<_, i32>(0), i);
+        }
+    };
+    let start = std::time::Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut issued = 0u64;
+    let mut done = 0u64;
+    while (issued as usize) < DEPTH {
+        inflight.push(query(issued as i32));
+        issued += 1;
+    }
+    let mut stop = false;
+    while inflight.next().await.is_some() {
+        done += 1;
+        stop = stop || finished(job.amount, done, start);
+        if !stop {
+            inflight.push(query(issued as i32));
+            issued += 1;
+        }
+    }
+    (done, start.elapsed().as_secs_f64())
+}
