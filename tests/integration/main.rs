@@ -5,5 +5,7 @@ mod support;
 
 mod connect;
 mod failure;
+mod from_row;
+mod mogrify;
 mod pipeline;
 mod query;

@@ -44,6 +44,7 @@ pub struct ConnectOptions {
     config: Config,
     runtime: Option<Arc<dyn Runtime>>,
     connect_timeout: Option<Duration>,
+    timeout: Option<Duration>,
     statement_cache_size: usize,
 }
 
@@ -70,6 +71,7 @@ impl ConnectOptions {
             config,
             runtime: None,
             connect_timeout: None,
+            timeout: Some(DEFAULT_TIMEOUT),
             statement_cache_size: DEFAULT_STATEMENT_CACHE_SIZE,
         }
     }
@@ -85,6 +87,13 @@ impl ConnectOptions {
     /// `connect_timeout`. Overrides the DSN's `connect_timeout`.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The default statement timeout for cursors on the connection ([`DEFAULT_TIMEOUT`], as
+    /// Python aiopg's `timeout=60`); `None` disables it, which Python aiopg cannot.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -118,7 +127,9 @@ impl ConnectOptions {
             })?,
         };
         let timeout = self.connect_timeout.or(self.config.get_connect_timeout());
-        connect_any(&self.config, runtime, timeout, self.statement_cache_size).await
+        let conn = connect_any(&self.config, runtime, timeout, self.statement_cache_size).await?;
+        conn.set_timeout(self.timeout);
+        Ok(conn)
     }
 }
 
@@ -375,7 +386,7 @@ async fn connect_target(
     };
     let state = State::new(stream, rb, server_params, StatementCache::new(cache_size));
     let conn = Connection {
-        shared: Arc::new(Shared::new(state, runtime.clone(), identity)),
+        shared: Arc::new(Shared::new(state, runtime.clone(), identity, Some(DEFAULT_TIMEOUT))),
     };
     check_session_attrs(&conn, config.get_target_session_attrs()).await?;
     tracing::debug!(backend_pid, runtime = runtime.name(), "connected");

@@ -5,20 +5,73 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_io::AsyncWrite;
 use postgres_protocol::message::frontend;
 
 use aiopg_core::error::DbError;
 use aiopg_core::protocol::{self, TransactionStatus};
-use aiopg_core::row::Row;
+use aiopg_core::row::{Column, Row};
 use aiopg_core::types::ToSql;
-use aiopg_core::{Config, Error, Result};
+use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
 use aiopg_rt::Runtime;
 
 use crate::state::{Collector, Output, State};
 use crate::statement::Statement;
 use crate::{Notification, SimpleQueryMessage};
+
+/// How long a timed-out statement may take to confirm its cancellation before the connection
+/// is given up on.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether an error means a cached statement no longer matches the server: its result type
+/// changed under a schema change, or the server lost it (PgBouncer, `DISCARD ALL`).
+fn is_stale_statement(e: &Error) -> bool {
+    match e.as_db_error() {
+        Some(db) if db.code() == &SqlState::FEATURE_NOT_SUPPORTED => {
+            db.message().contains("cached plan must not change result type")
+        }
+        Some(db) => db.code() == &SqlState::INVALID_SQL_STATEMENT_NAME,
+        None => false,
+    }
+}
+
+/// A statement's complete answer.
+#[derive(Debug)]
+pub struct QueryResult {
+    /// The rows returned (empty for statements that return none).
+    pub rows: Vec<Row>,
+    /// The result columns (empty for statements that return no rows).
+    pub columns: Arc<[Column]>,
+    /// The command tag (`SELECT 3`, `INSERT 0 1`, `CREATE TABLE`).
+    pub tag: Option<String>,
+    /// Rows affected or returned, for commands whose tag says.
+    pub rows_affected: Option<u64>,
+}
+
+impl QueryResult {
+    fn from_output(out: Output, stmt: &Statement) -> QueryResult {
+        match out {
+            Output::Rows {
+                rows,
+                affected,
+                tag,
+            } => QueryResult {
+                rows,
+                columns: stmt.columns_arc().clone(),
+                tag,
+                rows_affected: affected,
+            },
+            _ => QueryResult {
+                rows: Vec::new(),
+                columns: stmt.columns_arc().clone(),
+                tag: None,
+                rows_affected: None,
+            },
+        }
+    }
+}
 
 /// A query parameter: any value `postgres-types` can encode.
 pub type Param<'a> = &'a (dyn ToSql + Sync);
@@ -37,14 +90,21 @@ pub(crate) struct Identity {
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    pub(crate) timeout: Mutex<Option<Duration>>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) identity: Identity,
 }
 
 impl Shared {
-    pub(crate) fn new(state: State, runtime: Arc<dyn Runtime>, identity: Identity) -> Shared {
+    pub(crate) fn new(
+        state: State,
+        runtime: Arc<dyn Runtime>,
+        identity: Identity,
+        timeout: Option<Duration>,
+    ) -> Shared {
         Shared {
             state: Mutex::new(state),
+            timeout: Mutex::new(timeout),
             runtime,
             identity,
         }
@@ -197,8 +257,33 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        Ok(self.query_result(sql, params).await?.rows)
+    }
+
+    /// Runs a statement and returns its rows, columns and command tag.
+    ///
+    /// A cached statement whose plan went stale (a schema change: SQLSTATE 0A000 "cached plan
+    /// must not change result type", or a statement the server no longer has) is prepared
+    /// again and run once more, transparently, when the connection is not inside a
+    /// transaction block. Inside one, the server has already aborted the transaction, so the
+    /// error is returned as it is.
+    pub async fn query_result(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
         let stmt = self.prepare(sql).await?;
-        self.query_prepared(&stmt, params).await
+        match self.execute_inner(&stmt, params).await {
+            Err(e) if is_stale_statement(&e) => {
+                self.shared.lock().evict(sql);
+                drop(stmt);
+                if self.transaction_status() != TransactionStatus::Idle {
+                    return Err(e);
+                }
+                tracing::debug!("statement went stale after a schema change; preparing it again");
+                let stmt = self.prepare(sql).await?;
+                let out = self.execute_inner(&stmt, params).await?;
+                Ok(QueryResult::from_output(out, &stmt))
+            }
+            Err(e) => Err(e),
+            Ok(out) => Ok(QueryResult::from_output(out, &stmt)),
+        }
     }
 
     /// Runs a prepared statement and returns its rows.
@@ -212,8 +297,7 @@ impl Connection {
     /// Runs a statement and returns the number of rows it affected (0 for commands without a
     /// count).
     pub async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        let stmt = self.prepare(sql).await?;
-        self.execute_prepared(&stmt, params).await
+        Ok(self.query_result(sql, params).await?.rows_affected.unwrap_or(0))
     }
 
     /// Runs a prepared statement and returns the number of rows it affected.
@@ -244,6 +328,7 @@ impl Connection {
                 columns: stmt.columns_arc().clone(),
                 rows: Vec::new(),
                 affected: None,
+                tag: None,
             })
         })?;
         req.await
@@ -268,6 +353,98 @@ impl Connection {
     /// Runs one or more SQL statements, separated by semicolons, ignoring any rows.
     pub async fn batch_execute(&self, sql: &str) -> Result<()> {
         self.simple_query(sql).await.map(drop)
+    }
+
+    /// Sends `sql` (simple protocol) without waiting for it: its answer is read and discarded.
+    /// The statement goes out before anything issued later on this connection, and a
+    /// background task on the connection's runtime drives it, so it runs even if the
+    /// connection then sits idle. Used for clean-up on drop (ROLLBACK, CLOSE cursor).
+    pub fn detach(&self, sql: &str) {
+        let id = {
+            let mut st = self.shared.lock();
+            if st.is_closed() {
+                return;
+            }
+            let start = st.write.len();
+            if protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w)).is_err() {
+                st.write.truncate(start);
+                return;
+            }
+            st.push_detached(Collector::Simple {
+                columns: None,
+                out: Vec::new(),
+            })
+        };
+        let conn = self.clone();
+        self.shared.runtime.spawn(Box::pin(async move {
+            poll_fn(|cx| conn.shared.lock().poll_detached(id, cx)).await;
+        }));
+    }
+
+    /// Runs `fut` (a statement on this connection) with a timeout.
+    ///
+    /// When the timeout passes, a CancelRequest stops the statement on the server and the
+    /// call returns a `Timeout` error once the server has confirmed, so the connection is
+    /// usable for the next statement (Python aiopg closes it instead). A statement that
+    /// finished before the cancel landed returns its result. If the server does not answer
+    /// the cancel within the grace period, the connection is closed and reports so.
+    /// `None` waits forever.
+    pub async fn with_timeout<T, F>(&self, timeout: Option<Duration>, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let Some(limit) = timeout else {
+            return fut.await;
+        };
+        let mut fut = std::pin::pin!(fut);
+        if let Ok(r) = aiopg_rt::timeout(&*self.shared.runtime, limit, fut.as_mut()).await {
+            return r;
+        }
+        tracing::debug!(?limit, "statement timed out; cancelling it on the server");
+        let cancelled = self.cancel().await;
+        let grace = CANCEL_GRACE.max(limit);
+        match aiopg_rt::timeout(&*self.shared.runtime, grace, fut.as_mut()).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.code() == Some(&SqlState::QUERY_CANCELED) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the statement outlived its timeout ({} s) and was cancelled on the server; \
+                     the connection is still usable",
+                    limit.as_secs_f64()
+                ),
+                Some(Box::new(e)),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                self.shared.lock().close_stuck();
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the statement outlived its timeout ({} s) and the server did not \
+                         answer the cancel request{}; the connection was closed",
+                        limit.as_secs_f64(),
+                        match cancelled {
+                            Err(e) => format!(" ({e})"),
+                            Ok(()) => String::new(),
+                        }
+                    ),
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// The default statement timeout for cursors on this connection ([`DEFAULT_TIMEOUT`]
+    /// unless set; `None` disables it).
+    ///
+    /// [`DEFAULT_TIMEOUT`]: crate::DEFAULT_TIMEOUT
+    pub fn timeout(&self) -> Option<Duration> {
+        *self.shared.timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the default statement timeout for cursors on this connection.
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        *self.shared.timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
     }
 
     /// Closes the connection: tells the server (Terminate) and shuts the socket. Queries still

@@ -37,14 +37,16 @@ mod connection;
 mod io;
 mod state;
 mod statement;
+mod transaction;
 
 use std::sync::Arc;
 
 pub use aiopg_core::row::{Column, Row, SimpleRow};
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 pub use connect::{connect, ConnectOptions, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT};
-pub use connection::{Connection, Param};
+pub use connection::{Connection, Param, QueryResult};
 pub use statement::Statement;
+pub use transaction::{IsolationLevel, Savepoint, Transaction, TransactionOptions};
 
 /// One part of a simple query's answer.
 #[derive(Debug)]

@@ -47,11 +47,14 @@ pub(crate) enum Collector {
         columns: Option<Vec<Column>>,
         cache: bool,
     },
-    /// Bind + Execute + Sync over a statement whose columns are known.
+    /// Bind + Execute (once or more) + Sync over a statement whose columns are known.
     Query {
         columns: Arc<[Column]>,
         rows: Vec<Row>,
+        /// Rows affected, summed over every Execute of the request.
         affected: Option<u64>,
+        /// The last command tag.
+        tag: Option<String>,
     },
     /// A simple-protocol Query.
     Simple {
@@ -67,6 +70,7 @@ pub(crate) enum Output {
     Rows {
         rows: Vec<Row>,
         affected: Option<u64>,
+        tag: Option<String>,
     },
     Simple(Vec<SimpleQueryMessage>),
 }
@@ -190,6 +194,32 @@ impl State {
             wire_len,
         });
         id
+    }
+
+    /// Queues a request nobody waits for: its answer is read and discarded by whoever
+    /// drives next. Never taken back, unlike an abandoned request.
+    pub(crate) fn push_detached(&mut self, collector: Collector) -> u64 {
+        let id = self.push(collector, 0);
+        self.entry(id).abandoned = true;
+        id
+    }
+
+    /// Drives the socket until detached request `id` is answered (or the connection closes).
+    pub(crate) fn poll_detached(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if id < self.base_id + self.answered as u64 {
+                self.wake_next_driver();
+                return Poll::Ready(());
+            }
+            if self.drive(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Evicts a statement from the cache (its plan went stale).
+    pub(crate) fn evict(&mut self, sql: &str) {
+        self.statements.remove(sql);
     }
 
     fn entry(&mut self, id: u64) -> &mut Entry {
@@ -359,6 +389,17 @@ impl State {
         if let Some(w) = self.notification_waker.take() {
             w.wake();
         }
+    }
+
+    /// Closes a connection whose server stopped answering.
+    pub(crate) fn close_stuck(&mut self) {
+        self.close(CloseReason {
+            message: "the server did not answer a cancel request in time; the connection was \
+                      closed"
+                .into(),
+            db: None,
+            io: None,
+        });
     }
 
     /// Closes the connection at the caller's request.
@@ -579,9 +620,12 @@ impl State {
 /// Routes one message of a request's answer into its collector.
 fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
     match (collector, msg) {
-        (Collector::Query { affected, .. }, Message::CommandComplete(body)) => {
-            let tag = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
-            *affected = rows_from_tag(tag);
+        (Collector::Query { affected, tag, .. }, Message::CommandComplete(body)) => {
+            let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+            if let Some(n) = rows_from_tag(t) {
+                *affected = Some(affected.unwrap_or(0) + n);
+            }
+            *tag = Some(t.to_owned());
         }
         (Collector::Query { .. }, Message::BindComplete | Message::ParseComplete)
         | (Collector::Query { .. }, Message::EmptyQueryResponse | Message::CloseComplete)
@@ -643,7 +687,16 @@ fn finish(collector: Collector, cache: &mut StatementCache) -> Result<Output> {
             }
             Output::Statement(stmt)
         }
-        Collector::Query { rows, affected, .. } => Output::Rows { rows, affected },
+        Collector::Query {
+            rows,
+            affected,
+            tag,
+            ..
+        } => Output::Rows {
+            rows,
+            affected,
+            tag,
+        },
         Collector::Simple { out, .. } => Output::Simple(out),
     })
 }

@@ -164,6 +164,12 @@ impl StatementCache {
         self.map.insert(stmt.0.sql.clone(), (stmt, self.tick));
     }
 
+    /// Drops `sql`'s statement from the cache; the server-side statement is closed once no
+    /// handle to it remains.
+    pub(crate) fn remove(&mut self, sql: &str) {
+        self.map.remove(sql);
+    }
+
     /// Takes the names of statements to close on the server.
     pub(crate) fn take_closes(&self) -> Vec<String> {
         if !self.close_list.pending.load(Ordering::Acquire) {

@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod error;
+pub mod from_row;
+pub mod mogrify;
 pub mod protocol;
 pub mod row;
 

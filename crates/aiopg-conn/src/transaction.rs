@@ -1,0 +1,405 @@
+//! Transactions with real `commit()` and `rollback()`, and savepoints to any depth.
+
+use std::fmt;
+
+use aiopg_core::{Error, Result};
+
+use crate::Connection;
+
+/// A transaction's isolation level, as Python aiopg's `IsolationLevel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IsolationLevel {
+    /// The server's default (`default_transaction_isolation`): no clause is sent.
+    #[default]
+    Default,
+    /// `READ COMMITTED`
+    ReadCommitted,
+    /// `REPEATABLE READ`
+    RepeatableRead,
+    /// `SERIALIZABLE`
+    Serializable,
+}
+
+impl IsolationLevel {
+    fn sql(self) -> Option<&'static str> {
+        match self {
+            IsolationLevel::Default => None,
+            IsolationLevel::ReadCommitted => Some("READ COMMITTED"),
+            IsolationLevel::RepeatableRead => Some("REPEATABLE READ"),
+            IsolationLevel::Serializable => Some("SERIALIZABLE"),
+        }
+    }
+}
+
+/// How a transaction begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TransactionOptions {
+    /// The isolation level.
+    pub isolation_level: IsolationLevel,
+    /// `READ ONLY`: writes fail with SQLSTATE 25006.
+    pub read_only: bool,
+    /// `DEFERRABLE` (meaningful for serializable read-only transactions).
+    pub deferrable: bool,
+}
+
+impl TransactionOptions {
+    /// The `BEGIN` statement, rendered exactly as Python aiopg does:
+    /// `BEGIN [ISOLATION LEVEL X] [READ ONLY] [DEFERRABLE]`.
+    ///
+    /// ```
+    /// use aiopg_conn::{IsolationLevel, TransactionOptions};
+    /// let opts = TransactionOptions {
+    ///     isolation_level: IsolationLevel::Serializable,
+    ///     read_only: true,
+    ///     deferrable: true,
+    /// };
+    /// assert_eq!(opts.begin_sql(), "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE");
+    /// assert_eq!(TransactionOptions::default().begin_sql(), "BEGIN");
+    /// ```
+    pub fn begin_sql(&self) -> String {
+        let mut sql = String::from("BEGIN");
+        if let Some(level) = self.isolation_level.sql() {
+            sql.push_str(" ISOLATION LEVEL ");
+            sql.push_str(level);
+        }
+        if self.read_only {
+            sql.push_str(" READ ONLY");
+        }
+        if self.deferrable {
+            sql.push_str(" DEFERRABLE");
+        }
+        sql
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    NotStarted,
+    Active,
+    Committed,
+    RolledBack,
+}
+
+/// A transaction on a connection.
+///
+/// Unlike Python aiopg's, `commit()` and `rollback()` work. Dropping a transaction that is
+/// still active rolls it back, without blocking: the `ROLLBACK` is queued ahead of anything
+/// issued later on the connection.
+///
+/// ```no_run
+/// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+/// let mut tx = conn.begin().await?;
+/// conn.execute("INSERT INTO t VALUES (1)", &[]).await?;
+/// {
+///     let mut sp = tx.point().await?;
+///     conn.execute("INSERT INTO t VALUES (2)", &[]).await?;
+///     sp.rollback().await?; // undoes only the second insert
+/// }
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub struct Transaction {
+    conn: Connection,
+    options: TransactionOptions,
+    state: State,
+    /// Savepoints opened with [`Transaction::savepoint`], innermost last.
+    savepoints: Vec<String>,
+}
+
+impl fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("options", &self.options)
+            .field("state", &self.state)
+            .field("savepoints", &self.savepoints.len())
+            .finish()
+    }
+}
+
+/// Issues `sql` and, if this future is dropped before the server answers, queues `undo`:
+/// a BEGIN or SAVEPOINT abandoned mid-flight must not leave its transaction open.
+async fn run_undoable(conn: &Connection, sql: &str, undo: &str) -> Result<()> {
+    struct Guard<'a> {
+        conn: &'a Connection,
+        undo: &'a str,
+        armed: bool,
+    }
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if self.armed {
+                self.conn.detach(self.undo);
+            }
+        }
+    }
+    let mut guard = Guard {
+        conn,
+        undo,
+        armed: true,
+    };
+    let res = conn.batch_execute(sql).await;
+    // Answered (either way): nothing is left to undo here.
+    guard.armed = false;
+    res
+}
+
+impl Transaction {
+    pub(crate) fn new(conn: Connection, options: TransactionOptions) -> Transaction {
+        Transaction {
+            conn,
+            options,
+            state: State::NotStarted,
+            savepoints: Vec::new(),
+        }
+    }
+
+    /// Sends `BEGIN`. Beginning twice is an error.
+    pub async fn begin(&mut self) -> Result<()> {
+        if self.state != State::NotStarted {
+            return Err(Error::usage(format!(
+                "begin() was called on a transaction that is already {}",
+                self.describe()
+            )));
+        }
+        run_undoable(&self.conn, &self.options.begin_sql(), "ROLLBACK").await?;
+        self.state = State::Active;
+        Ok(())
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.state {
+            State::NotStarted => "not begun",
+            State::Active => "active",
+            State::Committed => "committed",
+            State::RolledBack => "rolled back",
+        }
+    }
+
+    fn require_active(&self, what: &str) -> Result<()> {
+        match self.state {
+            State::Active => Ok(()),
+            State::NotStarted => Err(Error::usage(format!(
+                "{what} was called before begin(): the transaction has not started"
+            ))),
+            _ => Err(Error::usage(format!(
+                "{what} was called on a transaction that is already {}",
+                self.describe()
+            ))),
+        }
+    }
+
+    /// Commits. Committing twice, or after a rollback, is an error saying so.
+    ///
+    /// If the transaction had failed, the server rolls it back instead, and this returns an
+    /// error saying it did.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.require_active("commit()")?;
+        let failed =
+            self.conn.transaction_status() == aiopg_core::TransactionStatus::InError;
+        // Whatever the server answers, the transaction is over once COMMIT is sent.
+        self.state = State::Committed;
+        self.savepoints.clear();
+        self.conn.batch_execute("COMMIT").await?;
+        if failed {
+            self.state = State::RolledBack;
+            return Err(Error::usage(
+                "commit() on a failed transaction: the server rolled it back instead",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rolls back. Rolling back twice, or after a commit, is an error saying so.
+    pub async fn rollback(&mut self) -> Result<()> {
+        self.require_active("rollback()")?;
+        self.state = State::RolledBack;
+        self.savepoints.clear();
+        self.conn.batch_execute("ROLLBACK").await
+    }
+
+    /// Opens a savepoint inside the transaction; undo its work with
+    /// [`rollback_savepoint`](Self::rollback_savepoint) or keep it with
+    /// [`release_savepoint`](Self::release_savepoint). Savepoints nest to any depth.
+    pub async fn savepoint(&mut self) -> Result<()> {
+        self.require_active("savepoint()")?;
+        let name = self.next_savepoint_name();
+        run_undoable(
+            &self.conn,
+            &format!("SAVEPOINT {name}"),
+            &format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"),
+        )
+        .await?;
+        self.savepoints.push(name);
+        Ok(())
+    }
+
+    fn next_savepoint_name(&self) -> String {
+        format!("aiopg_sp_{}", self.savepoints.len() + 1)
+    }
+
+    /// Keeps the work of the innermost savepoint (`RELEASE SAVEPOINT`).
+    pub async fn release_savepoint(&mut self) -> Result<()> {
+        self.require_active("release_savepoint()")?;
+        let name = self.savepoints.pop().ok_or_else(|| {
+            Error::usage("release_savepoint() was called with no savepoint open")
+        })?;
+        self.conn
+            .batch_execute(&format!("RELEASE SAVEPOINT {name}"))
+            .await
+    }
+
+    /// Undoes the work of the innermost savepoint and closes it.
+    pub async fn rollback_savepoint(&mut self) -> Result<()> {
+        self.require_active("rollback_savepoint()")?;
+        let name = self.savepoints.pop().ok_or_else(|| {
+            Error::usage("rollback_savepoint() was called with no savepoint open")
+        })?;
+        self.conn
+            .batch_execute(&format!(
+                "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+            ))
+            .await
+    }
+
+    /// A scoped savepoint: [`Savepoint::commit`] keeps its work, [`Savepoint::rollback`] or
+    /// dropping it undoes it. Nest with [`Savepoint::point`].
+    pub async fn point(&mut self) -> Result<Savepoint<'_>> {
+        self.require_active("point()")?;
+        let depth = self.savepoints.len() + 1;
+        Savepoint::open(&self.conn, depth).await
+    }
+
+    /// True between a successful `begin()` and `commit()`/`rollback()`.
+    pub fn is_active(&self) -> bool {
+        self.state == State::Active
+    }
+
+    /// The options the transaction began with.
+    pub fn options(&self) -> TransactionOptions {
+        self.options
+    }
+
+    /// The isolation level.
+    pub fn isolation_level(&self) -> IsolationLevel {
+        self.options.isolation_level
+    }
+
+    /// The connection the transaction runs on.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.state == State::Active {
+            self.conn.detach("ROLLBACK");
+        }
+    }
+}
+
+/// A scoped savepoint from [`Transaction::point`] or [`Savepoint::point`]; rolled back when
+/// dropped without [`commit`](Savepoint::commit).
+pub struct Savepoint<'a> {
+    conn: &'a Connection,
+    name: String,
+    depth: usize,
+    done: bool,
+}
+
+impl fmt::Debug for Savepoint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Savepoint")
+            .field("name", &self.name)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<'a> Savepoint<'a> {
+    async fn open(conn: &'a Connection, depth: usize) -> Result<Savepoint<'a>> {
+        let name = format!("aiopg_point_{depth}");
+        run_undoable(
+            conn,
+            &format!("SAVEPOINT {name}"),
+            &format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"),
+        )
+        .await?;
+        Ok(Savepoint {
+            conn,
+            name,
+            depth,
+            done: false,
+        })
+    }
+
+    fn require_open(&self, what: &str) -> Result<()> {
+        if self.done {
+            Err(Error::usage(format!(
+                "{what} was called on savepoint {} after it was committed or rolled back",
+                self.name
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Keeps the savepoint's work (`RELEASE SAVEPOINT`).
+    pub async fn commit(&mut self) -> Result<()> {
+        self.require_open("commit()")?;
+        self.done = true;
+        self.conn
+            .batch_execute(&format!("RELEASE SAVEPOINT {}", self.name))
+            .await
+    }
+
+    /// Undoes the savepoint's work.
+    pub async fn rollback(&mut self) -> Result<()> {
+        self.require_open("rollback()")?;
+        self.done = true;
+        self.conn
+            .batch_execute(&format!(
+                "ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}",
+                self.name
+            ))
+            .await
+    }
+
+    /// A savepoint nested inside this one.
+    pub async fn point(&mut self) -> Result<Savepoint<'_>> {
+        self.require_open("point()")?;
+        Savepoint::open(self.conn, self.depth + 1).await
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.detach(&format!(
+                "ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}",
+                self.name
+            ));
+        }
+    }
+}
+
+impl Connection {
+    /// A transaction that has not begun yet; call [`Transaction::begin`].
+    pub fn transaction(&self, options: TransactionOptions) -> Transaction {
+        Transaction::new(self.clone(), options)
+    }
+
+    /// Begins a transaction with the server's default settings.
+    ///
+    /// If this future is dropped before the server answers, a `ROLLBACK` is queued so that no
+    /// transaction is left open.
+    pub async fn begin(&self) -> Result<Transaction> {
+        self.begin_with(TransactionOptions::default()).await
+    }
+
+    /// Begins a transaction with `options`.
+    pub async fn begin_with(&self, options: TransactionOptions) -> Result<Transaction> {
+        let mut tx = Transaction::new(self.clone(), options);
+        tx.begin().await?;
+        Ok(tx)
+    }
+}

@@ -1,0 +1,1 @@
+//! Typed rows: `FromRow` (being written).

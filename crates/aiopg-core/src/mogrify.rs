@@ -1,0 +1,1 @@
+//! `mogrify`: parameters rendered as SQL literals (being written).

@@ -1,0 +1,2 @@
+//! `#[derive(FromRow)]` for aiopg (being written).
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! FromRow integration tests (being written).

@@ -1,0 +1,1 @@
+//! mogrify integration tests (being written).
