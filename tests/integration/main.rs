@@ -9,3 +9,4 @@ mod from_row;
 mod mogrify;
 mod pipeline;
 mod query;
+mod transaction;

@@ -29,9 +29,9 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// changed under a schema change, or the server lost it (PgBouncer, `DISCARD ALL`).
 fn is_stale_statement(e: &Error) -> bool {
     match e.as_db_error() {
-        Some(db) if db.code() == &SqlState::FEATURE_NOT_SUPPORTED => {
-            db.message().contains("cached plan must not change result type")
-        }
+        Some(db) if db.code() == &SqlState::FEATURE_NOT_SUPPORTED => db
+            .message()
+            .contains("cached plan must not change result type"),
         Some(db) => db.code() == &SqlState::INVALID_SQL_STATEMENT_NAME,
         None => false,
     }
@@ -297,12 +297,49 @@ impl Connection {
     /// Runs a statement and returns the number of rows it affected (0 for commands without a
     /// count).
     pub async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        Ok(self.query_result(sql, params).await?.rows_affected.unwrap_or(0))
+        Ok(self
+            .query_result(sql, params)
+            .await?
+            .rows_affected
+            .unwrap_or(0))
     }
 
     /// Runs a prepared statement and returns the number of rows it affected.
     pub async fn execute_prepared(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<u64> {
         match self.execute_inner(stmt, params).await? {
+            Output::Rows { affected, .. } => Ok(affected.unwrap_or(0)),
+            _ => Err(Error::protocol("unexpected answer to Execute")),
+        }
+    }
+
+    /// Runs a prepared statement once per parameter set, all in one round trip: the
+    /// Bind/Execute pairs go out together, followed by one Sync. The batch is one implicit
+    /// transaction (outside a transaction block): if any execution fails, none of them
+    /// takes effect. Returns the rows affected, summed.
+    pub async fn execute_many<'p, I>(&self, stmt: &Statement, param_sets: I) -> Result<u64>
+    where
+        I: IntoIterator<Item = &'p [Param<'p>]>,
+    {
+        let req = self.start(|st| {
+            let w = &mut st.write;
+            for params in param_sets {
+                if stmt.name().is_empty() {
+                    protocol::encode_or_rollback(w, |w| {
+                        frontend::parse("", stmt.sql(), std::iter::empty(), w)
+                    })?;
+                }
+                protocol::bind(w, stmt.name(), stmt.params(), params)?;
+                protocol::encode_or_rollback(w, |w| frontend::execute("", 0, w))?;
+            }
+            frontend::sync(w);
+            Ok(Collector::Query {
+                columns: stmt.columns_arc().clone(),
+                rows: Vec::new(),
+                affected: None,
+                tag: None,
+            })
+        })?;
+        match req.await? {
             Output::Rows { affected, .. } => Ok(affected.unwrap_or(0)),
             _ => Err(Error::protocol("unexpected answer to Execute")),
         }
@@ -439,12 +476,20 @@ impl Connection {
     ///
     /// [`DEFAULT_TIMEOUT`]: crate::DEFAULT_TIMEOUT
     pub fn timeout(&self) -> Option<Duration> {
-        *self.shared.timeout.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .shared
+            .timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets the default statement timeout for cursors on this connection.
     pub fn set_timeout(&self, timeout: Option<Duration>) {
-        *self.shared.timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+        *self
+            .shared
+            .timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = timeout;
     }
 
     /// Closes the connection: tells the server (Terminate) and shuts the socket. Queries still

@@ -620,6 +620,8 @@ impl State {
 /// Routes one message of a request's answer into its collector.
 fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
     match (collector, msg) {
+        // Statements closed on the server ride on any request; their answers carry nothing.
+        (_, Message::CloseComplete) => {}
         (Collector::Query { affected, tag, .. }, Message::CommandComplete(body)) => {
             let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
             if let Some(n) = rows_from_tag(t) {

@@ -193,8 +193,7 @@ impl Transaction {
     /// error saying it did.
     pub async fn commit(&mut self) -> Result<()> {
         self.require_active("commit()")?;
-        let failed =
-            self.conn.transaction_status() == aiopg_core::TransactionStatus::InError;
+        let failed = self.conn.transaction_status() == aiopg_core::TransactionStatus::InError;
         // Whatever the server answers, the transaction is over once COMMIT is sent.
         self.state = State::Committed;
         self.savepoints.clear();
@@ -239,9 +238,10 @@ impl Transaction {
     /// Keeps the work of the innermost savepoint (`RELEASE SAVEPOINT`).
     pub async fn release_savepoint(&mut self) -> Result<()> {
         self.require_active("release_savepoint()")?;
-        let name = self.savepoints.pop().ok_or_else(|| {
-            Error::usage("release_savepoint() was called with no savepoint open")
-        })?;
+        let name = self
+            .savepoints
+            .pop()
+            .ok_or_else(|| Error::usage("release_savepoint() was called with no savepoint open"))?;
         self.conn
             .batch_execute(&format!("RELEASE SAVEPOINT {name}"))
             .await
