@@ -43,9 +43,27 @@ pub use aiopg_conn::{
     DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
 };
 pub use aiopg_core::config::{self, Config};
+pub use aiopg_cursor::{Cursor, CursorExt, CursorOptions, Description, ScrollMode};
 pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};
+pub use aiopg_core::from_row::FromRow;
 pub use aiopg_core::types;
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
+#[cfg(feature = "derive")]
+pub use aiopg_derive::FromRow;
+
+/// What the code `#[derive(FromRow)]` generates names; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use aiopg_core::from_row::__derive::field_error;
+    pub use aiopg_core::from_row::{check_column_count, has_column, FromRow};
+    pub use aiopg_core::types::FromSqlOwned;
+    pub use aiopg_core::{Error, Result, Row};
+}
+
+/// The traits most programs want in scope: `use aiopg::prelude::*;`.
+pub mod prelude {
+    pub use aiopg_cursor::CursorExt;
+}
 
 /// The runtime seam: the [`rt::Runtime`] trait and the adapters the enabled features provide.
 pub mod rt {

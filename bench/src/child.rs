@@ -50,6 +50,19 @@ where
     (n, start.elapsed().as_secs_f64())
 }
 
+/// Prints the resident set once connected, so that peak memory can be read as growth.
+pub fn report_start_rss() {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    println!("START rss_kb={rss}");
+}
+
 /// The process's peak resident set, from /proc (kB).
 pub fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -67,6 +80,8 @@ pub fn run(job: Job) {
         "latency" => crate::latency::run(&job),
         "pipeline" => crate::pipeline::run(&job),
         "fetch-1m" => crate::fetch::run(&job),
+        "stream-5m" => crate::stream::run(&job),
+        "insert-batch" => crate::insert::run(&job),
         other => panic!("unknown workload {other}"),
     };
     println!("RESULT ops={ops} secs={secs} rss_kb={}", peak_rss_kb());

@@ -40,6 +40,7 @@ pub fn run(job: &Job) -> (u64, f64) {
 
 async fn aiopg(job: &Job) -> (u64, f64) {
     let conn = crate::aiopg_connect(job).await;
+    crate::child::report_start_rss();
     let n = rows(job);
     let sql = sql(n);
     let stmt = conn.prepare(&sql).await.expect("prepare");
@@ -60,6 +61,7 @@ async fn aiopg(job: &Job) -> (u64, f64) {
 
 async fn tokio_postgres(job: &Job) -> (u64, f64) {
     let client = crate::tokio_postgres_connect(job).await;
+    crate::child::report_start_rss();
     let n = rows(job);
     let sql = sql(n);
     let stmt = client.prepare(&sql).await.expect("prepare");
@@ -80,6 +82,7 @@ async fn sqlx(job: &Job) -> (u64, f64) {
     let mut conn = sqlx::PgConnection::connect(&job.url)
         .await
         .expect("sqlx connect");
+    crate::child::report_start_rss();
     let n = rows(job);
     let sql = sql(n);
     let start = Instant::now();

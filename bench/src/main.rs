@@ -12,9 +12,11 @@
 
 mod child;
 mod fetch;
+mod insert;
 mod latency;
 mod pipeline;
 mod report;
+mod stream;
 
 use std::process::Command;
 use std::time::Instant;
@@ -23,12 +25,10 @@ use child::{Amount, Job};
 use report::{Report, Sample};
 
 const RUNTIMES: [&str; 3] = ["tokio", "async-std", "smol"];
-const WORKLOADS: &[&str] = &["latency", "pipeline", "fetch-1m"];
+const WORKLOADS: &[&str] = &["latency", "pipeline", "fetch-1m", "stream-5m", "insert-batch"];
 const LATER: &[(&str, &str)] = &[
-    ("stream-5m", "server-side cursors (the cursor issue)"),
     ("pool", "the pool (the pool issue)"),
     ("acquire", "the pool (the pool issue)"),
-    ("insert-batch", "executemany (the cursor issue)"),
     ("copy-out", "COPY"),
     ("copy-in", "COPY"),
 ];
@@ -215,7 +215,10 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
             .join(", ")
     );
     let amount = if s.smoke {
-        Amount::Count(if workload == "fetch-1m" { 1000 } else { 200 })
+        Amount::Count(match workload {
+            "fetch-1m" | "stream-5m" => 1000,
+            _ => 200,
+        })
     } else {
         Amount::Seconds(s.seconds)
     };
@@ -253,10 +256,9 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
 }
 
 fn unit(workload: &str) -> &'static str {
-    if workload == "fetch-1m" {
-        "rows/s"
-    } else {
-        "ops/s"
+    match workload {
+        "fetch-1m" | "stream-5m" | "insert-batch" => "rows/s",
+        _ => "ops/s",
     }
 }
 
@@ -264,8 +266,9 @@ fn unit(workload: &str) -> &'static str {
 /// preparing, shutting down), divided by N.
 fn instructions_for(s: &Settings, workload: &str, report: &mut Report) {
     let n: u64 = match (workload, s.smoke) {
-        ("fetch-1m", false) => 100_000,
-        ("fetch-1m", true) => 1_000,
+        ("fetch-1m" | "stream-5m", false) => 100_000,
+        ("insert-batch", false) => 10_000,
+        ("fetch-1m" | "stream-5m" | "insert-batch", true) => 1_000,
         (_, false) => 5_000,
         (_, true) => 100,
     };

@@ -19,9 +19,16 @@ impl Sample {
         };
         let ops = get("ops")?;
         let secs = get("secs")?;
+        // Memory is reported as growth over the resident set once connected, when the child
+        // says what that was.
+        let start_kb = stdout
+            .lines()
+            .find(|l| l.starts_with("START "))
+            .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("rss_kb=")?.parse::<f64>().ok()))
+            .unwrap_or(0.0);
         Some(Sample {
             value: if secs > 0.0 { ops / secs } else { 0.0 },
-            rss_mb: get("rss_kb")? / 1024.0,
+            rss_mb: (get("rss_kb")? - start_kb) / 1024.0,
         })
     }
 

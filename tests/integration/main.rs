@@ -4,6 +4,7 @@
 mod support;
 
 mod connect;
+mod cursor;
 mod failure;
 mod from_row;
 mod mogrify;

@@ -630,7 +630,7 @@ fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
             *tag = Some(t.to_owned());
         }
         (Collector::Query { .. }, Message::BindComplete | Message::ParseComplete)
-        | (Collector::Query { .. }, Message::EmptyQueryResponse | Message::CloseComplete)
+        | (Collector::Query { .. }, Message::EmptyQueryResponse)
         | (Collector::Query { .. }, Message::NoData) => {}
         (Collector::Prepare { params, .. }, Message::ParameterDescription(body)) => {
             use fallible_iterator::FallibleIterator;
@@ -644,7 +644,7 @@ fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
             *columns = Some(parse_row_description(&body)?);
         }
         (Collector::Prepare { columns, .. }, Message::NoData) => *columns = Some(Vec::new()),
-        (Collector::Prepare { .. }, Message::ParseComplete | Message::CloseComplete) => {}
+        (Collector::Prepare { .. }, Message::ParseComplete) => {}
         (Collector::Simple { columns, .. }, Message::RowDescription(body)) => {
             let cols: Arc<[Column]> = parse_row_description(&body)?.into();
             *columns = Some(cols);

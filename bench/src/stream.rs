@@ -1,0 +1,95 @@
+//! `stream-5m`: 5,000,000 rows through a server-side cursor (aiopg) or the peers' usual way
+//! of reading a large result (tokio-postgres `query`, sqlx `fetch_all`, which hold it all).
+
+use std::time::Instant;
+
+use crate::block_on;
+use crate::child::{Amount, Job};
+
+pub const ROWS: u64 = 5_000_000;
+
+fn rows(job: &Job) -> u64 {
+    match job.amount {
+        Amount::Count(c) => c,
+        Amount::Seconds(_) => ROWS,
+    }
+}
+
+pub fn sql(n: u64) -> String {
+    format!("SELECT g, g::float8 * 0.5 FROM generate_series(1, {n}) g")
+}
+
+pub fn run(job: &Job) -> (u64, f64) {
+    let rt = job.runtime.clone();
+    match job.contender.as_str() {
+        "aiopg" => block_on(&rt, aiopg(job)),
+        "tokio-postgres" => block_on(&rt, tokio_postgres(job)),
+        "sqlx" => block_on(&rt, sqlx(job)),
+        other => panic!("stream: unknown contender {other}"),
+    }
+}
+
+async fn aiopg(job: &Job) -> (u64, f64) {
+    use aiopg::prelude::*;
+    let conn = crate::aiopg_connect(job).await;
+    crate::child::report_start_rss();
+    let n = rows(job);
+    let start = Instant::now();
+    let mut tx = conn.begin().await.expect("begin");
+    let mut cur = conn
+        .cursor_with(aiopg::CursorOptions {
+            name: Some("stream".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("cursor");
+    cur.execute(&sql(n), &[]).await.expect("declare");
+    let mut count = 0u64;
+    let mut sum = 0f64;
+    while let Some(row) = cur.next().await.expect("fetch") {
+        let (g, h): (i32, f64) = (row.get(0), row.get(1));
+        sum += g as f64 - h;
+        count += 1;
+    }
+    assert_eq!(count, n);
+    assert!(sum >= 0.0);
+    cur.close().await.expect("close");
+    tx.commit().await.expect("commit");
+    let r = (count, start.elapsed().as_secs_f64());
+    conn.close().await;
+    r
+}
+
+async fn tokio_postgres(job: &Job) -> (u64, f64) {
+    let client = crate::tokio_postgres_connect(job).await;
+    crate::child::report_start_rss();
+    let n = rows(job);
+    let start = Instant::now();
+    let rows = client.query(&sql(n), &[]).await.expect("query");
+    let mut sum = 0f64;
+    for row in &rows {
+        let (g, h): (i32, f64) = (row.get(0), row.get(1));
+        sum += g as f64 - h;
+    }
+    assert_eq!(rows.len() as u64, n);
+    assert!(sum >= 0.0);
+    (n, start.elapsed().as_secs_f64())
+}
+
+async fn sqlx(job: &Job) -> (u64, f64) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&job.url).await.expect("sqlx connect");
+    crate::child::report_start_rss();
+    let n = rows(job);
+    let start = Instant::now();
+    let rows: Vec<(i32, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql(n)))
+        .fetch_all(&mut conn)
+        .await
+        .expect("query");
+    let sum: f64 = rows.iter().map(|(g, h)| *g as f64 - h).sum();
+    assert_eq!(rows.len() as u64, n);
+    assert!(sum >= 0.0);
+    let r = (n, start.elapsed().as_secs_f64());
+    let _ = conn.close().await;
+    r
+}
