@@ -33,6 +33,9 @@ use crate::io::{poll_write_all, Frame, ReadBuf};
 use crate::statement::{Statement, StatementCache};
 use crate::{Notification, SimpleQueryMessage};
 
+/// Held-back requests are sent once this many bytes of them are waiting.
+const WRITE_BATCH: usize = 16 * 1024;
+
 /// How many notices are kept for [`crate::Connection::notices`] before the oldest are dropped.
 const MAX_NOTICES: usize = 64;
 
@@ -129,6 +132,8 @@ pub(crate) struct State {
     /// How many entries at the queue's front are answered (their messages are all read).
     answered: usize,
     closed: Option<CloseReason>,
+    /// Set when an answer was read: requests held back behind it go out on the next drive.
+    flush_due: bool,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
     pub(crate) notices: VecDeque<DbError>,
@@ -162,6 +167,7 @@ impl State {
             base_id: 0,
             answered: 0,
             closed: None,
+            flush_due: false,
             tx_status: TransactionStatus::Idle,
             params,
             notices: VecDeque::new(),
@@ -212,6 +218,12 @@ impl State {
                 return Poll::Ready(());
             }
             if self.drive(cx).is_pending() {
+                // Registered like any waiting caller, so that it is woken to take over
+                // driving, and when its answer arrives.
+                let idx = (id - self.base_id) as usize;
+                if let Some(e) = self.queue.get_mut(idx) {
+                    e.waker = Some(cx.waker().clone());
+                }
                 return Poll::Pending;
             }
         }
@@ -319,7 +331,14 @@ impl State {
         let Some(stream) = self.stream.as_mut() else {
             return Poll::Ready(());
         };
-        if !self.write.is_empty() {
+        // While other requests are on the wire, new ones wait for the next answer and then go
+        // out together: the server runs a connection's statements one after another anyway,
+        // and one write for many requests is what makes pipelining cheap. A lone request,
+        // a large backlog, or an answer just read sends at once.
+        let unanswered = self.queue.len() - self.answered;
+        let send_now = unanswered <= 1 || self.flush_due || self.write.len() >= WRITE_BATCH;
+        if send_now && !self.write.is_empty() {
+            self.flush_due = false;
             match poll_write_all(stream, &mut self.write, cx) {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
                 Poll::Ready(Err(e)) => {
@@ -341,6 +360,7 @@ impl State {
                 Poll::Ready(())
             }
             Poll::Ready(Ok(_)) => {
+                self.flush_due = true;
                 if let Err(e) = self.dispatch_all() {
                     self.close(CloseReason {
                         message: format!("protocol error, connection closed: {e}"),
@@ -560,13 +580,13 @@ impl State {
                     Some(e) => Err(e),
                     None => finish(collector, &mut self.statements),
                 };
+                // An abandoned answer is dropped here (a prepared statement in it was still
+                // cached by `finish`); a detached request's driver is woken to finish.
                 if !entry.abandoned {
                     entry.slot = Slot::Done(out);
-                    if let Some(w) = entry.waker.take() {
-                        w.wake();
-                    }
-                } else if let Ok(Output::Statement(_)) = &out {
-                    // A prepared statement nobody waits for was still cached by `finish`.
+                }
+                if let Some(w) = entry.waker.take() {
+                    w.wake();
                 }
                 self.answered += 1;
                 self.compact();
