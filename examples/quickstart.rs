@@ -4,12 +4,17 @@
 //! server: `AIOPG_DSN=postgresql://user@localhost/db cargo run --example quickstart`.
 //! The runtime comes from the enabled feature: `--no-default-features --features smol`.
 
+use aiopg::prelude::*;
+
 async fn run() -> aiopg::Result<()> {
     let dsn = std::env::var("AIOPG_DSN")
         .unwrap_or_else(|_| "dbname=aiopg user=aiopg password=passwd host=127.0.0.1".into());
+    // Until the pool lands, `connect` stands in for `create_pool` + `acquire`.
     let conn = aiopg::connect(&dsn).await?;
+    let mut cur = conn.cursor().await?;
+    cur.execute("SELECT 1", &[]).await?;
     let mut ret = Vec::new();
-    for row in conn.query("SELECT 1", &[]).await? {
+    while let Some(row) = cur.next().await? {
         ret.push(row.get::<i32>(0));
     }
     assert_eq!(ret, [1]);

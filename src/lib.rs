@@ -43,11 +43,11 @@ pub use aiopg_conn::{
     DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
 };
 pub use aiopg_core::config::{self, Config};
-pub use aiopg_cursor::{Cursor, CursorExt, CursorOptions, Description, ScrollMode};
 pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};
 pub use aiopg_core::from_row::FromRow;
 pub use aiopg_core::types;
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
+pub use aiopg_cursor::{Cursor, CursorExt, CursorOptions, Description, ScrollMode};
 #[cfg(feature = "derive")]
 pub use aiopg_derive::FromRow;
 
