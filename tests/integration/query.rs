@@ -203,3 +203,43 @@ rt_test! {
         assert_eq!(rows[0].get::<i32>(0), 7);
     }
 }
+
+rt_test! {
+    async fn unknown_types_are_looked_up_in_the_catalog() {
+        use aiopg::types::Kind;
+        let conn = connect().await;
+        let pid = conn.backend_pid();
+        let mood = format!("aiopg_mood_{pid}");
+        let pair = format!("aiopg_pair_{pid}");
+        conn.batch_execute(&format!(
+            "CREATE TYPE {mood} AS ENUM ('sad', 'ok', 'happy'); \
+             CREATE TYPE {pair} AS (m {mood}, n int4)"
+        ))
+        .await
+        .unwrap();
+        let rows = conn
+            .query(&format!("SELECT 'ok'::{mood}, ARRAY['sad'::{mood}], ROW('happy', 3)::{pair}"), &[])
+            .await
+            .unwrap();
+        let cols = rows[0].columns();
+        assert_eq!(cols[0].type_().name(), mood);
+        assert_eq!(cols[0].type_().kind(), &Kind::Enum(vec!["sad".into(), "ok".into(), "happy".into()]));
+        match cols[1].type_().kind() {
+            Kind::Array(elem) => assert_eq!(elem.name(), mood),
+            other => panic!("expected an array, got {other:?}"),
+        }
+        match cols[2].type_().kind() {
+            Kind::Composite(fields) => {
+                let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
+                assert_eq!(names, ["m", "n"]);
+                assert_eq!(fields[0].type_().name(), mood);
+                assert_eq!(fields[1].type_(), &aiopg::types::Type::INT4);
+            }
+            other => panic!("expected a composite, got {other:?}"),
+        }
+        // An enum parameter is described with its real type too.
+        let stmt = conn.prepare(&format!("SELECT $1::{mood}")).await.unwrap();
+        assert_eq!(stmt.params()[0].name(), mood);
+        conn.batch_execute(&format!("DROP TYPE {pair}; DROP TYPE {mood}")).await.unwrap();
+    }
+}

@@ -241,6 +241,32 @@ impl Connection {
         })?;
         match req.await? {
             Output::Statement(s) => Ok(s),
+            Output::Unresolved {
+                name,
+                sql,
+                params,
+                columns,
+                cache,
+            } => {
+                // Keep the server-side statement closed if this future is dropped midway.
+                let guard = crate::typeinfo::CloseOnDrop::new(self, name);
+                let mut resolved = Vec::with_capacity(params.len());
+                for t in params {
+                    resolved.push(self.resolve_type(t).await?);
+                }
+                let mut cols = Vec::with_capacity(columns.len());
+                for c in columns {
+                    let t = self.resolve_type(c.type_().clone()).await?;
+                    cols.push(c.with_type(t));
+                }
+                let name = guard.defuse();
+                let mut st = self.shared.lock();
+                let stmt = st.statements.make(name, sql, resolved, cols);
+                if cache {
+                    st.statements.insert(stmt.clone());
+                }
+                Ok(stmt)
+            }
             _ => Err(Error::protocol("unexpected answer to Parse")),
         }
     }

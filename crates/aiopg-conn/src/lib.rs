@@ -38,6 +38,7 @@ mod io;
 mod state;
 mod statement;
 mod transaction;
+mod typeinfo;
 
 use std::sync::Arc;
 

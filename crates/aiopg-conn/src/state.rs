@@ -25,7 +25,7 @@ use postgres_protocol::message::backend::Message;
 use aiopg_core::error::DbError;
 use aiopg_core::protocol::{rows_from_tag, TransactionStatus};
 use aiopg_core::row::{parse_row_description, type_for_oid, Column, Row, SimpleRow};
-use aiopg_core::types::Type;
+use aiopg_core::types::{Oid, Type};
 use aiopg_core::{Error, ErrorKind, Result};
 use aiopg_rt::BoxStream;
 
@@ -76,6 +76,15 @@ pub(crate) enum Output {
         tag: Option<String>,
     },
     Simple(Vec<SimpleQueryMessage>),
+    /// A prepared statement whose parameter or column types the client does not know yet:
+    /// the caller looks them up and then builds the statement.
+    Unresolved {
+        name: String,
+        sql: Arc<str>,
+        params: Vec<Type>,
+        columns: Vec<Column>,
+        cache: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -140,6 +149,8 @@ pub(crate) struct State {
     pub(crate) notifications: VecDeque<Notification>,
     pub(crate) notification_waker: Option<Waker>,
     pub(crate) statements: StatementCache,
+    /// Types looked up from the server's catalog (enums, composites, domains, extensions).
+    pub(crate) types: HashMap<Oid, Type>,
 }
 
 impl std::fmt::Debug for State {
@@ -174,6 +185,7 @@ impl State {
             notifications: VecDeque::new(),
             notification_waker: None,
             statements,
+            types: HashMap::new(),
         }
     }
 
@@ -578,7 +590,7 @@ impl State {
                 };
                 let out = match error {
                     Some(e) => Err(e),
-                    None => finish(collector, &mut self.statements),
+                    None => finish(collector, &mut self.statements, &self.types, entry.abandoned),
                 };
                 // An abandoned answer is dropped here (a prepared statement in it was still
                 // cached by `finish`); a detached request's driver is woken to finish.
@@ -692,7 +704,12 @@ fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
 }
 
 /// Turns a request's collected answer into its result once `ReadyForQuery` arrives.
-fn finish(collector: Collector, cache: &mut StatementCache) -> Result<Output> {
+fn finish(
+    collector: Collector,
+    cache: &mut StatementCache,
+    types: &HashMap<Oid, Type>,
+    abandoned: bool,
+) -> Result<Output> {
     Ok(match collector {
         Collector::Prepare {
             name,
@@ -703,6 +720,38 @@ fn finish(collector: Collector, cache: &mut StatementCache) -> Result<Output> {
         } => {
             let params = params.ok_or_else(|| Error::protocol("no ParameterDescription"))?;
             let columns = columns.ok_or_else(|| Error::protocol("no RowDescription or NoData"))?;
+            // Types looked up earlier replace their placeholders.
+            let known = |t: &Type| Type::from_oid(t.oid()).is_some();
+            let lookup = |t: Type| match types.get(&t.oid()) {
+                Some(resolved) if !known(&t) => resolved.clone(),
+                _ => t,
+            };
+            let params: Vec<Type> = params.into_iter().map(lookup).collect();
+            let columns: Vec<Column> = columns
+                .into_iter()
+                .map(|c| {
+                    let t = lookup(c.type_().clone());
+                    c.with_type(t)
+                })
+                .collect();
+            let unresolved = params
+                .iter()
+                .chain(columns.iter().map(Column::type_))
+                .any(|t| !known(t) && !types.contains_key(&t.oid()));
+            if unresolved {
+                if abandoned {
+                    // Nobody will finish this statement: close it with the next request.
+                    cache.close_later(name);
+                    return Err(Error::usage("abandoned"));
+                }
+                return Ok(Output::Unresolved {
+                    name,
+                    sql,
+                    params,
+                    columns,
+                    cache: cache_it,
+                });
+            }
             let stmt = cache.make(name, sql, params, columns);
             if cache_it {
                 cache.insert(stmt.clone());

@@ -170,6 +170,17 @@ impl StatementCache {
         self.map.remove(sql);
     }
 
+    /// Closes a server-side statement that never got a handle, with the next request.
+    pub(crate) fn close_later(&self, name: String) {
+        if name.is_empty() {
+            return;
+        }
+        if let Ok(mut names) = self.close_list.names.lock() {
+            names.push(name);
+            self.close_list.pending.store(true, Ordering::Release);
+        }
+    }
+
     /// Takes the names of statements to close on the server.
     pub(crate) fn take_closes(&self) -> Vec<String> {
         if !self.close_list.pending.load(Ordering::Acquire) {

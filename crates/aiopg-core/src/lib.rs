@@ -21,6 +21,6 @@ pub use row::{Column, Row, RowIndex, SimpleRow};
 /// (re-exported from `postgres-types`).
 pub mod types {
     pub use postgres_types::{
-        FromSql, FromSqlOwned, IsNull, Kind, Oid, ToSql, Type, WasNull, WrongType,
+        Field, FromSql, FromSqlOwned, IsNull, Kind, Oid, ToSql, Type, WasNull, WrongType,
     };
 }

@@ -45,6 +45,13 @@ impl Column {
     pub fn type_size(&self) -> i16 {
         self.type_size
     }
+    /// The same column with its type replaced: layers that resolve types the client did not
+    /// know (enums, composites, domains, extension types) use this.
+    pub fn with_type(mut self, type_: Type) -> Column {
+        self.type_ = type_;
+        self
+    }
+
     /// `pg_attribute.atttypmod`: the type modifier (varchar length, numeric precision...), -1
     /// when none.
     pub fn type_modifier(&self) -> i32 {
