@@ -25,7 +25,13 @@ use child::{Amount, Job};
 use report::{Report, Sample};
 
 const RUNTIMES: [&str; 3] = ["tokio", "async-std", "smol"];
-const WORKLOADS: &[&str] = &["latency", "pipeline", "fetch-1m", "stream-5m", "insert-batch"];
+const WORKLOADS: &[&str] = &[
+    "latency",
+    "pipeline",
+    "fetch-1m",
+    "stream-5m",
+    "insert-batch",
+];
 const LATER: &[(&str, &str)] = &[
     ("pool", "the pool (the pool issue)"),
     ("acquire", "the pool (the pool issue)"),

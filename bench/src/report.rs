@@ -24,7 +24,10 @@ impl Sample {
         let start_kb = stdout
             .lines()
             .find(|l| l.starts_with("START "))
-            .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("rss_kb=")?.parse::<f64>().ok()))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("rss_kb=")?.parse::<f64>().ok())
+            })
             .unwrap_or(0.0);
         Some(Sample {
             value: if secs > 0.0 { ops / secs } else { 0.0 },

@@ -78,7 +78,9 @@ async fn tokio_postgres(job: &Job) -> (u64, f64) {
 
 async fn sqlx(job: &Job) -> (u64, f64) {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(&job.url).await.expect("sqlx connect");
+    let mut conn = sqlx::PgConnection::connect(&job.url)
+        .await
+        .expect("sqlx connect");
     crate::child::report_start_rss();
     let n = rows(job);
     let start = Instant::now();

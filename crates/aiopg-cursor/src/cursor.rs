@@ -758,10 +758,28 @@ mod tests {
 
     #[test]
     fn identifier_paths() {
-        for ok in ["f", "my_func", "public.f", "\"Odd Name\"", "s.\"x\"\"y\"", "f$1", "ünï"] {
+        for ok in [
+            "f",
+            "my_func",
+            "public.f",
+            "\"Odd Name\"",
+            "s.\"x\"\"y\"",
+            "f$1",
+            "ünï",
+        ] {
             assert!(is_identifier_path(ok), "{ok}");
         }
-        for bad in ["", "f()", "f; DROP TABLE t", "1f", "a..b", "\"unterminated", "\"\"", "a.", "f -- x"] {
+        for bad in [
+            "",
+            "f()",
+            "f; DROP TABLE t",
+            "1f",
+            "a..b",
+            "\"unterminated",
+            "\"\"",
+            "a.",
+            "f -- x",
+        ] {
             assert!(!is_identifier_path(bad), "{bad}");
         }
     }
