@@ -97,6 +97,26 @@ impl ConnectOptions {
         self
     }
 
+    /// Python aiopg's `enable_json` switch, kept for parity. In Rust the type you read a
+    /// column as decides its decoding (`serde_json::Value` with the `with-serde_json-1`
+    /// feature, or `String`), so json and jsonb work whatever this says.
+    pub fn enable_json(self, _enable: bool) -> Self {
+        self
+    }
+
+    /// Python aiopg's `enable_hstore` switch, kept for parity. hstore columns are recognised
+    /// from the server's catalog on first use (the extension's OID differs per database), so
+    /// `HashMap<String, Option<String>>` reads them whatever this says.
+    pub fn enable_hstore(self, _enable: bool) -> Self {
+        self
+    }
+
+    /// Python aiopg's `enable_uuid` switch, kept for parity: `uuid::Uuid` (feature
+    /// `with-uuid-1`) reads uuid columns whatever this says.
+    pub fn enable_uuid(self, _enable: bool) -> Self {
+        self
+    }
+
     /// How many prepared statements to cache (LRU). 0 uses only the unnamed statement, which
     /// PgBouncer's transaction mode requires.
     pub fn statement_cache_size(mut self, size: usize) -> Self {
