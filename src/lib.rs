@@ -4,11 +4,22 @@
 //! pools, transactions, LISTEN/NOTIFY and timeouts, on tokio, smol or async-std, with one API.
 //!
 //! ```no_run
+//! use aiopg::prelude::*;
 //! # async fn f() -> aiopg::Result<()> {
 //! let dsn = std::env::var("AIOPG_DSN").unwrap_or_else(|_| "dbname=aiopg user=aiopg".into());
 //! let conn = aiopg::connect(&dsn).await?;
-//! let rows = conn.query("SELECT $1::int4", &[&1i32]).await?;
-//! assert_eq!(rows[0].get::<i32>(0), 1);
+//! let mut cur = conn.cursor().await?;
+//! cur.execute("SELECT 1", &[]).await?;
+//! let mut rows = Vec::new();
+//! while let Some(row) = cur.next().await? {
+//!     rows.push(row.get::<i32>(0));
+//! }
+//! assert_eq!(rows, [1]);
+//!
+//! // Real transactions, with savepoints.
+//! let mut tx = conn.begin().await?;
+//! cur.execute("INSERT INTO t VALUES ($1)", &[&1i32]).await?;
+//! tx.commit().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -32,8 +43,19 @@
 //!
 //! # Where aiopg for Rust differs from Python's aiopg on purpose
 //!
+//! - `commit()` and `rollback()` work ([`Transaction`]); Python aiopg's raise.
+//! - A statement that outlives its timeout is cancelled on the server (a CancelRequest), the
+//!   call fails with a `Timeout` error, and the connection stays usable; Python aiopg closes
+//!   the connection.
+//! - The timeout can be disabled (`None`), which Python aiopg cannot (its issue #670).
+//!   Precedence is aiopg's: per call, then cursor, then connection ([`DEFAULT_TIMEOUT`]).
 //! - A second statement while one runs on the same connection is pipelined, not an error.
+//! - `executemany` works (one pipelined batch, one round trip), and so do server-side cursors
+//!   ([`CursorOptions::name`]), which stream any result in bounded memory.
+//! - Parameters are `$1, $2, ...`, bound server-side in binary; `mogrify` renders what the
+//!   server would run.
 //! - Errors carry the server's SQLSTATE and every field it sent ([`Error::as_db_error`]).
+//!
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -62,6 +84,7 @@ pub mod __private {
 
 /// The traits most programs want in scope: `use aiopg::prelude::*;`.
 pub mod prelude {
+    pub use crate::FromRow;
     pub use aiopg_cursor::CursorExt;
 }
 
