@@ -9,5 +9,7 @@ mod failure;
 mod from_row;
 mod mogrify;
 mod pipeline;
+mod pool;
 mod query;
 mod transaction;
+mod types;
