@@ -235,14 +235,9 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
                     .unwrap_or_else(|e| panic!("{contender}/{rt} on {workload}: {e}"));
                 let name = format!("{contender}/{rt}");
                 report.add(workload, layout.name(), &name, r.clone(), unit(workload));
-                if workload == "fetch-1m" {
-                    report.add(
-                        "fetch-1m peak RSS",
-                        layout.name(),
-                        &name,
-                        Sample::rss(&r),
-                        "MB",
-                    );
+                if workload == "fetch-1m" || workload == "stream-5m" {
+                    let what = format!("{workload} peak RSS growth");
+                    report.add(&what, layout.name(), &name, Sample::rss(&r), "MB");
                 }
             }
             if !s.smoke {
