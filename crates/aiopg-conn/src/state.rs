@@ -590,7 +590,12 @@ impl State {
                 };
                 let out = match error {
                     Some(e) => Err(e),
-                    None => finish(collector, &mut self.statements, &self.types, entry.abandoned),
+                    None => finish(
+                        collector,
+                        &mut self.statements,
+                        &self.types,
+                        entry.abandoned,
+                    ),
                 };
                 // An abandoned answer is dropped here (a prepared statement in it was still
                 // cached by `finish`); a detached request's driver is woken to finish.

@@ -76,9 +76,9 @@ impl Connection {
                 )));
             }
             let rows = self.query(TYPE_SQL, &[&oid]).await?;
-            let row = rows.first().ok_or_else(|| {
-                Error::protocol(format!("the server has no type with OID {oid}"))
-            })?;
+            let row = rows
+                .first()
+                .ok_or_else(|| Error::protocol(format!("the server has no type with OID {oid}")))?;
             let name: String = row.try_get(0)?;
             let typtype: i8 = row.try_get(1)?;
             let category: i8 = row.try_get(2)?;
