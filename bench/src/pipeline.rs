@@ -16,49 +16,12 @@ pub fn run(job: &Job) -> (u64, f64) {
     }
 }
 
-async fn aiopg(job: &Job) -> (u64, f64) {
-    let conn = crate::aiopg_connect(job).await;
-    let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
-    let query = |i: i32| {
-        let (conn, stmt) = (&conn, &stmt);
-        async move {
-            let rows = conn.query_prepared(stmt, &[&i]).await.expect("query");
-            assert_eq!(rows[0].get::<i32>(0), i);
-        }
-    };
-    let start = std::time::Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    let mut issued = 0u64;
-    let mut done = 0u64;
-    while (issued as usize) < DEPTH {
-        inflight.push(query(issued as i32));
-        issued += 1;
-    }
-    let mut stop = false;
-    while inflight.next().await.is_some() {
-        done += 1;
-        stop = stop || finished(job.amount, done, start);
-        if !stop {
-            inflight.push(query(issued as i32));
-            issued += 1;
-        }
-    }
-    let r = (done, start.elapsed().as_secs_f64());
-    drop(inflight);
-    conn.close().await;
-    r
-}
-
-async fn tokio_postgres(job: &Job) -> (u64, f64) {
-    let client = crate::tokio_postgres_connect(job).await;
-    let stmt = client.prepare("SELECT $1::int4").await.expect("prepare");
-    let query = |i: i32| {
-        let (client, stmt) = (&client, &stmt);
-        async move {
-            let rows = client.query(stmt, &[&i]).await.expect("query");
-            assert_eq!(rows[0].get::<_, i32>(0), i);
-        }
-    };
+/// Keeps `DEPTH` operations in flight until the amount is spent; returns (done, seconds).
+async fn keep_in_flight<F, Fut>(job: &Job, mut query: F) -> (u64, f64)
+where
+    F: FnMut(i32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let start = std::time::Instant::now();
     let mut inflight = FuturesUnordered::new();
     let mut issued = 0u64;
@@ -77,4 +40,32 @@ async fn tokio_postgres(job: &Job) -> (u64, f64) {
         }
     }
     (done, start.elapsed().as_secs_f64())
+}
+
+async fn aiopg(job: &Job) -> (u64, f64) {
+    let conn = crate::aiopg_connect(job).await;
+    let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
+    let r = keep_in_flight(job, |i: i32| {
+        let (conn, stmt) = (&conn, &stmt);
+        async move {
+            let rows = conn.query_prepared(stmt, &[&i]).await.expect("query");
+            assert_eq!(rows[0].get::<i32>(0), i);
+        }
+    })
+    .await;
+    conn.close().await;
+    r
+}
+
+async fn tokio_postgres(job: &Job) -> (u64, f64) {
+    let client = crate::tokio_postgres_connect(job).await;
+    let stmt = client.prepare("SELECT $1::int4").await.expect("prepare");
+    keep_in_flight(job, |i: i32| {
+        let (client, stmt) = (&client, &stmt);
+        async move {
+            let rows = client.query(stmt, &[&i]).await.expect("query");
+            assert_eq!(rows[0].get::<_, i32>(0), i);
+        }
+    })
+    .await
 }
