@@ -1,0 +1,91 @@
+//! aiopg's connection pool (Python aiopg's `create_pool` and `Pool`), on any runtime.
+//!
+//! ```no_run
+//! # async fn f() -> aiopg_core::Result<()> {
+//! use std::time::Duration;
+//! use aiopg_cursor::CursorExt;
+//!
+//! let pool = aiopg_pool::Pool::builder("postgresql://app@localhost/app")
+//!     .min_size(1)
+//!     .max_size(10)
+//!     .timeout(Duration::from_secs(10))
+//!     .build()
+//!     .await?;
+//! {
+//!     let conn = pool.acquire().await?; // back to the pool when dropped
+//!     let mut cur = conn.cursor().await?;
+//!     cur.execute("SELECT 1", &[]).await?;
+//!     assert_eq!(cur.fetchone().await?.unwrap().get::<i32>(0), 1);
+//! }
+//! pool.close();
+//! pool.wait_closed().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Behaviour
+//!
+//! - **Acquire** ([`Pool::acquire`]): an idle connection is handed out at once, with no
+//!   task hop and one short lock. Otherwise the caller queues, strictly first come first
+//!   served, and a connection is opened for it (in a task on the pool's runtime) while the
+//!   pool is below `max_size`. A connection given back goes straight to the oldest waiter.
+//!   The pool's `timeout` bounds the whole call, connecting included, and its
+//!   [`ErrorKind::PoolTimeout`](aiopg_core::ErrorKind::PoolTimeout) error states the pool's
+//!   size and how many connections were in use and how many callers waited.
+//! - **Health**: a connection that reports itself closed is never handed out. One idle for
+//!   at least [`PoolBuilder::test_on_acquire`] (5 s by default) is first checked with a
+//!   round trip; recently used ones are not (a server that went away is then discovered by
+//!   the first query, which fails with a closed error, and the connection is discarded when
+//!   it comes back). Connections older than `recycle` / `max_lifetime` are replaced when
+//!   acquired or released; idle ones past `idle_timeout` or `max_lifetime` are closed by a
+//!   background task. The pool refills to `min_size` in the background, backing off while
+//!   connecting fails.
+//! - **Release**: dropping a [`PooledConnection`] returns it without blocking, from any
+//!   thread. A transaction left open is rolled back (queued ahead of the next user's
+//!   statements) and the connection reused; a closed one is discarded and its slot freed at
+//!   once; with [`PoolBuilder::reset_on_release`], `UNLISTEN *` and `RESET ALL` run too.
+//!   [`Pool::release`] is the explicit form, which waits for that clean-up.
+//! - **Shutdown**: [`Pool::close`] fails waiting and later acquires with
+//!   [`ErrorKind::PoolClosed`](aiopg_core::ErrorKind::PoolClosed) and closes idle
+//!   connections (those in use when they come back); [`Pool::terminate`] also closes the
+//!   connections in use; [`Pool::wait_closed`] resolves once every connection is closed.
+//! - **Cancellation**: dropping an `acquire` future at any point leaks neither a connection
+//!   nor a slot; a connection opened or handed to it goes to the next caller.
+//!
+//! # Runtimes
+//!
+//! This crate names no runtime: timers and background tasks go through
+//! [`aiopg_rt::Runtime`], given by [`PoolBuilder::runtime`], else the connections' runtime.
+//! On tokio, background work (refills, connection attempts for waiters, the `ROLLBACK` after
+//! a release) needs the guard to be dropped inside the tokio runtime or the next `acquire`
+//! to run there; a guard dropped on a foreign thread still returns its connection.
+//!
+//! # Where this differs from Python aiopg
+//!
+//! - A connection released inside a transaction is rolled back and reused, not closed
+//!   (as asyncpg and psycopg_pool do); it is discarded only if the rollback fails.
+//! - `recycle` counts from when the connection was opened; Python aiopg's `pool_recycle`
+//!   counts from its last use (that is [`PoolBuilder::idle_timeout`] here).
+//! - [`Pool::close`] and [`Pool::terminate`] close idle connections at once;
+//!   [`Pool::is_closed`] is true from `close()` on.
+//! - Acquiring is strictly FIFO; Python aiopg's is close to it but not guaranteed.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod builder;
+mod pool;
+
+pub use builder::{
+    create_pool, IntoConnectOptions, OnConnect, PoolBuilder, DEFAULT_ACQUIRE_TIMEOUT,
+    DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, DEFAULT_TEST_AFTER_IDLE,
+};
+pub use pool::{Pool, PoolStats, PooledConnection, PooledCursor};
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Pool>();
+    is::<PooledConnection>();
+    is::<PoolStats>();
+    fn is_send<T: Send>() {}
+    is_send::<PooledCursor>();
+}

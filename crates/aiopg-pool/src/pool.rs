@@ -1,0 +1,1111 @@
+//! The pool: a synchronous mutex around the idle connections and a FIFO queue of waiters.
+//!
+//! Lock order: the pool's state, then a waiter's slot. Neither lock is held across an
+//! `.await` or while calling into a [`Connection`] (which has its own lock), except for the
+//! cheap `Arc` clone of a connection handle.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use aiopg_conn::{ConnectOptions, Connection};
+use aiopg_core::{Error, ErrorKind, Result, Row, TransactionStatus};
+use aiopg_cursor::{Cursor, CursorExt, CursorOptions};
+use aiopg_rt::{BoxFuture, Runtime};
+
+use crate::builder::{IntoConnectOptions, OnConnect, PoolBuilder, Settings};
+
+/// The first pause between failed attempts to refill the pool to `min_size`.
+const REFILL_BACKOFF_START: Duration = Duration::from_millis(50);
+/// The longest pause between failed refill attempts.
+const REFILL_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// What a released connection runs when [`PoolBuilder::reset_on_release`] is on.
+const RESET_SQL: &str = "UNLISTEN *; RESET ALL";
+
+/// Opens one connection and runs `on_connect` on it.
+pub(crate) async fn open(
+    options: &ConnectOptions,
+    on_connect: Option<&OnConnect>,
+) -> Result<Connection> {
+    let conn = options.connect().await?;
+    if let Some(callback) = on_connect {
+        if let Err(e) = callback(&conn).await {
+            conn.close().await;
+            return Err(e.context("the pool's on_connect callback failed"));
+        }
+    }
+    tracing::debug!(backend_pid = conn.backend_pid(), "pool opened a connection");
+    Ok(conn)
+}
+
+/// Closes `conn` without blocking: the part of `close()` that needs no waiting (marking the
+/// connection closed, taking its socket) runs now, so every handle reports closed at once;
+/// writing Terminate, if it cannot finish at once, goes on in a task.
+fn close_now(runtime: &Arc<dyn Runtime>, conn: Connection) {
+    let mut fut: BoxFuture<'static, ()> = Box::pin(async move { conn.close().await });
+    let mut cx = Context::from_waker(Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        runtime.spawn(fut);
+    }
+}
+
+fn pool_closed() -> Error {
+    Error::new(
+        ErrorKind::PoolClosed,
+        "the pool is closed (close() or terminate() was called): create a new pool",
+        None,
+    )
+}
+
+/// A connection the pool owns, idle or lent out.
+struct Entry {
+    conn: Connection,
+    /// Index in `State::slots`.
+    slot: usize,
+    created: Instant,
+    last_used: Instant,
+}
+
+/// One caller waiting in [`Pool::acquire`].
+#[derive(Default)]
+struct Waiter {
+    slot: Mutex<WaiterSlot>,
+}
+
+#[derive(Default)]
+struct WaiterSlot {
+    waker: Option<Waker>,
+    outcome: Option<Result<Entry>>,
+}
+
+impl Waiter {
+    fn lock(&self) -> MutexGuard<'_, WaiterSlot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a connection leaves the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Found closed, or failed its liveness check.
+    Broken,
+    /// Older than `recycle` / `max_lifetime`.
+    Recycled,
+    /// Idle longer than `idle_timeout`, `clear()`, or the pool is closing.
+    Retired,
+}
+
+#[derive(Default)]
+struct State {
+    /// Idle connections; the most recently used at the back (acquired first).
+    idle: VecDeque<Entry>,
+    /// Callers waiting for a connection, oldest first. Non-empty only while `idle` is empty.
+    waiters: VecDeque<Arc<Waiter>>,
+    /// Every open connection the pool owns, idle or lent out (for `terminate`).
+    slots: Vec<Option<Connection>>,
+    free_slots: Vec<usize>,
+    /// Open connections plus those being opened.
+    size: usize,
+    /// Connections being opened.
+    connecting: usize,
+    closing: bool,
+    refilling: bool,
+    closed_wakers: Vec<Waker>,
+    // Statistics.
+    acquires: u64,
+    waits: u64,
+    timeouts: u64,
+    created: u64,
+    closed: u64,
+    broken: u64,
+    recycled: u64,
+    connect_errors: u64,
+}
+
+impl State {
+    fn add_slot(&mut self, conn: Connection) -> usize {
+        match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i] = Some(conn);
+                i
+            }
+            None => {
+                self.slots.push(Some(conn));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        self.size - self.idle.len() - self.connecting
+    }
+}
+
+/// What to do once the state lock is released.
+#[derive(Default)]
+struct Actions {
+    wake: Vec<Waker>,
+    close: Vec<Connection>,
+    connect: usize,
+    refill: bool,
+}
+
+pub(crate) struct Inner {
+    options: ConnectOptions,
+    runtime: Arc<dyn Runtime>,
+    settings: Settings,
+    state: Mutex<State>,
+    wait_nanos: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for entry in st.idle.drain(..) {
+            close_now(&self.runtime, entry.conn);
+        }
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every change under the lock is a few plain assignments: a panic cannot leave it
+        // half-done, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn too_old(&self, entry: &Entry, now: Instant) -> bool {
+        let limit = match (self.settings.recycle, self.settings.max_lifetime) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return false,
+        };
+        now.saturating_duration_since(entry.created) >= limit
+    }
+
+    /// Hands `entry` to the oldest waiter, or makes it idle. The pool must be open.
+    fn put(&self, st: &mut State, entry: Entry, act: &mut Actions) {
+        match st.waiters.pop_front() {
+            Some(waiter) => {
+                let mut slot = waiter.lock();
+                slot.outcome = Some(Ok(entry));
+                if let Some(w) = slot.waker.take() {
+                    act.wake.push(w);
+                }
+            }
+            None => st.idle.push_back(entry),
+        }
+    }
+
+    /// Forgets `entry` (its slot is freed at once) and closes it after the lock is released.
+    fn drop_entry(&self, st: &mut State, entry: Entry, why: Why, act: &mut Actions) {
+        st.slots[entry.slot] = None;
+        st.free_slots.push(entry.slot);
+        st.size -= 1;
+        st.closed += 1;
+        match why {
+            Why::Broken => st.broken += 1,
+            Why::Recycled => st.recycled += 1,
+            Why::Retired => {}
+        }
+        tracing::debug!(backend_pid = entry.conn.backend_pid(), reason = ?why, "pool closes a connection");
+        act.close.push(entry.conn);
+    }
+
+    /// Restores the pool's promises after a change: a connection being opened for every
+    /// waiter (up to `max_size`), a refill under way below `min_size`, `wait_closed` woken.
+    fn settle(&self, st: &mut State, act: &mut Actions) {
+        if st.closing {
+            if st.size == 0 {
+                act.wake.append(&mut st.closed_wakers);
+            }
+            return;
+        }
+        while st.waiters.len() > st.connecting && st.size < self.settings.max_size {
+            st.size += 1;
+            st.connecting += 1;
+            act.connect += 1;
+        }
+        if st.size < self.settings.min_size && !st.refilling {
+            st.refilling = true;
+            act.refill = true;
+        }
+    }
+
+    fn run(self: &Arc<Self>, act: Actions) {
+        for w in act.wake {
+            w.wake();
+        }
+        for conn in act.close {
+            close_now(&self.runtime, conn);
+        }
+        for _ in 0..act.connect {
+            self.spawn_connect();
+        }
+        if act.refill {
+            self.spawn_refill();
+        }
+    }
+
+    fn discard(self: &Arc<Self>, entry: Entry, why: Why) {
+        let mut act = Actions::default();
+        {
+            let mut st = self.lock();
+            self.drop_entry(&mut st, entry, why, &mut act);
+            self.settle(&mut st, &mut act);
+        }
+        self.run(act);
+    }
+
+    /// Takes back a lent connection: synchronous and non-blocking, from any thread.
+    fn release(self: &Arc<Self>, mut entry: Entry, reset_done: bool) {
+        let now = Instant::now();
+        let why = if entry.conn.is_closed() {
+            Some(Why::Broken)
+        } else if self.too_old(&entry, now) {
+            Some(Why::Recycled)
+        } else {
+            None
+        };
+        if why.is_none() && !reset_done {
+            if entry.conn.transaction_status() != TransactionStatus::Idle {
+                // Queued ahead of anything the next user sends, and driven by a task, so the
+                // connection can be reused at once.
+                entry.conn.detach("ROLLBACK");
+            }
+            if self.settings.reset_on_release {
+                entry.conn.detach(RESET_SQL);
+                drop(entry.conn.take_notifications());
+            }
+        }
+        entry.last_used = now;
+        let mut act = Actions::default();
+        {
+            let mut st = self.lock();
+            match why {
+                _ if st.closing => self.drop_entry(&mut st, entry, Why::Retired, &mut act),
+                Some(why) => self.drop_entry(&mut st, entry, why, &mut act),
+                None => self.put(&mut st, entry, &mut act),
+            }
+            self.settle(&mut st, &mut act);
+        }
+        self.run(act);
+    }
+
+    /// A connection attempt (for a waiter when `demand`, else a refill) finished.
+    fn connected(self: &Arc<Self>, result: Result<Connection>, demand: bool) {
+        let now = Instant::now();
+        let mut act = Actions::default();
+        {
+            let mut st = self.lock();
+            st.connecting -= 1;
+            match result {
+                Ok(conn) if st.closing => {
+                    st.size -= 1;
+                    st.created += 1;
+                    st.closed += 1;
+                    act.close.push(conn);
+                }
+                Ok(conn) => {
+                    st.created += 1;
+                    let slot = st.add_slot(conn.clone());
+                    let entry = Entry {
+                        conn,
+                        slot,
+                        created: now,
+                        last_used: now,
+                    };
+                    self.put(&mut st, entry, &mut act);
+                }
+                Err(e) => {
+                    st.size -= 1;
+                    st.connect_errors += 1;
+                    tracing::debug!(error = %e, demand, "pool could not open a connection");
+                    if demand {
+                        // The oldest waiter learns why it cannot be served.
+                        if let Some(waiter) = st.waiters.pop_front() {
+                            let mut slot = waiter.lock();
+                            slot.outcome = Some(Err(e));
+                            if let Some(w) = slot.waker.take() {
+                                act.wake.push(w);
+                            }
+                        }
+                    }
+                }
+            }
+            self.settle(&mut st, &mut act);
+        }
+        self.run(act);
+    }
+
+    /// Opens one connection for the waiters (its slot is already counted in `size`).
+    fn spawn_connect(self: &Arc<Self>) {
+        let mut reservation = Reservation {
+            inner: self.clone(),
+            armed: true,
+        };
+        self.runtime.spawn(Box::pin(async move {
+            let inner = reservation.inner.clone();
+            let result = open(&inner.options, inner.settings.on_connect.as_ref()).await;
+            reservation.disarm();
+            inner.connected(result, true);
+        }));
+    }
+
+    /// Refills the pool to `min_size`, one connection at a time, backing off on failures.
+    fn spawn_refill(self: &Arc<Self>) {
+        let mut flag = RefillFlag {
+            pool: Arc::downgrade(self),
+            armed: true,
+        };
+        let runtime = self.runtime.clone();
+        self.runtime.spawn(Box::pin(async move {
+            let mut backoff = REFILL_BACKOFF_START;
+            loop {
+                let Some(inner) = flag.pool.upgrade() else {
+                    return;
+                };
+                {
+                    let mut st = inner.lock();
+                    if st.closing || st.size >= inner.settings.min_size {
+                        st.refilling = false;
+                        flag.disarm();
+                        return;
+                    }
+                    st.size += 1;
+                    st.connecting += 1;
+                }
+                let mut reservation = Reservation {
+                    inner: inner.clone(),
+                    armed: true,
+                };
+                let result = open(&inner.options, inner.settings.on_connect.as_ref()).await;
+                reservation.disarm();
+                drop(reservation);
+                let failed = result.is_err();
+                inner.connected(result, false);
+                drop(inner);
+                if failed {
+                    runtime.sleep(backoff).await;
+                    backoff = (backoff * 2).min(REFILL_BACKOFF_MAX);
+                } else {
+                    backoff = REFILL_BACKOFF_START;
+                }
+            }
+        }));
+    }
+
+    /// Closes idle connections past `idle_timeout` (above `min_size`) or `max_lifetime`,
+    /// every `period`, until the pool closes or is dropped.
+    fn spawn_reaper(self: &Arc<Self>) {
+        let shortest = match (self.settings.idle_timeout, self.settings.max_lifetime) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return,
+        };
+        let period = (shortest / 2).clamp(Duration::from_millis(10), Duration::from_secs(30));
+        let pool = Arc::downgrade(self);
+        let runtime = self.runtime.clone();
+        self.runtime.spawn(Box::pin(async move {
+            loop {
+                runtime.sleep(period).await;
+                let Some(inner) = pool.upgrade() else {
+                    return;
+                };
+                if !inner.reap() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    fn reap(self: &Arc<Self>) -> bool {
+        let now = Instant::now();
+        let mut act = Actions::default();
+        {
+            let mut st = self.lock();
+            if st.closing {
+                return false;
+            }
+            let idle = std::mem::take(&mut st.idle);
+            for entry in idle {
+                let old = self
+                    .settings
+                    .max_lifetime
+                    .is_some_and(|l| now.saturating_duration_since(entry.created) >= l);
+                let unused = self
+                    .settings
+                    .idle_timeout
+                    .is_some_and(|t| now.saturating_duration_since(entry.last_used) >= t)
+                    && st.size > self.settings.min_size;
+                if old {
+                    self.drop_entry(&mut st, entry, Why::Recycled, &mut act);
+                } else if unused {
+                    self.drop_entry(&mut st, entry, Why::Retired, &mut act);
+                } else {
+                    st.idle.push_back(entry);
+                }
+            }
+            self.settle(&mut st, &mut act);
+        }
+        self.run(act);
+        true
+    }
+
+    /// Queues the caller and waits for a connection, until `deadline`.
+    async fn wait(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Entry> {
+        let waiter = Arc::new(Waiter::default());
+        let mut act = Actions::default();
+        {
+            let mut st = self.lock();
+            if st.closing {
+                return Err(pool_closed());
+            }
+            if st.waiters.is_empty() {
+                if let Some(entry) = st.idle.pop_back() {
+                    return Ok(entry);
+                }
+            }
+            st.waiters.push_back(waiter.clone());
+            st.waits += 1;
+            self.settle(&mut st, &mut act);
+        }
+        self.run(act);
+        let since = Instant::now();
+        let wait = WaitFor {
+            inner: self,
+            waiter,
+            done: false,
+        };
+        let result = match deadline {
+            None => wait.await,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(since);
+                let raced = aiopg_rt::timeout(&*self.runtime, left, wait).await;
+                match raced {
+                    Ok(r) => r,
+                    Err(_) => Err(self.timed_out()),
+                }
+            }
+        };
+        let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.wait_nanos.fetch_add(waited, Ordering::Relaxed);
+        result
+    }
+
+    fn timed_out(&self) -> Error {
+        let mut st = self.lock();
+        st.timeouts += 1;
+        let timeout = self.settings.timeout.unwrap_or_default();
+        Error::new(
+            ErrorKind::PoolTimeout,
+            format!(
+                "no pooled connection became free within {:.3} s: pool size {} (max_size {}), \
+                 {} in use, {} idle, {} being opened, {} waiting besides this caller; release \
+                 connections sooner, or raise max_size or the pool's timeout",
+                timeout.as_secs_f64(),
+                st.size,
+                self.settings.max_size,
+                st.in_use(),
+                st.idle.len(),
+                st.connecting,
+                st.waiters.len(),
+            ),
+            None,
+        )
+    }
+
+    /// A waiter gives up (its future was dropped): it leaves the queue, and a connection
+    /// handed to it meanwhile goes to the next waiter or back to the idle list.
+    fn cancel(self: &Arc<Self>, waiter: &Arc<Waiter>) {
+        let mut act = Actions::default();
+        {
+            let mut st = self.lock();
+            if let Some(i) = st.waiters.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+                st.waiters.remove(i);
+            } else {
+                let outcome = waiter.lock().outcome.take();
+                if let Some(Ok(entry)) = outcome {
+                    if st.closing {
+                        self.drop_entry(&mut st, entry, Why::Retired, &mut act);
+                    } else {
+                        self.put(&mut st, entry, &mut act);
+                    }
+                }
+            }
+            self.settle(&mut st, &mut act);
+        }
+        self.run(act);
+    }
+}
+
+/// A connection slot counted in `size` while a connection is being opened; freed if the
+/// attempt is dropped (the task cancelled, or never run).
+struct Reservation {
+    inner: Arc<Inner>,
+    armed: bool,
+}
+
+impl Reservation {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut act = Actions::default();
+            {
+                let mut st = self.inner.lock();
+                st.size -= 1;
+                st.connecting -= 1;
+                if st.closing && st.size == 0 {
+                    act.wake.append(&mut st.closed_wakers);
+                }
+            }
+            // No `settle` here: a runtime that cannot spawn would bring us straight back.
+            for w in act.wake {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Clears `State::refilling` if the refill task ends without doing so.
+struct RefillFlag {
+    pool: Weak<Inner>,
+    armed: bool,
+}
+
+impl RefillFlag {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RefillFlag {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(inner) = self.pool.upgrade() {
+                inner.lock().refilling = false;
+            }
+        }
+    }
+}
+
+/// Waits for a waiter's outcome; leaves the queue when dropped before it arrives.
+struct WaitFor<'a> {
+    inner: &'a Arc<Inner>,
+    waiter: Arc<Waiter>,
+    done: bool,
+}
+
+impl Future for WaitFor<'_> {
+    type Output = Result<Entry>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Entry>> {
+        let mut slot = self.waiter.lock();
+        if let Some(outcome) = slot.outcome.take() {
+            drop(slot);
+            self.done = true;
+            return Poll::Ready(outcome);
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitFor<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.cancel(&self.waiter);
+        }
+    }
+}
+
+/// A pool of connections (Python aiopg's `Pool`). Cheap to clone: clones share the pool.
+///
+/// See the [crate documentation](crate) for an overview.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.lock();
+        f.debug_struct("Pool")
+            .field("size", &st.size)
+            .field("free_size", &st.idle.len())
+            .field("waiting", &st.waiters.len())
+            .field("min_size", &self.inner.settings.min_size)
+            .field("max_size", &self.inner.settings.max_size)
+            .field("closed", &st.closing)
+            .field("runtime", &self.inner.runtime.name())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A builder for a pool over `options` (a DSN or [`ConnectOptions`]).
+    pub fn builder(options: impl IntoConnectOptions) -> PoolBuilder {
+        PoolBuilder::new(options)
+    }
+
+    pub(crate) fn from_parts(
+        options: ConnectOptions,
+        runtime: Arc<dyn Runtime>,
+        settings: Settings,
+        first: Vec<Connection>,
+    ) -> Pool {
+        let now = Instant::now();
+        let mut st = State::default();
+        for conn in first {
+            let slot = st.add_slot(conn.clone());
+            st.idle.push_back(Entry {
+                conn,
+                slot,
+                created: now,
+                last_used: now,
+            });
+            st.size += 1;
+            st.created += 1;
+        }
+        let inner = Arc::new(Inner {
+            options,
+            runtime,
+            settings,
+            state: Mutex::new(st),
+            wait_nanos: AtomicU64::new(0),
+        });
+        inner.spawn_reaper();
+        Pool { inner }
+    }
+
+    /// Takes a connection from the pool (Python aiopg's `acquire`).
+    ///
+    /// An idle connection is handed out at once; otherwise the caller waits its turn (first
+    /// come, first served) while a new connection is opened if the pool is below
+    /// `max_size`. The whole call, connecting included, is bounded by the pool's `timeout`:
+    /// past it the call fails with [`ErrorKind::PoolTimeout`]. On a closed pool it fails
+    /// with [`ErrorKind::PoolClosed`]. A connection that failed to open (or whose
+    /// `on_connect` failed) fails the oldest waiter with that error.
+    ///
+    /// The connection returns to the pool when the guard is dropped. Dropping this future
+    /// at any point loses nothing: a connection meant for it goes to the next caller.
+    pub async fn acquire(&self) -> Result<PooledConnection> {
+        let inner = &self.inner;
+        let start = Instant::now();
+        let deadline = inner.settings.timeout.and_then(|t| start.checked_add(t));
+        let mut counted = false;
+        let mut retried = false;
+        loop {
+            let popped = {
+                let mut st = inner.lock();
+                if st.closing {
+                    return Err(pool_closed());
+                }
+                if !counted {
+                    st.acquires += 1;
+                    counted = true;
+                }
+                if st.waiters.is_empty() {
+                    st.idle.pop_back()
+                } else {
+                    None
+                }
+            };
+            let (entry, now) = match popped {
+                // The clock was read just before: no need to read it again.
+                Some(entry) if !retried => (entry, start),
+                Some(entry) => (entry, Instant::now()),
+                None => (inner.wait(deadline).await?, Instant::now()),
+            };
+            retried = true;
+            if entry.conn.is_closed() {
+                inner.discard(entry, Why::Broken);
+                continue;
+            }
+            if inner.too_old(&entry, now) {
+                inner.discard(entry, Why::Recycled);
+                continue;
+            }
+            let idle_for = now.saturating_duration_since(entry.last_used);
+            let mut guard = PooledConnection {
+                entry: Some(entry),
+                pool: inner.clone(),
+                reset_done: false,
+            };
+            if inner
+                .settings
+                .test_after_idle
+                .is_some_and(|t| idle_for >= t)
+            {
+                let ping = guard.conn().simple_query("SELECT 1");
+                let alive = match deadline {
+                    Some(d) => {
+                        let left = d.saturating_duration_since(now);
+                        matches!(
+                            aiopg_rt::timeout(&*inner.runtime, left, ping).await,
+                            Ok(Ok(_))
+                        )
+                    }
+                    None => ping.await.is_ok(),
+                };
+                if !alive {
+                    let entry = guard.entry.take().expect("the guard holds its entry");
+                    inner.discard(entry, Why::Broken);
+                    continue;
+                }
+            }
+            return Ok(guard);
+        }
+    }
+
+    /// Gives a connection back (Python aiopg's `release`), the explicit form of dropping the
+    /// guard. Unlike a drop, it waits for the clean-up: a transaction left open is rolled back
+    /// (and the connection discarded if that fails), and with `reset_on_release` the
+    /// `UNLISTEN *; RESET ALL` runs, before the connection is reused. A guard from another
+    /// pool goes back to its own pool.
+    pub async fn release(&self, conn: PooledConnection) {
+        let mut conn = conn;
+        let c = conn.conn().clone();
+        if !c.is_closed() && c.transaction_status() != TransactionStatus::Idle {
+            if let Err(e) = c.batch_execute("ROLLBACK").await {
+                tracing::debug!(error = %e, "rollback on release failed: discarding the connection");
+                c.close().await;
+            }
+        }
+        if conn.pool.settings.reset_on_release && !c.is_closed() {
+            if let Err(e) = c.batch_execute(RESET_SQL).await {
+                tracing::debug!(error = %e, "reset on release failed: discarding the connection");
+                c.close().await;
+            }
+            drop(c.take_notifications());
+        }
+        conn.reset_done = true;
+        drop(conn);
+    }
+
+    /// Acquires a connection and opens a cursor on it (Python aiopg's `pool.cursor()`); the
+    /// connection goes back to the pool when the cursor is dropped.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aiopg_pool::Pool) -> aiopg_core::Result<()> {
+    /// let mut cur = pool.cursor().await?;
+    /// cur.execute("SELECT 1", &[]).await?;
+    /// assert_eq!(cur.fetchone().await?.unwrap().get::<i32>(0), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn cursor(&self) -> Result<PooledCursor> {
+        self.cursor_with(CursorOptions::default()).await
+    }
+
+    /// As [`cursor`](Self::cursor), with cursor options (a name makes it server-side).
+    pub async fn cursor_with(&self, options: CursorOptions) -> Result<PooledCursor> {
+        let conn = self.acquire().await?;
+        let cursor = conn.cursor_with(options).await?;
+        Ok(PooledCursor { cursor, conn })
+    }
+
+    /// Connections open or being opened, idle and in use together (aiopg's `size`).
+    pub fn size(&self) -> usize {
+        self.inner.lock().size
+    }
+
+    /// Idle connections (aiopg's `freesize`).
+    pub fn free_size(&self) -> usize {
+        self.inner.lock().idle.len()
+    }
+
+    /// The number of connections the pool keeps open (aiopg's `minsize`).
+    pub fn min_size(&self) -> usize {
+        self.inner.settings.min_size
+    }
+
+    /// The most connections the pool holds (aiopg's `maxsize`).
+    pub fn max_size(&self) -> usize {
+        self.inner.settings.max_size
+    }
+
+    /// The bound on [`acquire`](Self::acquire) (aiopg's `timeout`).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.inner.settings.timeout
+    }
+
+    /// The runtime the pool's timers and background tasks use.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.inner.runtime
+    }
+
+    /// Closes every idle connection (aiopg's `clear`); connections in use are not touched.
+    /// The pool then opens new ones up to `min_size` in the background.
+    pub async fn clear(&self) {
+        let mut act = Actions::default();
+        {
+            let mut st = self.inner.lock();
+            let idle = std::mem::take(&mut st.idle);
+            for entry in idle {
+                self.inner
+                    .drop_entry(&mut st, entry, Why::Retired, &mut act);
+            }
+            self.inner.settle(&mut st, &mut act);
+        }
+        let closing = std::mem::take(&mut act.close);
+        self.inner.run(act);
+        for conn in closing {
+            conn.close().await;
+        }
+    }
+
+    /// Closes the pool (aiopg's `close`): later [`acquire`](Self::acquire) calls, and
+    /// callers waiting now, fail with [`ErrorKind::PoolClosed`]; idle connections are closed
+    /// now, connections in use when they come back. Returns at once; see
+    /// [`wait_closed`](Self::wait_closed).
+    pub fn close(&self) {
+        let mut act = Actions::default();
+        {
+            let mut st = self.inner.lock();
+            if st.closing {
+                return;
+            }
+            st.closing = true;
+            for waiter in std::mem::take(&mut st.waiters) {
+                let mut slot = waiter.lock();
+                slot.outcome = Some(Err(pool_closed()));
+                if let Some(w) = slot.waker.take() {
+                    act.wake.push(w);
+                }
+            }
+            let idle = std::mem::take(&mut st.idle);
+            for entry in idle {
+                self.inner
+                    .drop_entry(&mut st, entry, Why::Retired, &mut act);
+            }
+            self.inner.settle(&mut st, &mut act);
+        }
+        tracing::debug!("pool closed");
+        self.inner.run(act);
+    }
+
+    /// Closes the pool and also every connection in use (aiopg's `terminate`): their
+    /// holders' calls fail with a closed error and `is_closed()` reports true at once.
+    pub fn terminate(&self) {
+        self.close();
+        let in_use: Vec<Connection> = self.inner.lock().slots.iter().flatten().cloned().collect();
+        for conn in in_use {
+            close_now(&self.inner.runtime, conn);
+        }
+    }
+
+    /// Waits until the pool is closed and every connection it owned is closed, including
+    /// those still in use, once they come back (aiopg's `wait_closed`). Call
+    /// [`close`](Self::close) or [`terminate`](Self::terminate) first: on an open pool this
+    /// fails with a usage error, as aiopg's does.
+    pub async fn wait_closed(&self) -> Result<()> {
+        if !self.inner.lock().closing {
+            return Err(Error::usage(
+                "wait_closed() called on an open pool: call close() or terminate() first",
+            ));
+        }
+        poll_fn(|cx| {
+            let mut st = self.inner.lock();
+            if st.size == 0 {
+                return Poll::Ready(());
+            }
+            if !st.closed_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                st.closed_wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        Ok(())
+    }
+
+    /// True once [`close`](Self::close) or [`terminate`](Self::terminate) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closing
+    }
+
+    /// A snapshot of the pool's gauges and counters, for metrics.
+    pub fn stats(&self) -> PoolStats {
+        let st = self.inner.lock();
+        PoolStats {
+            size: st.size,
+            idle: st.idle.len(),
+            in_use: st.in_use(),
+            connecting: st.connecting,
+            waiting: st.waiters.len(),
+            min_size: self.inner.settings.min_size,
+            max_size: self.inner.settings.max_size,
+            acquires: st.acquires,
+            waits: st.waits,
+            wait_time: Duration::from_nanos(self.inner.wait_nanos.load(Ordering::Relaxed)),
+            timeouts: st.timeouts,
+            connections_created: st.created,
+            connections_closed: st.closed,
+            connections_broken: st.broken,
+            connections_recycled: st.recycled,
+            connect_errors: st.connect_errors,
+        }
+    }
+}
+
+/// The pool's gauges (now) and counters (since creation), from [`Pool::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Connections open or being opened ([`Pool::size`]).
+    pub size: usize,
+    /// Idle connections ([`Pool::free_size`]).
+    pub idle: usize,
+    /// Connections lent out (including any being checked before being handed out).
+    pub in_use: usize,
+    /// Connections being opened.
+    pub connecting: usize,
+    /// Callers waiting in [`Pool::acquire`].
+    pub waiting: usize,
+    /// The pool's `min_size`.
+    pub min_size: usize,
+    /// The pool's `max_size`.
+    pub max_size: usize,
+    /// Calls to [`Pool::acquire`].
+    pub acquires: u64,
+    /// Acquires that found no idle connection and had to wait.
+    pub waits: u64,
+    /// Total time acquires spent waiting.
+    pub wait_time: Duration,
+    /// Acquires that failed with [`ErrorKind::PoolTimeout`].
+    pub timeouts: u64,
+    /// Connections opened (after creation as well as at it).
+    pub connections_created: u64,
+    /// Connections closed by the pool, for any reason (broken and recycled included).
+    pub connections_closed: u64,
+    /// Of those, connections found closed or failing their liveness check.
+    pub connections_broken: u64,
+    /// Of those, connections replaced for age (`recycle`, `max_lifetime`).
+    pub connections_recycled: u64,
+    /// Failed attempts to open a connection.
+    pub connect_errors: u64,
+}
+
+/// A connection lent by a [`Pool`]; derefs to [`Connection`] and goes back to the pool when
+/// dropped.
+///
+/// Dropping it never blocks and works from any thread or runtime: a connection left inside a
+/// transaction gets a `ROLLBACK` queued ahead of anything its next user sends (driven by a
+/// task on the pool's runtime) and is reused at once; a closed one is discarded and its slot
+/// freed for a new connection. Clones of the inner [`Connection`] (or cursors opened on it)
+/// still work after the guard is dropped, but then share the socket with its next user: drop
+/// them first.
+pub struct PooledConnection {
+    entry: Option<Entry>,
+    pool: Arc<Inner>,
+    reset_done: bool,
+}
+
+impl PooledConnection {
+    fn conn(&self) -> &Connection {
+        &self.entry.as_ref().expect("the guard holds its entry").conn
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        self.conn()
+    }
+
+    /// When the pool opened this connection.
+    pub fn created_at(&self) -> Instant {
+        self.entry
+            .as_ref()
+            .expect("the guard holds its entry")
+            .created
+    }
+}
+
+impl Deref for PooledConnection {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn()
+    }
+}
+
+impl AsRef<Connection> for PooledConnection {
+    fn as_ref(&self) -> &Connection {
+        self.conn()
+    }
+}
+
+impl fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("connection", &self.entry.as_ref().map(|e| &e.conn))
+            .finish()
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.pool.release(entry, self.reset_done);
+        }
+    }
+}
+
+/// A cursor on a pooled connection, from [`Pool::cursor`]; derefs to [`Cursor`] and returns
+/// the connection to the pool when dropped (the cursor is dropped first).
+pub struct PooledCursor {
+    // Field order matters: the cursor goes before the connection is released.
+    cursor: Cursor,
+    conn: PooledConnection,
+}
+
+impl PooledCursor {
+    /// The pooled connection under the cursor.
+    pub fn connection(&self) -> &PooledConnection {
+        &self.conn
+    }
+}
+
+impl Deref for PooledCursor {
+    type Target = Cursor;
+
+    fn deref(&self) -> &Cursor {
+        &self.cursor
+    }
+}
+
+impl DerefMut for PooledCursor {
+    fn deref_mut(&mut self) -> &mut Cursor {
+        &mut self.cursor
+    }
+}
+
+impl fmt::Debug for PooledCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledCursor")
+            .field("cursor", &self.cursor)
+            .field("connection", &self.conn)
+            .finish()
+    }
+}
+
+impl futures_core::Stream for PooledCursor {
+    type Item = Result<Row>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
+        Pin::new(&mut self.cursor).poll_next(cx)
+    }
+}
