@@ -70,12 +70,12 @@ pub use aiopg_core::from_row::FromRow;
 pub use aiopg_core::types;
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 pub use aiopg_cursor::{Cursor, CursorExt, CursorOptions, Description, ScrollMode};
+#[cfg(feature = "derive")]
+pub use aiopg_derive::FromRow;
 pub use aiopg_pool::{
     create_pool, IntoConnectOptions, OnConnect, Pool, PoolBuilder, PoolStats, PooledConnection,
     PooledCursor,
 };
-#[cfg(feature = "derive")]
-pub use aiopg_derive::FromRow;
 
 /// What the code `#[derive(FromRow)]` generates names; not a public API.
 #[doc(hidden)]
