@@ -9,21 +9,24 @@ use aiopg::prelude::*;
 async fn run() -> aiopg::Result<()> {
     let dsn = std::env::var("AIOPG_DSN")
         .unwrap_or_else(|_| "dbname=aiopg user=aiopg password=passwd host=127.0.0.1".into());
-    // Until the pool lands, `connect` stands in for `create_pool` + `acquire`.
-    let conn = aiopg::connect(&dsn).await?;
+    let pool = aiopg::create_pool(&dsn).await?;
+    let conn = pool.acquire().await?; // returns to the pool when dropped
     let mut cur = conn.cursor().await?;
     cur.execute("SELECT 1", &[]).await?;
     let mut ret = Vec::new();
     while let Some(row) = cur.next().await? {
-        ret.push(row.get::<i32>(0));
+        ret.push((row.get::<i32>(0),));
     }
-    assert_eq!(ret, [1]);
+    assert_eq!(ret, [(1,)]);
     println!(
-        "SELECT 1 returned {ret:?} on {} (server {})",
+        "{ret:?} on {} (server {})",
         conn.runtime().name(),
         conn.server_version()
     );
-    conn.close().await;
+    drop(cur);
+    drop(conn);
+    pool.close();
+    pool.wait_closed().await?;
     Ok(())
 }
 
