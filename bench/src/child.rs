@@ -82,6 +82,7 @@ pub fn run(job: Job) {
         "fetch-1m" => crate::fetch::run(&job),
         "stream-5m" => crate::stream::run(&job),
         "insert-batch" => crate::insert::run(&job),
+        "pool" | "acquire" => crate::pool::run(&job),
         other => panic!("unknown workload {other}"),
     };
     println!("RESULT ops={ops} secs={secs} rss_kb={}", peak_rss_kb());

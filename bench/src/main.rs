@@ -15,6 +15,7 @@ mod fetch;
 mod insert;
 mod latency;
 mod pipeline;
+mod pool;
 mod report;
 mod stream;
 
@@ -31,13 +32,10 @@ const WORKLOADS: &[&str] = &[
     "fetch-1m",
     "stream-5m",
     "insert-batch",
+    "pool",
+    "acquire",
 ];
-const LATER: &[(&str, &str)] = &[
-    ("pool", "the pool (the pool issue)"),
-    ("acquire", "the pool (the pool issue)"),
-    ("copy-out", "COPY"),
-    ("copy-in", "COPY"),
-];
+const LATER: &[(&str, &str)] = &[("copy-out", "COPY"), ("copy-in", "COPY")];
 
 /// Where the client runs relative to the server (pinned to core 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +198,15 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
     for &rt in &s.runtimes {
         v.push(("aiopg", rt));
         if rt == "tokio" {
-            v.push(("tokio-postgres", "tokio"));
+            let pooled = workload == "pool" || workload == "acquire";
+            v.push((
+                if pooled {
+                    "deadpool-postgres"
+                } else {
+                    "tokio-postgres"
+                },
+                "tokio",
+            ));
         }
         if workload != "pipeline" {
             // sqlx cannot have several queries in flight on one connection.
@@ -259,6 +265,7 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
 fn unit(workload: &str) -> &'static str {
     match workload {
         "fetch-1m" | "stream-5m" | "insert-batch" => "rows/s",
+        "acquire" => "acquires/s",
         _ => "ops/s",
     }
 }
@@ -269,6 +276,7 @@ fn instructions_for(s: &Settings, workload: &str, report: &mut Report) {
     let n: u64 = match (workload, s.smoke) {
         ("fetch-1m" | "stream-5m", false) => 100_000,
         ("insert-batch", false) => 10_000,
+        ("acquire", false) => 20_000,
         ("fetch-1m" | "stream-5m" | "insert-batch", true) => 1_000,
         (_, false) => 5_000,
         (_, true) => 100,
@@ -450,8 +458,16 @@ fn ceilings(s: &Settings, workload: &str, layout: Layout) -> Vec<(String, f64)> 
                 layout,
                 "\\set x random(1, 1000000)\nSELECT :x::int4;\n",
                 1,
+                1,
             ) {
                 out.push(("pgbench -M prepared -c 1".into(), v));
+            }
+        }
+        "pool" => {
+            let script = "\\set x random(1, 1000000)\nSELECT :x::int4;\n";
+            let clients = pool::CONNECTIONS as u32;
+            if let Some(v) = pgbench(s, bindir, layout, script, 1, clients) {
+                out.push((format!("pgbench -M prepared -c {clients}"), v));
             }
         }
         "pipeline" => {
@@ -460,7 +476,7 @@ fn ceilings(s: &Settings, workload: &str, layout: Layout) -> Vec<(String, f64)> 
                 script.push_str("SELECT :x::int4;\n");
             }
             script.push_str("\\endpipeline\n");
-            if let Some(v) = pgbench(s, bindir, layout, &script, pipeline::DEPTH as u64) {
+            if let Some(v) = pgbench(s, bindir, layout, &script, pipeline::DEPTH as u64, 1) {
                 out.push((format!("pgbench pipeline depth {}", pipeline::DEPTH), v));
             }
         }
@@ -497,12 +513,22 @@ fn conn_args(s: &Settings) -> Option<Vec<String>> {
 }
 
 /// pgbench's rate for a script, in statements per second (`per_tx` statements a transaction).
-fn pgbench(s: &Settings, bindir: &str, layout: Layout, script: &str, per_tx: u64) -> Option<f64> {
+fn pgbench(
+    s: &Settings,
+    bindir: &str,
+    layout: Layout,
+    script: &str,
+    per_tx: u64,
+    clients: u32,
+) -> Option<f64> {
     let path = std::env::temp_dir().join(format!("aiopg-bench-{}.sql", std::process::id()));
     std::fs::write(&path, script).ok()?;
     let secs = (s.seconds.round() as u64).max(1).to_string();
     let out = pinned(layout, &format!("{bindir}/pgbench"))
-        .args(["-n", "-M", "prepared", "-c", "1", "-T", &secs, "-f"])
+        .args(["-n", "-M", "prepared", "-j", "2", "-T", &secs])
+        .arg("-c")
+        .arg(clients.to_string())
+        .arg("-f")
         .arg(&path)
         .args(conn_args(s)?)
         .arg(dsn_value(&s.dsn, "dbname")?)
