@@ -143,6 +143,9 @@ pub(crate) struct State {
     closed: Option<CloseReason>,
     /// Set when an answer was read: requests held back behind it go out on the next drive.
     flush_due: bool,
+    /// Requests queued since the write buffer was last empty: at most this many are not
+    /// wholly on the wire yet (an over-count only ever makes writes happen sooner).
+    unsent: usize,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
     pub(crate) notices: VecDeque<DbError>,
@@ -179,6 +182,7 @@ impl State {
             answered: 0,
             closed: None,
             flush_due: false,
+            unsent: 0,
             tx_status: TransactionStatus::Idle,
             params,
             notices: VecDeque::new(),
@@ -202,6 +206,7 @@ impl State {
     /// buffer; returns its id.
     pub(crate) fn push(&mut self, collector: Collector, wire_len: usize) -> u64 {
         let id = self.base_id + self.queue.len() as u64;
+        self.unsent += 1;
         self.queue.push_back(Entry {
             slot: Slot::Waiting {
                 collector,
@@ -293,6 +298,7 @@ impl State {
             let keep = self.write.len() - self.queue[idx].wire_len;
             self.write.truncate(keep);
             self.queue.pop_back();
+            self.unsent = self.unsent.saturating_sub(1);
             self.wake_next_driver();
             return;
         }
@@ -345,13 +351,20 @@ impl State {
         };
         // While other requests are on the wire, new ones wait for the next answer and then go
         // out together: the server runs a connection's statements one after another anyway,
-        // and one write for many requests is what makes pipelining cheap. A lone request,
-        // a large backlog, or an answer just read sends at once.
+        // and one write for many requests is what makes pipelining cheap. With nothing on the
+        // wire awaiting an answer, a large backlog, or an answer just read, it sends at once.
+        // Holding back only while an answer is certain to come is what keeps this from
+        // stalling: that answer's reader sets `flush_due`.
         let unanswered = self.queue.len() - self.answered;
-        let send_now = unanswered <= 1 || self.flush_due || self.write.len() >= WRITE_BATCH;
+        let on_the_wire = unanswered.saturating_sub(self.unsent);
+        let send_now = on_the_wire == 0 || self.flush_due || self.write.len() >= WRITE_BATCH;
         if send_now && !self.write.is_empty() {
             self.flush_due = false;
-            match poll_write_all(stream, &mut self.write, cx) {
+            let res = poll_write_all(stream, &mut self.write, cx);
+            if self.write.is_empty() {
+                self.unsent = 0;
+            }
+            match res {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
                 Poll::Ready(Err(e)) => {
                     self.close_io("sending to the server failed", e);
@@ -405,6 +418,7 @@ impl State {
         }
         self.stream = None;
         self.write.clear();
+        self.unsent = 0;
         let reason = self.closed.clone().expect("set above");
         for e in self.queue.iter_mut().skip(self.answered) {
             e.slot = if e.abandoned {
