@@ -10,6 +10,7 @@ mod from_row;
 mod mogrify;
 mod pipeline;
 mod pool;
+mod pool_faults;
 mod query;
 mod transaction;
 mod types;

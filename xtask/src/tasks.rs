@@ -80,6 +80,11 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
                 cluster.socket_dir.display().to_string(),
             ));
             env.push(("AIOPG_TEST_CLUSTER".into(), "xtask".into()));
+            // For tests that run a private cluster of their own (tests/integration/pool_faults.rs).
+            env.push((
+                "AIOPG_TEST_PG_BINDIR".into(),
+                cluster.bindir.display().to_string(),
+            ));
         }
     }
 

@@ -564,6 +564,15 @@ impl Connection {
         self.shared.lock().params.get(name).cloned()
     }
 
+    /// True while requests on this connection still wait for their answers (including ones
+    /// whose callers gave up). Until they are answered, [`transaction_status`] may not reflect
+    /// them yet: a `BEGIN` in flight has not opened its transaction as far as the client knows.
+    ///
+    /// [`transaction_status`]: Self::transaction_status
+    pub fn has_requests_in_flight(&self) -> bool {
+        self.shared.lock().has_unanswered()
+    }
+
     /// The transaction state as of the server's last answer.
     pub fn transaction_status(&self) -> TransactionStatus {
         self.shared.lock().tx_status

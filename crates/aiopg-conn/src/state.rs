@@ -193,6 +193,11 @@ impl State {
         }
     }
 
+    /// True while requests are queued or on the wire without their answer yet.
+    pub(crate) fn has_unanswered(&self) -> bool {
+        self.queue.len() > self.answered
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_some()
     }
@@ -515,6 +520,15 @@ impl State {
                 let notice = DbError::parse(&mut body.fields())
                     .map_err(|e| Error::protocol(format!("malformed notice: {e}")))?;
                 tracing::info!(severity = notice.severity(), code = %notice.code(), "{}", notice.message());
+                // A notice raised by a request nobody waits for (clean-up such as a ROLLBACK
+                // that finds no transaction) is not the connection's next user's business.
+                if self
+                    .queue
+                    .get(self.answered)
+                    .is_some_and(|e| e.abandoned)
+                {
+                    return Ok(());
+                }
                 if self.notices.len() == MAX_NOTICES {
                     self.notices.pop_front();
                 }

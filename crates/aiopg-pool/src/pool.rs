@@ -275,9 +275,13 @@ impl Inner {
             None
         };
         if why.is_none() && !reset_done {
-            if entry.conn.transaction_status() != TransactionStatus::Idle {
-                // Queued ahead of anything the next user sends, and driven by a task, so the
-                // connection can be reused at once.
+            // A request still in flight (a BEGIN whose caller gave up, say) may yet open a
+            // transaction the status cannot show: roll back then too. The ROLLBACK is queued
+            // ahead of anything the next user sends and driven by a task, so the connection
+            // can be reused at once; if there was no transaction, its warning is dropped.
+            if entry.conn.transaction_status() != TransactionStatus::Idle
+                || entry.conn.has_requests_in_flight()
+            {
                 entry.conn.detach("ROLLBACK");
             }
             if self.settings.reset_on_release {
@@ -781,6 +785,11 @@ impl Pool {
     pub async fn release(&self, conn: PooledConnection) {
         let mut conn = conn;
         let c = conn.conn().clone();
+        // Let requests still in flight land first (an empty query answers after them), so
+        // that the transaction status below is the server's real one.
+        if !c.is_closed() && c.has_requests_in_flight() && c.batch_execute("").await.is_err() {
+            c.close().await;
+        }
         if !c.is_closed() && c.transaction_status() != TransactionStatus::Idle {
             if let Err(e) = c.batch_execute("ROLLBACK").await {
                 tracing::debug!(error = %e, "rollback on release failed: discarding the connection");
