@@ -522,11 +522,7 @@ impl State {
                 tracing::info!(severity = notice.severity(), code = %notice.code(), "{}", notice.message());
                 // A notice raised by a request nobody waits for (clean-up such as a ROLLBACK
                 // that finds no transaction) is not the connection's next user's business.
-                if self
-                    .queue
-                    .get(self.answered)
-                    .is_some_and(|e| e.abandoned)
-                {
+                if self.queue.get(self.answered).is_some_and(|e| e.abandoned) {
                     return Ok(());
                 }
                 if self.notices.len() == MAX_NOTICES {
