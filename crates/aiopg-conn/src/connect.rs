@@ -258,9 +258,15 @@ async fn connect_any(
     ))
 }
 
-/// Adds the host an error happened on, keeping its kind and cause.
+/// Adds the host an error happened on, keeping its kind and cause, unless the message
+/// already names it.
 fn with_host(e: Error, host: &str) -> Error {
-    e.context(host)
+    let addr = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if e.to_string().contains(addr) {
+        e
+    } else {
+        e.context(host)
+    }
 }
 
 async fn connect_host(
