@@ -580,10 +580,16 @@ rt_test! {
             .build()
             .await
             .unwrap();
+        // The admin session holds a lock that the batch waits for, so the answer is still in
+        // flight when the future is dropped, however fast the server is.
+        let key = i64::from(std::process::id()) << 8 | 0x5b;
+        admin.query("SELECT pg_advisory_lock($1)", &[&key]).await.unwrap();
         let conn = pool.acquire().await.unwrap();
         let pid = conn.backend_pid();
-        assert!(poll_then_drop(conn.batch_execute("BEGIN"), 1).await.is_none());
+        let batch = format!("BEGIN; SELECT pg_advisory_xact_lock_shared({key})");
+        assert!(poll_then_drop(conn.batch_execute(&batch), 1).await.is_none());
         drop(conn);
+        admin.query("SELECT pg_advisory_unlock($1)", &[&key]).await.unwrap();
 
         let conn = pool.acquire().await.unwrap();
         assert_eq!(conn.backend_pid(), pid);
