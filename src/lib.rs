@@ -60,9 +60,9 @@
 #![forbid(unsafe_code)]
 
 pub use aiopg_conn::{
-    connect, Column, ConnectOptions, Connection, IsolationLevel, Notification, Param, QueryResult,
-    Row, Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction, TransactionOptions,
-    DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
+    connect, Column, ConnectOptions, Connection, IsolationLevel, Notification, Param, Pipeline,
+    QueryResult, Row, Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction,
+    TransactionOptions, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
 };
 pub use aiopg_core::config::{self, Config};
 pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};

@@ -2,7 +2,6 @@
 
 use std::time::{Instant, SystemTime};
 
-use crate::block_on;
 use crate::child::{Amount, Job};
 
 pub const ROWS: u64 = 1_000_000;
@@ -31,9 +30,9 @@ fn rows(job: &Job) -> u64 {
 pub fn run(job: &Job) -> (u64, f64) {
     let rt = job.runtime.clone();
     match job.contender.as_str() {
-        "aiopg" => block_on(&rt, aiopg(job)),
-        "tokio-postgres" => block_on(&rt, tokio_postgres(job)),
-        "sqlx" => block_on(&rt, sqlx(job)),
+        "aiopg" => crate::run!(&rt, job, aiopg),
+        "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
+        "sqlx" => crate::run!(&rt, job, sqlx),
         other => panic!("fetch: unknown contender {other}"),
     }
 }

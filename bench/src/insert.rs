@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use futures_util::future::try_join_all;
 
-use crate::block_on;
 use crate::child::{Amount, Job};
 
 pub const ROWS: u64 = 10_000;
@@ -28,9 +27,9 @@ fn table(job: &Job) -> String {
 pub fn run(job: &Job) -> (u64, f64) {
     let rt = job.runtime.clone();
     match job.contender.as_str() {
-        "aiopg" => block_on(&rt, aiopg(job)),
-        "tokio-postgres" => block_on(&rt, tokio_postgres(job)),
-        "sqlx" => block_on(&rt, sqlx(job)),
+        "aiopg" => crate::run!(&rt, job, aiopg),
+        "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
+        "sqlx" => crate::run!(&rt, job, sqlx),
         other => panic!("insert: unknown contender {other}"),
     }
 }

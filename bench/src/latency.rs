@@ -1,14 +1,13 @@
 //! `latency`: sequential prepared `SELECT $1::int4` on one connection.
 
-use crate::block_on;
 use crate::child::{drive, Job};
 
 pub fn run(job: &Job) -> (u64, f64) {
     let rt = job.runtime.clone();
     match job.contender.as_str() {
-        "aiopg" => block_on(&rt, aiopg(job)),
-        "tokio-postgres" => block_on(&rt, tokio_postgres(job)),
-        "sqlx" => block_on(&rt, sqlx(job)),
+        "aiopg" => crate::run!(&rt, job, aiopg),
+        "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
+        "sqlx" => crate::run!(&rt, job, sqlx),
         other => panic!("latency: unknown contender {other}"),
     }
 }

@@ -197,6 +197,9 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
     let mut v = Vec::new();
     for &rt in &s.runtimes {
         v.push(("aiopg", rt));
+        if workload == "pipeline" {
+            v.push(("aiopg-pipeline", rt));
+        }
         if rt == "tokio" {
             let pooled = workload == "pool" || workload == "acquire";
             v.push((
@@ -563,16 +566,38 @@ fn copy_ceiling(s: &Settings, bindir: &str, layout: Layout) -> Option<f64> {
         .then(|| fetch::ROWS as f64 / el.as_secs_f64().max(1e-9))
 }
 
-/// Runs a future on the named runtime, the way an application on it would: tokio's
-/// multi-threaded scheduler (as `#[tokio::main]`), async-std's and smol's `block_on`.
-pub fn block_on<F: std::future::Future>(runtime: &str, f: F) -> F::Output {
+/// Runs `$f(&job)` on the named runtime through [`block_on`], with its own copy of the job.
+#[macro_export]
+macro_rules! run {
+    ($rt:expr, $job:expr, $f:path) => {{
+        let job: $crate::child::Job = $job.clone();
+        $crate::block_on($rt, async move { $f(&job).await })
+    }};
+}
+
+/// Runs a future on the named runtime, the way a service on it runs its work: on tokio's
+/// multi-threaded scheduler (2 workers) as a spawned task, since request handlers run as tasks
+/// on the workers (a future passed to tokio's `block_on` instead runs on a thread that does
+/// not drive I/O, so that every wake-up crosses threads); on async-std and smol in their
+/// `block_on`, which drives I/O on the calling thread.
+pub fn block_on<F>(runtime: &str, f: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     match runtime {
-        "tokio" => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(f),
+        "tokio" => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            if std::env::var_os("AIOPG_BENCH_TOKIO_BLOCK_ON").is_some() {
+                rt.block_on(f)
+            } else {
+                rt.block_on(async move { tokio::spawn(f).await.expect("benchmark task") })
+            }
+        }
         "async-std" => async_std::task::block_on(f),
         "smol" => smol::block_on(f),
         other => panic!("unknown runtime {other}"),

@@ -1,8 +1,12 @@
-//! `pipeline`: 64 prepared `SELECT $1::int4` in flight on one connection at all times.
+//! `pipeline`: 64 prepared `SELECT $1::int4` in flight on one connection.
+//!
+//! `aiopg` and `tokio-postgres` keep 64 independent queries (each with its own Sync) in
+//! flight at all times. `aiopg-pipeline` sends batches of 64 through `Connection::pipeline`
+//! (one Sync per batch) and waits for each, which is what pgbench's pipeline mode
+//! (`\startpipeline` .. `\endpipeline`) does: the two are compared with each other.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use crate::block_on;
 use crate::child::{finished, Job};
 
 pub const DEPTH: usize = 64;
@@ -10,8 +14,9 @@ pub const DEPTH: usize = 64;
 pub fn run(job: &Job) -> (u64, f64) {
     let rt = job.runtime.clone();
     match job.contender.as_str() {
-        "aiopg" => block_on(&rt, aiopg(job)),
-        "tokio-postgres" => block_on(&rt, tokio_postgres(job)),
+        "aiopg" => crate::run!(&rt, job, aiopg),
+        "aiopg-pipeline" => crate::run!(&rt, job, aiopg_pipeline),
+        "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
         other => panic!("pipeline: unknown contender {other}"),
     }
 }
@@ -55,6 +60,31 @@ async fn aiopg(job: &Job) -> (u64, f64) {
     .await;
     conn.close().await;
     r
+}
+
+async fn aiopg_pipeline(job: &Job) -> (u64, f64) {
+    let conn = crate::aiopg_connect(job).await;
+    let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
+    let start = std::time::Instant::now();
+    let mut done = 0u64;
+    let values: Vec<i32> = (0..DEPTH as i32).collect();
+    loop {
+        let mut p = conn.pipeline();
+        for v in &values {
+            p.query_prepared(&stmt, &[v]);
+        }
+        let results = p.run().await.expect("pipeline");
+        for (r, v) in results.into_iter().zip(&values) {
+            assert_eq!(r.expect("query").rows[0].get::<i32>(0), *v);
+        }
+        done += DEPTH as u64;
+        if finished(job.amount, done, start) {
+            break;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    conn.close().await;
+    (done, elapsed)
 }
 
 async fn tokio_postgres(job: &Job) -> (u64, f64) {

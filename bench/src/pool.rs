@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::block_on;
 use crate::child::{Amount, Job};
 
 pub const TASKS: usize = 64;
@@ -14,12 +13,12 @@ pub const CONNECTIONS: usize = 8;
 pub fn run(job: &Job) -> (u64, f64) {
     let rt = job.runtime.clone();
     match (job.workload.as_str(), job.contender.as_str()) {
-        ("pool", "aiopg") => block_on(&rt, aiopg_pool(job)),
-        ("pool", "deadpool-postgres") => block_on(&rt, deadpool_pool(job)),
-        ("pool", "sqlx") => block_on(&rt, sqlx_pool(job)),
-        ("acquire", "aiopg") => block_on(&rt, aiopg_acquire(job)),
-        ("acquire", "deadpool-postgres") => block_on(&rt, deadpool_acquire(job)),
-        ("acquire", "sqlx") => block_on(&rt, sqlx_acquire(job)),
+        ("pool", "aiopg") => crate::run!(&rt, job, aiopg_pool),
+        ("pool", "deadpool-postgres") => crate::run!(&rt, job, deadpool_pool),
+        ("pool", "sqlx") => crate::run!(&rt, job, sqlx_pool),
+        ("acquire", "aiopg") => crate::run!(&rt, job, aiopg_acquire),
+        ("acquire", "deadpool-postgres") => crate::run!(&rt, job, deadpool_acquire),
+        ("acquire", "sqlx") => crate::run!(&rt, job, sqlx_acquire),
         (w, c) => panic!("{w}: unknown contender {c}"),
     }
 }

@@ -126,7 +126,13 @@ impl Report {
             .rsplit('/')
             .next()
             .filter(|r| ["tokio", "async-std", "smol"].contains(r));
-        let ours = row.get(&format!("aiopg/{}", rt.unwrap_or("tokio")))?;
+        // pgbench's pipeline mode sends one Sync per batch: read it against aiopg's explicit
+        // pipeline, which does the same.
+        let ours = if contender.starts_with("pgbench pipeline") {
+            row.get("aiopg-pipeline/tokio")?
+        } else {
+            row.get(&format!("aiopg/{}", rt.unwrap_or("tokio")))?
+        };
         let (a, _, _) = Self::summary(ours);
         let (b, _, _) = Self::summary(row.get(contender)?);
         Some(if self.is_lower_better(&key.0) {

@@ -126,7 +126,13 @@ pub async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output
             return std::task::Poll::Ready(None);
         }
         left -= 1;
-        fut.as_mut().poll(cx).map(Some)
+        match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+            // The last poll: drop at once, without waiting for a wake-up that may never come
+            // (a statement blocked on the server wakes nobody).
+            std::task::Poll::Pending if left == 0 => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
     })
     .await
 }

@@ -27,7 +27,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether an error means a cached statement no longer matches the server: its result type
 /// changed under a schema change, or the server lost it (PgBouncer, `DISCARD ALL`).
-fn is_stale_statement(e: &Error) -> bool {
+pub(crate) fn is_stale_statement(e: &Error) -> bool {
     match e.as_db_error() {
         Some(db) if db.code() == &SqlState::FEATURE_NOT_SUPPORTED => db
             .message()
@@ -146,7 +146,7 @@ impl fmt::Debug for Connection {
 }
 
 /// A request on the wire: resolves to its answer. Dropping it abandons the answer.
-struct Request<'a> {
+pub(crate) struct Request<'a> {
     shared: &'a Shared,
     id: u64,
     finished: bool,
@@ -176,7 +176,10 @@ impl Drop for Request<'_> {
 impl Connection {
     /// Queues a request: `encode` appends its messages to the write buffer and returns what
     /// collects the answer. Either all of its messages are queued or, on error, none.
-    fn start(&self, encode: impl FnOnce(&mut State) -> Result<Collector>) -> Result<Request<'_>> {
+    pub(crate) fn start(
+        &self,
+        encode: impl FnOnce(&mut State) -> Result<Collector>,
+    ) -> Result<Request<'_>> {
         let mut st = self.shared.lock();
         if let Some(e) = st.closed_error() {
             return Err(e);

@@ -35,6 +35,7 @@
 mod connect;
 mod connection;
 mod io;
+mod pipeline;
 mod state;
 mod statement;
 mod transaction;
@@ -46,6 +47,7 @@ pub use aiopg_core::row::{Column, Row, SimpleRow};
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 pub use connect::{connect, ConnectOptions, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT};
 pub use connection::{Connection, Param, QueryResult};
+pub use pipeline::Pipeline;
 pub use statement::Statement;
 pub use transaction::{IsolationLevel, Savepoint, Transaction, TransactionOptions};
 

@@ -64,6 +64,24 @@ pub(crate) enum Collector {
         columns: Option<Arc<[Column]>>,
         out: Vec<SimpleQueryMessage>,
     },
+    /// Several Bind + Execute pairs under one Sync (an explicit pipeline), each with its own
+    /// answer. The server skips everything after the first error until the Sync.
+    Batch {
+        parts: Vec<BatchPart>,
+        /// The part whose answer is arriving.
+        current: usize,
+        /// The first error and the part it belongs to.
+        failed: Option<(usize, Error)>,
+    },
+}
+
+/// One statement's answer within a [`Collector::Batch`].
+#[derive(Debug)]
+pub(crate) struct BatchPart {
+    pub(crate) columns: Arc<[Column]>,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) affected: Option<u64>,
+    pub(crate) tag: Option<String>,
 }
 
 /// A request's result.
@@ -76,6 +94,11 @@ pub(crate) enum Output {
         tag: Option<String>,
     },
     Simple(Vec<SimpleQueryMessage>),
+    /// The answers of a pipeline, up to the first failure, and that failure.
+    Batch {
+        parts: Vec<BatchPart>,
+        failed: Option<(usize, Error)>,
+    },
     /// A prepared statement whose parameter or column types the client does not know yet:
     /// the caller looks them up and then builds the statement.
     Unresolved {
@@ -505,6 +528,17 @@ impl State {
                     .map(|r| out.push(SimpleQueryMessage::Row(r))),
                 None => Err(Error::protocol("DataRow before RowDescription")),
             },
+            Collector::Batch {
+                parts,
+                current,
+                failed: None,
+            } => match parts.get_mut(*current) {
+                Some(part) => Row::from_frame(part.columns.clone(), row).map(|r| part.rows.push(r)),
+                None => Err(Error::protocol(
+                    "a row arrived after the pipeline's last result",
+                )),
+            },
+            Collector::Batch { .. } => Ok(()),
             Collector::Prepare { .. } => Err(Error::protocol("a row arrived in answer to Parse")),
         };
         if let Err(e) = res {
@@ -580,9 +614,16 @@ impl State {
                         "error with no request in flight: {err}"
                     )));
                 };
-                if let Slot::Waiting { error, .. } = &mut entry.slot {
-                    if error.is_none() {
-                        *error = Some(Error::db(err));
+                if let Slot::Waiting { error, collector } = &mut entry.slot {
+                    match collector {
+                        // A pipeline keeps the answers before the failure.
+                        Collector::Batch {
+                            current,
+                            failed: failed @ None,
+                            ..
+                        } if error.is_none() => *failed = Some((*current, Error::db(err))),
+                        _ if error.is_none() => *error = Some(Error::db(err)),
+                        _ => {}
                     }
                 }
                 return Ok(());
@@ -690,6 +731,27 @@ fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
             }
             *tag = Some(t.to_owned());
         }
+        (
+            Collector::Batch {
+                parts,
+                current,
+                failed: None,
+            },
+            Message::CommandComplete(body),
+        ) => {
+            let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+            let part = parts
+                .get_mut(*current)
+                .ok_or_else(|| Error::protocol("more results than pipelined statements"))?;
+            part.affected = rows_from_tag(t);
+            part.tag = Some(t.to_owned());
+            *current += 1;
+        }
+        (Collector::Batch { current, .. }, Message::EmptyQueryResponse) => *current += 1,
+        (
+            Collector::Batch { .. },
+            Message::BindComplete | Message::ParseComplete | Message::NoData,
+        ) => {}
         (Collector::Query { .. }, Message::BindComplete | Message::ParseComplete)
         | (Collector::Query { .. }, Message::EmptyQueryResponse)
         | (Collector::Query { .. }, Message::NoData) => {}
@@ -798,6 +860,7 @@ fn finish(
             tag,
         },
         Collector::Simple { out, .. } => Output::Simple(out),
+        Collector::Batch { parts, failed, .. } => Output::Batch { parts, failed },
     })
 }
 

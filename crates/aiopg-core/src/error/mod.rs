@@ -49,6 +49,9 @@ pub enum ErrorKind {
     Encode,
     /// The API was used out of order (for example fetching before executing).
     Usage,
+    /// The statement never ran: an earlier statement of the same pipeline failed, and the
+    /// server skipped the rest of it.
+    Aborted,
 }
 
 impl ErrorKind {
@@ -67,6 +70,7 @@ impl ErrorKind {
             ErrorKind::Decode => "cannot decode value",
             ErrorKind::Encode => "cannot encode parameter",
             ErrorKind::Usage => "invalid use",
+            ErrorKind::Aborted => "not run",
         }
     }
 }
@@ -164,6 +168,11 @@ impl Error {
     /// The API was used out of order.
     pub fn usage(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Usage, message, None)
+    }
+
+    /// A pipelined statement that never ran because an earlier one failed.
+    pub fn aborted(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Aborted, message, None)
     }
 
     /// Prefixes the message with where the error happened (`"db1:5432"`), keeping its kind
