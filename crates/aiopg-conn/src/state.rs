@@ -257,6 +257,13 @@ impl State {
 
     /// Drives the socket until detached request `id` is answered (or the connection closes).
     pub(crate) fn poll_detached(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<()> {
+        // As in `poll_request`: no waking the running task with its own answer.
+        if id >= self.base_id {
+            let idx = (id - self.base_id) as usize;
+            if let Some(e) = self.queue.get_mut(idx) {
+                e.waker = None;
+            }
+        }
         loop {
             if id < self.base_id + self.answered as u64 {
                 self.wake_next_driver();
@@ -286,6 +293,11 @@ impl State {
 
     /// Polls for request `id`'s result, driving the socket meanwhile.
     pub(crate) fn poll_request(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Result<Output>> {
+        // While this caller drives, its own waker stays out of the queue: the answer it reads
+        // for itself must not wake the task that is running (on a work-stealing scheduler a
+        // task woken during its own poll is queued again and another worker is woken for it,
+        // a cross-thread hop on every query).
+        let mut mine = self.entry(id).waker.take();
         loop {
             let entry = self.entry(id);
             if let Slot::Done(_) = entry.slot {
@@ -299,11 +311,10 @@ impl State {
             match self.drive(cx) {
                 Poll::Ready(()) => continue,
                 Poll::Pending => {
-                    let entry = self.entry(id);
-                    match &entry.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => entry.waker = Some(cx.waker().clone()),
-                    }
+                    self.entry(id).waker = Some(match mine.take() {
+                        Some(w) if w.will_wake(cx.waker()) => w,
+                        _ => cx.waker().clone(),
+                    });
                     return Poll::Pending;
                 }
             }
