@@ -411,14 +411,12 @@ async fn connect_target(
         port,
     };
     let state = State::new(stream, rb, server_params, StatementCache::new(cache_size));
-    let conn = Connection {
-        shared: Arc::new(Shared::new(
-            state,
-            runtime.clone(),
-            identity,
-            Some(DEFAULT_TIMEOUT),
-        )),
-    };
+    let conn = Connection::from_shared(Arc::new(Shared::new(
+        state,
+        runtime.clone(),
+        identity,
+        Some(DEFAULT_TIMEOUT),
+    )));
     check_session_attrs(&conn, config.get_target_session_attrs()).await?;
     tracing::debug!(backend_pid, runtime = runtime.name(), "connected");
     Ok(conn)

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -90,6 +91,8 @@ pub(crate) struct Identity {
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// The current lease (see [`Connection::lease`]); handles of older leases are stale.
+    lease: AtomicU64,
     pub(crate) timeout: Mutex<Option<Duration>>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) identity: Identity,
@@ -104,6 +107,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             state: Mutex::new(state),
+            lease: AtomicU64::new(0),
             timeout: Mutex::new(timeout),
             runtime,
             identity,
@@ -132,6 +136,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct Connection {
     pub(crate) shared: Arc<Shared>,
+    /// The lease this handle belongs to; 0 for the owner's handle, which never goes stale.
+    lease: u64,
 }
 
 impl fmt::Debug for Connection {
@@ -141,6 +147,7 @@ impl fmt::Debug for Connection {
             .field("dsn", &self.dsn())
             .field("runtime", &self.shared.runtime.name())
             .field("closed", &self.is_closed())
+            .field("stale", &self.is_stale())
             .finish()
     }
 }
@@ -180,6 +187,7 @@ impl Connection {
         &self,
         encode: impl FnOnce(&mut State) -> Result<Collector>,
     ) -> Result<Request<'_>> {
+        self.check_lease()?;
         let mut st = self.shared.lock();
         if let Some(e) = st.closed_error() {
             return Err(e);
@@ -426,6 +434,11 @@ impl Connection {
     /// background task on the connection's runtime drives it, so it runs even if the
     /// connection then sits idle. Used for clean-up on drop (ROLLBACK, CLOSE cursor).
     pub fn detach(&self, sql: &str) {
+        if self.is_stale() {
+            // The lease ended: the connection is someone else's now, and whoever ended the
+            // lease (a pool's release) did the clean-up.
+            return;
+        }
         let id = {
             let mut st = self.shared.lock();
             if st.is_closed() {
@@ -524,6 +537,10 @@ impl Connection {
     /// Closes the connection: tells the server (Terminate) and shuts the socket. Queries still
     /// in flight fail with a closed error. Closing twice is harmless.
     pub async fn close(&self) {
+        if self.is_stale() {
+            tracing::debug!("close() on a handle whose lease ended: the connection is not closed");
+            return;
+        }
         let stream = {
             let mut st = self.shared.lock();
             if st.is_closed() {
@@ -611,6 +628,88 @@ impl Connection {
     /// (a CancelRequest). Returns once the request is sent; the running statement then fails
     /// with SQLSTATE 57014 (`query_canceled`), and the connection stays usable.
     pub async fn cancel(&self) -> Result<()> {
+        self.check_lease()?;
         crate::connect::cancel(&self.shared).await
+    }
+
+    /// Wraps a freshly opened connection's shared state in its owner's handle.
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Connection {
+        Connection { shared, lease: 0 }
+    }
+
+    /// A handle for lending this connection out, as a pool does: it works until the next
+    /// call to `lease` or [`end_lease`](Self::end_lease), after which it and every clone of it
+    /// (and every cursor or transaction opened through it) fail with an
+    /// [`ErrorKind::Usage`] error instead of sharing the socket with whoever borrowed the
+    /// connection next. The handle `lease` is called on keeps working.
+    pub fn lease(&self) -> Connection {
+        let lease = self.shared.lease.fetch_add(1, Ordering::AcqRel) + 1;
+        Connection {
+            shared: self.shared.clone(),
+            lease,
+        }
+    }
+
+    /// Ends the current lease: handles from [`lease`](Self::lease) go stale.
+    pub fn end_lease(&self) {
+        self.shared.lease.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// True when this handle came from a [`lease`](Self::lease) that has ended.
+    pub fn is_stale(&self) -> bool {
+        self.lease != 0 && self.lease != self.shared.lease.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn check_lease(&self) -> Result<()> {
+        if self.is_stale() {
+            return Err(Error::usage(
+                "this connection handle outlived its lease: the connection was given back \
+                 (its pool guard was released or dropped) and may now serve someone else; \
+                 acquire a connection again instead of keeping clones, cursors or \
+                 transactions past the guard",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads, without waiting, whatever the socket already holds while no request is in
+    /// flight (an end of stream, a FATAL error from a terminated backend, notices), and
+    /// returns whether the connection is still open. No round trip: a pool calls this before
+    /// handing a connection out.
+    pub fn check_idle(&self) -> bool {
+        self.shared.lock().poll_idle()
+    }
+
+    /// Waits until every request issued on this connection so far is answered (or the
+    /// connection closes), so that [`transaction_status`](Self::transaction_status) reports
+    /// what the next statement will see. Returns at once when nothing is in flight.
+    pub async fn settle(&self) -> Result<()> {
+        self.check_lease()?;
+        let id = {
+            let mut st = self.shared.lock();
+            if !st.has_unanswered() {
+                return Ok(());
+            }
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            // An empty query is answered after everything queued before it.
+            let start = st.write.len();
+            if let Err(e) = protocol::encode_or_rollback(&mut st.write, |w| frontend::query("", w))
+            {
+                st.write.truncate(start);
+                return Err(e);
+            }
+            st.push_detached(Collector::Simple {
+                columns: None,
+                out: Vec::new(),
+            })
+        };
+        poll_fn(|cx| self.shared.lock().poll_detached(id, cx)).await;
+        match self.shared.lock().closed_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

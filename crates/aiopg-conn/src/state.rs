@@ -135,6 +135,8 @@ struct Entry {
 /// Why the connection closed: enough to build a fresh error for every caller.
 #[derive(Debug, Clone)]
 struct CloseReason {
+    /// `Closed`, or `Protocol` when the server spoke nonsense.
+    kind: ErrorKind,
     message: String,
     db: Option<DbError>,
     io: Option<(std::io::ErrorKind, String)>,
@@ -149,7 +151,7 @@ impl CloseReason {
                 .as_ref()
                 .map(|(k, m)| Box::new(std::io::Error::new(*k, m.clone())) as _)
         };
-        Error::new(ErrorKind::Closed, self.message.clone(), source)
+        Error::new(self.kind, self.message.clone(), source)
     }
 }
 
@@ -279,6 +281,26 @@ impl State {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// With no request in flight, reads what the socket already holds without waiting and
+    /// routes it (a FATAL error or end of stream closes the connection). Returns whether the
+    /// connection is still open.
+    pub(crate) fn poll_idle(&mut self) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        if self.has_unanswered() {
+            // Whoever waits for those answers reads the socket.
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        while self.closed.is_none() {
+            if self.drive(&mut cx).is_pending() {
+                break;
+            }
+        }
+        self.closed.is_none()
     }
 
     /// Evicts a statement from the cache (its plan went stale).
@@ -417,6 +439,7 @@ impl State {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(0)) => {
                 self.close(CloseReason {
+                    kind: ErrorKind::Closed,
                     message: "the server closed the connection".into(),
                     db: None,
                     io: None,
@@ -427,7 +450,10 @@ impl State {
                 self.flush_due = true;
                 if let Err(e) = self.dispatch_all() {
                     self.close(CloseReason {
-                        message: format!("protocol error, connection closed: {e}"),
+                        kind: ErrorKind::Protocol,
+                        message: format!(
+                            "the server broke the protocol ({e}); the connection was closed"
+                        ),
                         db: None,
                         io: None,
                     });
@@ -443,6 +469,7 @@ impl State {
 
     fn close_io(&mut self, what: &str, e: std::io::Error) {
         self.close(CloseReason {
+            kind: ErrorKind::Closed,
             message: format!("{what}: {e}"),
             db: None,
             io: Some((e.kind(), e.to_string())),
@@ -479,6 +506,7 @@ impl State {
     /// Closes a connection whose server stopped answering.
     pub(crate) fn close_stuck(&mut self) {
         self.close(CloseReason {
+            kind: ErrorKind::Closed,
             message: "the server did not answer a cancel request in time; the connection was \
                       closed"
                 .into(),
@@ -490,6 +518,7 @@ impl State {
     /// Closes the connection at the caller's request.
     pub(crate) fn close_by_client(&mut self) {
         self.close(CloseReason {
+            kind: ErrorKind::Closed,
             message: "the connection was closed by the client (close() was called)".into(),
             db: None,
             io: None,
@@ -614,6 +643,7 @@ impl State {
                     // The server ends the session after a FATAL error: close now, so that every
                     // caller learns why instead of meeting a bare end of stream.
                     self.close(CloseReason {
+                        kind: ErrorKind::Closed,
                         message: format!("the server ended the session: {}", err.message()),
                         db: Some(err),
                         io: None,
@@ -719,6 +749,7 @@ impl State {
         }
         if desync {
             self.close(CloseReason {
+                kind: ErrorKind::Closed,
                 message: "COPY ... FROM STDIN was sent through query() while other requests \
                           were pipelined behind it; use the COPY API"
                     .into(),
