@@ -18,13 +18,26 @@ use aiopg_core::types::ToSql;
 use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
 use aiopg_rt::Runtime;
 
-use crate::state::{Collector, Output, State};
+use crate::collect::{Collector, Output};
+use crate::state::State;
 use crate::statement::Statement;
 use crate::{Notification, SimpleQueryMessage};
 
-/// How long a timed-out statement may take to confirm its cancellation before the connection
-/// is given up on.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How long past its timeout a statement may take to be cancelled (the cancel request sent and
+/// the server's confirmation read) before the connection is given up on.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// The request the innermost [`Connection::with_timeout`] running on this thread issued last:
+/// the connection (its `Shared`'s address) and the request's id.
+#[derive(Clone, Copy)]
+struct Scope {
+    conn: usize,
+    last: Option<u64>,
+}
+
+thread_local! {
+    static SCOPE: std::cell::Cell<Option<Scope>> = const { std::cell::Cell::new(None) };
+}
 
 /// Whether an error means a cached statement no longer matches the server: its result type
 /// changed under a schema change, or the server lost it (PgBouncer, `DISCARD ALL`).
@@ -187,28 +200,7 @@ impl Connection {
         &self,
         encode: impl FnOnce(&mut State) -> Result<Collector>,
     ) -> Result<Request<'_>> {
-        self.check_lease()?;
-        let mut st = self.shared.lock();
-        if let Some(e) = st.closed_error() {
-            return Err(e);
-        }
-        // Closing statements whose handles were dropped rides on this request; their
-        // CloseComplete answers are skipped by the collector.
-        for name in st.statements.take_closes() {
-            frontend::close(b'S', &name, &mut st.write)
-                .map_err(|e| Error::encode(format!("closing statement: {e}"), Some(Box::new(e))))?;
-        }
-        let start = st.write.len();
-        let collector = match encode(&mut st) {
-            Ok(c) => c,
-            Err(e) => {
-                st.write.truncate(start);
-                return Err(e);
-            }
-        };
-        let wire_len = st.write.len() - start;
-        let id = st.push(collector, wire_len);
-        drop(st);
+        let id = self.issue(encode)?;
         Ok(Request {
             shared: &self.shared,
             id,
@@ -216,70 +208,23 @@ impl Connection {
         })
     }
 
-    /// Prepares `sql` on the server, using the statement cache.
-    ///
-    /// ```no_run
-    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
-    /// let stmt = conn.prepare("SELECT $1::int4 + 1").await?;
-    /// assert_eq!(stmt.params().len(), 1);
-    /// let rows = conn.query_prepared(&stmt, &[&41i32]).await?;
-    /// assert_eq!(rows[0].get::<i32>(0), 42);
-    /// # Ok(()) }
-    /// ```
-    pub async fn prepare(&self, sql: &str) -> Result<Statement> {
-        if let Some(stmt) = self.shared.lock().statements.get(sql) {
-            return Ok(stmt);
-        }
-        self.prepare_uncached(sql).await
-    }
-
-    async fn prepare_uncached(&self, sql: &str) -> Result<Statement> {
-        let req = self.start(|st| {
-            let name = st.statements.next_name();
-            protocol::encode_or_rollback(&mut st.write, |w| {
-                frontend::parse(&name, sql, std::iter::empty(), w)?;
-                frontend::describe(b'S', &name, w)?;
-                frontend::sync(w);
-                Ok(())
-            })?;
-            Ok(Collector::Prepare {
-                cache: !name.is_empty(),
-                name,
-                sql: Arc::from(sql),
-                params: None,
-                columns: None,
-            })
-        })?;
-        match req.await? {
-            Output::Statement(s) => Ok(s),
-            Output::Unresolved {
-                name,
-                sql,
-                params,
-                columns,
-                cache,
-            } => {
-                // Keep the server-side statement closed if this future is dropped midway.
-                let guard = crate::typeinfo::CloseOnDrop::new(self, name);
-                let mut resolved = Vec::with_capacity(params.len());
-                for t in params {
-                    resolved.push(self.resolve_type(t).await?);
+    /// Queues a request (see [`start`](Self::start)) and returns its id.
+    pub(crate) fn issue(
+        &self,
+        encode: impl FnOnce(&mut State) -> Result<Collector>,
+    ) -> Result<u64> {
+        self.check_lease()?;
+        let id = self.shared.lock().issue(encode)?;
+        // A `with_timeout` around this call needs to know which request is its own.
+        SCOPE.with(|s| {
+            if let Some(mut scope) = s.get() {
+                if scope.conn == Arc::as_ptr(&self.shared) as usize {
+                    scope.last = Some(id);
+                    s.set(Some(scope));
                 }
-                let mut cols = Vec::with_capacity(columns.len());
-                for c in columns {
-                    let t = self.resolve_type(c.type_().clone()).await?;
-                    cols.push(c.with_type(t));
-                }
-                let name = guard.defuse();
-                let mut st = self.shared.lock();
-                let stmt = st.statements.make(name, sql, resolved, cols);
-                if cache {
-                    st.statements.insert(stmt.clone());
-                }
-                Ok(stmt)
             }
-            _ => Err(Error::protocol("unexpected answer to Parse")),
-        }
+        });
+        Ok(id)
     }
 
     /// Runs a statement with parameters bound in binary and returns its rows.
@@ -308,7 +253,7 @@ impl Connection {
         let stmt = self.prepare(sql).await?;
         match self.execute_inner(&stmt, params).await {
             Err(e) if is_stale_statement(&e) => {
-                self.shared.lock().evict(sql);
+                self.shared.lock().statements.remove(sql);
                 drop(stmt);
                 if self.transaction_status() != TransactionStatus::Idle {
                     return Err(e);
@@ -358,6 +303,7 @@ impl Connection {
         I: IntoIterator<Item = &'p [Param<'p>]>,
     {
         let req = self.start(|st| {
+            stmt.check_owner(&st.statements)?;
             let w = &mut st.write;
             for params in param_sets {
                 if stmt.name().is_empty() {
@@ -369,12 +315,7 @@ impl Connection {
                 protocol::encode_or_rollback(w, |w| frontend::execute("", 0, w))?;
             }
             frontend::sync(w);
-            Ok(Collector::Query {
-                columns: stmt.columns_arc().clone(),
-                rows: Vec::new(),
-                affected: None,
-                tag: None,
-            })
+            Ok(Collector::rows(stmt.columns_arc().clone()))
         })?;
         match req.await? {
             Output::Rows { affected, .. } => Ok(affected.unwrap_or(0)),
@@ -383,29 +324,11 @@ impl Connection {
     }
 
     async fn execute_inner(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<Output> {
-        let req = self.start(|st| {
-            let w = &mut st.write;
-            if stmt.name().is_empty() {
-                // The unnamed statement may have been replaced by another caller's since
-                // it was described: parse it again in the same batch.
-                protocol::encode_or_rollback(w, |w| {
-                    frontend::parse("", stmt.sql(), std::iter::empty(), w)
-                })?;
-            }
-            protocol::bind(w, stmt.name(), stmt.params(), params)?;
-            protocol::encode_or_rollback(w, |w| {
-                frontend::execute("", 0, w)?;
-                frontend::sync(w);
-                Ok(())
-            })?;
-            Ok(Collector::Query {
-                columns: stmt.columns_arc().clone(),
-                rows: Vec::new(),
-                affected: None,
-                tag: None,
-            })
-        })?;
-        req.await
+        self.start(|st| {
+            encode_execute(st, stmt, params)?;
+            Ok(Collector::rows(stmt.columns_arc().clone()))
+        })?
+        .await
     }
 
     /// Runs one or more SQL statements, separated by semicolons, through the simple query
@@ -413,10 +336,7 @@ impl Connection {
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>> {
         let req = self.start(|st| {
             protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w))?;
-            Ok(Collector::Simple {
-                columns: None,
-                out: Vec::new(),
-            })
+            Ok(Collector::simple())
         })?;
         match req.await? {
             Output::Simple(v) => Ok(v),
@@ -439,20 +359,9 @@ impl Connection {
             // lease (a pool's release) did the clean-up.
             return;
         }
-        let id = {
-            let mut st = self.shared.lock();
-            if st.is_closed() {
-                return;
-            }
-            let start = st.write.len();
-            if protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w)).is_err() {
-                st.write.truncate(start);
-                return;
-            }
-            st.push_detached(Collector::Simple {
-                columns: None,
-                out: Vec::new(),
-            })
+        let Ok(id) = self.shared.lock().issue_detached(sql) else {
+            // Closed: there is nothing left to clean up.
+            return;
         };
         let conn = self.clone();
         self.shared.runtime.spawn(Box::pin(async move {
@@ -462,11 +371,19 @@ impl Connection {
 
     /// Runs `fut` (a statement on this connection) with a timeout.
     ///
-    /// When the timeout passes, a CancelRequest stops the statement on the server and the
-    /// call returns a `Timeout` error once the server has confirmed, so the connection is
-    /// usable for the next statement (Python aiopg closes it instead). A statement that
-    /// finished before the cancel landed returns its result. If the server does not answer
-    /// the cancel within the grace period, the connection is closed and reports so.
+    /// When the timeout passes and `fut`'s statement is the one the server is running, a
+    /// CancelRequest stops it and the call returns a `Timeout` error once the server has
+    /// confirmed, so the connection is usable for the next statement (Python aiopg closes it
+    /// instead). A statement that finished before the cancel landed returns its result. When
+    /// the statement is still queued behind other callers' requests, nothing is cancelled:
+    /// `fut` is dropped (a request not yet written is taken back; one already written runs,
+    /// and its answer is discarded) and the call returns `Timeout` at once, so a timeout never
+    /// stops a neighbour's statement.
+    ///
+    /// The call returns within `timeout` plus [`CANCEL_GRACE`]: if the cancel cannot be sent
+    /// and confirmed in that time, the connection is closed and the error says so. A cancel
+    /// that reaches the server just after the statement finished can stop the statement
+    /// pipelined right behind it: PostgreSQL's cancel names a session, not a statement.
     /// `None` waits forever.
     pub async fn with_timeout<T, F>(&self, timeout: Option<Duration>, fut: F) -> Result<T>
     where
@@ -475,14 +392,75 @@ impl Connection {
         let Some(limit) = timeout else {
             return fut.await;
         };
+        let key = Arc::as_ptr(&self.shared) as usize;
+        // The id of the last request `fut` issued (`u64::MAX`: none yet); atomic only to keep
+        // this future `Send`.
+        let last = AtomicU64::new(u64::MAX);
         let mut fut = std::pin::pin!(fut);
-        if let Ok(r) = aiopg_rt::timeout(&*self.shared.runtime, limit, fut.as_mut()).await {
+        // Polls `fut` with this call's scope installed, so that the requests it issues are
+        // known to be its own.
+        let scoped = poll_fn(|cx| {
+            let outer = SCOPE.replace(Some(Scope {
+                conn: key,
+                last: None,
+            }));
+            let res = fut.as_mut().poll(cx);
+            let mine = SCOPE.replace(outer).and_then(|s| s.last);
+            if let Some(id) = mine {
+                last.store(id, Ordering::Relaxed);
+                // An enclosing `with_timeout` on the same connection owns these too.
+                SCOPE.with(|s| {
+                    if let Some(mut outer) = s.get() {
+                        if outer.conn == key {
+                            outer.last = mine;
+                            s.set(Some(outer));
+                        }
+                    }
+                });
+            }
+            res
+        });
+        let mut scoped = std::pin::pin!(scoped);
+        if let Ok(r) = aiopg_rt::timeout(&*self.shared.runtime, limit, scoped.as_mut()).await {
             return r;
         }
+        let timed_out = |what: &str| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the statement outlived its timeout ({} s); {what}",
+                    limit.as_secs_f64()
+                ),
+                None,
+            )
+        };
+        let last = last.load(Ordering::Relaxed);
+        let executing = last != u64::MAX && self.shared.lock().is_executing(last);
+        if !executing {
+            // Queued behind other callers (or between requests): leave the neighbours alone.
+            return Err(timed_out(
+                "it was still waiting behind other requests on this connection and was \
+                 withdrawn (if it had been sent, it still runs and its answer is discarded); \
+                 the connection is still usable",
+            ));
+        }
         tracing::debug!(?limit, "statement timed out; cancelling it on the server");
-        let cancelled = self.cancel().await;
-        let grace = CANCEL_GRACE.max(limit);
-        match aiopg_rt::timeout(&*self.shared.runtime, grace, fut.as_mut()).await {
+        let rt = &*self.shared.runtime;
+        let cancelled = aiopg_rt::timeout(rt, CANCEL_GRACE, self.cancel()).await;
+        let confirm = aiopg_rt::timeout(rt, CANCEL_GRACE, scoped.as_mut());
+        let cancel_error = match cancelled {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("the cancel request could not be sent in time".to_owned()),
+        };
+        // The grace period is shared: sending the cancel and the server's confirmation
+        // together take at most CANCEL_GRACE.
+        let res = if cancel_error.is_some() {
+            Err(())
+        } else {
+            confirm.await.map_err(drop)
+        };
+        match res {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if e.code() == Some(&SqlState::QUERY_CANCELED) => Err(Error::new(
                 ErrorKind::Timeout,
@@ -494,21 +472,12 @@ impl Connection {
                 Some(Box::new(e)),
             )),
             Ok(Err(e)) => Err(e),
-            Err(_) => {
+            Err(()) => {
                 self.shared.lock().close_stuck();
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the statement outlived its timeout ({} s) and the server did not \
-                         answer the cancel request{}; the connection was closed",
-                        limit.as_secs_f64(),
-                        match cancelled {
-                            Err(e) => format!(" ({e})"),
-                            Ok(()) => String::new(),
-                        }
-                    ),
-                    None,
-                ))
+                Err(timed_out(&format!(
+                    "the server did not confirm its cancellation{}; the connection was closed",
+                    cancel_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                )))
             }
         }
     }
@@ -691,20 +660,8 @@ impl Connection {
             if !st.has_unanswered() {
                 return Ok(());
             }
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
             // An empty query is answered after everything queued before it.
-            let start = st.write.len();
-            if let Err(e) = protocol::encode_or_rollback(&mut st.write, |w| frontend::query("", w))
-            {
-                st.write.truncate(start);
-                return Err(e);
-            }
-            st.push_detached(Collector::Simple {
-                columns: None,
-                out: Vec::new(),
-            })
+            st.issue_detached("")?
         };
         poll_fn(|cx| self.shared.lock().poll_detached(id, cx)).await;
         match self.shared.lock().closed_error() {
@@ -712,4 +669,23 @@ impl Connection {
             None => Ok(()),
         }
     }
+}
+
+/// Encodes Bind + Execute + Sync of `stmt` (Parse first, for the unnamed statement).
+pub(crate) fn encode_execute(st: &mut State, stmt: &Statement, params: &[Param<'_>]) -> Result<()> {
+    stmt.check_owner(&st.statements)?;
+    let w = &mut st.write;
+    if stmt.name().is_empty() {
+        // The unnamed statement may have been replaced by another caller's since it was
+        // described: parse it again in the same batch.
+        protocol::encode_or_rollback(w, |w| {
+            frontend::parse("", stmt.sql(), std::iter::empty(), w)
+        })?;
+    }
+    protocol::bind(w, stmt.name(), stmt.params(), params)?;
+    protocol::encode_or_rollback(w, |w| {
+        frontend::execute("", 0, w)?;
+        frontend::sync(w);
+        Ok(())
+    })
 }

@@ -32,12 +32,16 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod collect;
 mod connect;
 mod connection;
 mod io;
+#[cfg(test)]
+mod model_tests;
 mod pipeline;
 mod state;
 mod statement;
+mod stream;
 mod transaction;
 mod typeinfo;
 
@@ -46,9 +50,10 @@ use std::sync::Arc;
 pub use aiopg_core::row::{Column, Row, SimpleRow};
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 pub use connect::{connect, ConnectOptions, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT};
-pub use connection::{Connection, Param, QueryResult};
+pub use connection::{Connection, Param, QueryResult, CANCEL_GRACE};
 pub use pipeline::Pipeline;
 pub use statement::Statement;
+pub use stream::RowStream;
 pub use transaction::{IsolationLevel, Savepoint, Transaction, TransactionOptions};
 
 /// One part of a simple query's answer.

@@ -6,8 +6,8 @@ use std::ops::Range;
 use aiopg_core::{protocol, Error, Result, TransactionStatus};
 use postgres_protocol::message::frontend;
 
+use crate::collect::{BatchPart, Collector, Output};
 use crate::connection::{is_stale_statement, Connection, Param, QueryResult};
-use crate::state::{Collector, Output};
 use crate::statement::Statement;
 
 /// Several statements sent to the server in one go and answered in one round trip, like
@@ -157,7 +157,11 @@ impl<'c, 'p> Pipeline<'c, 'p> {
         }
         // Only the failing statement is known to be stale; later ones never ran. Evict it and
         // run again: any other stale statement fails the second run, and is returned.
-        self.conn.shared.lock().evict(stmts[stale].sql());
+        self.conn
+            .shared
+            .lock()
+            .statements
+            .remove(stmts[stale].sql());
         drop(stmts);
         tracing::debug!("a pipelined statement went stale after a schema change; running again");
         Ok(self.run_once().await?.1)
@@ -176,6 +180,9 @@ impl<'c, 'p> Pipeline<'c, 'p> {
             });
         }
         let req = self.conn.start(|st| {
+            for stmt in &stmts {
+                stmt.check_owner(&st.statements)?;
+            }
             let w = &mut st.write;
             let mut parts = Vec::with_capacity(stmts.len());
             for (i, (item, stmt)) in self.items.iter().zip(&stmts).enumerate() {
@@ -192,19 +199,10 @@ impl<'c, 'p> Pipeline<'c, 'p> {
                 )
                 .map_err(|e| e.context(format!("pipeline statement {i}")))?;
                 protocol::encode_or_rollback(w, |w| frontend::execute("", 0, w))?;
-                parts.push(crate::state::BatchPart {
-                    columns: stmt.columns_arc().clone(),
-                    rows: Vec::new(),
-                    affected: None,
-                    tag: None,
-                });
+                parts.push(BatchPart::new(stmt.columns_arc().clone()));
             }
             frontend::sync(w);
-            Ok(Collector::Batch {
-                parts,
-                current: 0,
-                failed: None,
-            })
+            Ok(Collector::batch(parts))
         })?;
         let Output::Batch { parts, failed } = req.await? else {
             return Err(Error::protocol("unexpected answer to a pipeline"));

@@ -1,37 +1,57 @@
-//! The state machine that owns the socket.
+//! The router: the state machine that owns the socket.
 //!
 //! There is no background task. Whichever caller is waiting for an answer drives the socket
 //! itself, under a short-lived lock: it writes what is queued, reads what has arrived, and
-//! routes each message to the request it answers. Requests are answered in the order they
-//! were written, each ending with `ReadyForQuery`, so routing is by position in [`State::queue`].
+//! routes each frame to the request it answers. Every request ends with Sync (or is one simple
+//! Query), so its answer ends with exactly one `ReadyForQuery`: answers are matched to
+//! requests by their order in [`State::queue`]. What a request does with its frames is its
+//! [`Collector`]'s business (`collect.rs`); the router knows only frames, `ReadyForQuery`,
+//! errors, and the messages that may come at any time.
 //!
-//! One caller with one query at a time therefore pays no hop between tasks or threads. Several
-//! callers pipeline: each request is encoded whole into the write buffer under the lock, and
-//! whoever polls next writes it. A caller whose answer was read by another is woken by it; a
-//! caller that leaves (answered or dropped) while others still wait wakes the first of them, so
-//! that someone is always registered with the socket.
+//! # Taking a request back
 //!
-//! A request whose caller is dropped stays in the queue, marked abandoned: its answer is read
-//! and thrown away by whoever drives next. Because a request is queued all at once or not at
-//! all, a dropped future can never leave half a request on the wire.
+//! The outgoing bytes form one stream: `sent` bytes of it are on the socket, the write buffer
+//! holds the next ones. Each entry records the range of that stream its messages occupy
+//! (Closes of dropped statements that ride on it included), so "was any of it written?" is
+//! `start < sent`, never a guess. A request whose owner leaves before any of its bytes went
+//! out is cut out of the buffer wherever it sits, later ranges shift down, and the Closes it
+//! carried go back to the statement cache's list; one whose bytes partly or wholly went out
+//! stays, marked abandoned, and its answer is read and dropped. [`State::check`] states the
+//! invariant the model test (`tests/model.rs`) checks after every step: the unwritten parts of
+//! the queued entries tile the write buffer exactly, in order.
+//!
+//! # Several callers
+//!
+//! A caller whose answer was read by another is woken by it; a caller that leaves (answered or
+//! dropped) while others still wait wakes the first of them, so that someone is always
+//! registered with the socket. A caller never wakes its own task with its own answer (see
+//! [`State::poll_request`]).
+//!
+//! # Row streams and backpressure
+//!
+//! A streaming request hands its rows to its owner as they arrive. When its buffer is full
+//! ([`Collector::is_full`]) the router stops routing and stops reading the socket (the frames
+//! already read stay in the read buffer), until the owner takes rows: memory stays bounded
+//! by the stream's buffer and one socket read, whatever the result size.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
 
 use aiopg_core::error::DbError;
-use aiopg_core::protocol::{rows_from_tag, TransactionStatus};
-use aiopg_core::row::{parse_row_description, type_for_oid, Column, Row, SimpleRow};
+use aiopg_core::protocol::TransactionStatus;
+use aiopg_core::row::Row;
 use aiopg_core::types::{Oid, Type};
 use aiopg_core::{Error, ErrorKind, Result};
 use aiopg_rt::BoxStream;
 
+use crate::collect::{message_name, Collector, Output};
 use crate::io::{poll_write_all, Frame, ReadBuf};
-use crate::statement::{Statement, StatementCache};
-use crate::{Notification, SimpleQueryMessage};
+use crate::statement::StatementCache;
+use crate::Notification;
 
 /// Held-back requests are sent once this many bytes of them are waiting.
 const WRITE_BATCH: usize = 16 * 1024;
@@ -39,85 +59,14 @@ const WRITE_BATCH: usize = 16 * 1024;
 /// How many notices are kept for [`crate::Connection::notices`] before the oldest are dropped.
 const MAX_NOTICES: usize = 64;
 
-/// What a request collects from its answer.
-#[derive(Debug)]
-pub(crate) enum Collector {
-    /// Parse + Describe(statement) + Sync.
-    Prepare {
-        name: String,
-        sql: Arc<str>,
-        params: Option<Vec<Type>>,
-        columns: Option<Vec<Column>>,
-        cache: bool,
-    },
-    /// Bind + Execute (once or more) + Sync over a statement whose columns are known.
-    Query {
-        columns: Arc<[Column]>,
-        rows: Vec<Row>,
-        /// Rows affected, summed over every Execute of the request.
-        affected: Option<u64>,
-        /// The last command tag.
-        tag: Option<String>,
-    },
-    /// A simple-protocol Query.
-    Simple {
-        columns: Option<Arc<[Column]>>,
-        out: Vec<SimpleQueryMessage>,
-    },
-    /// Several Bind + Execute pairs under one Sync (an explicit pipeline), each with its own
-    /// answer. The server skips everything after the first error until the Sync.
-    Batch {
-        parts: Vec<BatchPart>,
-        /// The part whose answer is arriving.
-        current: usize,
-        /// The first error and the part it belongs to.
-        failed: Option<(usize, Error)>,
-    },
-}
-
-/// One statement's answer within a [`Collector::Batch`].
-#[derive(Debug)]
-pub(crate) struct BatchPart {
-    pub(crate) columns: Arc<[Column]>,
-    pub(crate) rows: Vec<Row>,
-    pub(crate) affected: Option<u64>,
-    pub(crate) tag: Option<String>,
-}
-
-/// A request's result.
-#[derive(Debug)]
-pub(crate) enum Output {
-    Statement(Statement),
-    Rows {
-        rows: Vec<Row>,
-        affected: Option<u64>,
-        tag: Option<String>,
-    },
-    Simple(Vec<SimpleQueryMessage>),
-    /// The answers of a pipeline, up to the first failure, and that failure.
-    Batch {
-        parts: Vec<BatchPart>,
-        failed: Option<(usize, Error)>,
-    },
-    /// A prepared statement whose parameter or column types the client does not know yet:
-    /// the caller looks them up and then builds the statement.
-    Unresolved {
-        name: String,
-        sql: Arc<str>,
-        params: Vec<Type>,
-        columns: Vec<Column>,
-        cache: bool,
-    },
-}
-
 #[derive(Debug)]
 enum Slot {
-    /// Written (or queued to be written) and waiting for its answer.
+    /// Queued or written, waiting for (the rest of) its answer.
     Waiting {
         collector: Collector,
         error: Option<Error>,
     },
-    /// Answered; the owner has not collected it yet.
+    /// Answered; the owner has not collected it yet (a stream: not drained yet).
     Done(Result<Output>),
     /// Collected, or abandoned by its owner: only waiting to be popped off the queue.
     Gone,
@@ -125,11 +74,16 @@ enum Slot {
 
 #[derive(Debug)]
 struct Entry {
+    id: u64,
+    /// The range of the outgoing byte stream this request's messages occupy.
+    start: u64,
+    end: u64,
+    /// Statements whose Close messages are part of this request's bytes.
+    closes: Vec<String>,
     slot: Slot,
     waker: Option<Waker>,
+    /// Nobody will collect the answer: read it and drop it.
     abandoned: bool,
-    /// How many bytes of the write buffer this request's own messages took.
-    wire_len: usize,
 }
 
 /// Why the connection closed: enough to build a fresh error for every caller.
@@ -143,6 +97,15 @@ struct CloseReason {
 }
 
 impl CloseReason {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> CloseReason {
+        CloseReason {
+            kind,
+            message: message.into(),
+            db: None,
+            io: None,
+        }
+    }
+
     fn to_error(&self) -> Error {
         let source: Option<aiopg_core::error::BoxError> = if let Some(db) = &self.db {
             Some(Box::new(db.clone()))
@@ -159,18 +122,20 @@ impl CloseReason {
 pub(crate) struct State {
     stream: Option<BoxStream>,
     read: ReadBuf,
+    /// Bytes of the outgoing stream not on the socket yet; they start at offset `sent`.
+    /// Encoders append to it only inside [`State::issue`].
     pub(crate) write: BytesMut,
+    /// Bytes of the outgoing stream written to the socket so far.
+    sent: u64,
     queue: VecDeque<Entry>,
-    /// The id of `queue[0]`.
-    base_id: u64,
+    next_id: u64,
     /// How many entries at the queue's front are answered (their messages are all read).
     answered: usize,
     closed: Option<CloseReason>,
     /// Set when an answer was read: requests held back behind it go out on the next drive.
     flush_due: bool,
-    /// Requests queued since the write buffer was last empty: at most this many are not
-    /// wholly on the wire yet (an over-count only ever makes writes happen sooner).
-    unsent: usize,
+    /// Routing stopped with frames left in the read buffer: a stream's buffer is full.
+    paused: bool,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
     pub(crate) notices: VecDeque<DbError>,
@@ -202,12 +167,13 @@ impl State {
             stream: Some(stream),
             read,
             write: BytesMut::with_capacity(1024),
+            sent: 0,
             queue: VecDeque::new(),
-            base_id: 0,
+            next_id: 0,
             answered: 0,
             closed: None,
             flush_due: false,
-            unsent: 0,
+            paused: false,
             tx_status: TransactionStatus::Idle,
             params,
             notices: VecDeque::new(),
@@ -232,54 +198,286 @@ impl State {
         self.closed.as_ref().map(CloseReason::to_error)
     }
 
-    /// Queues a request whose `wire_len` bytes of messages were just appended to the write
-    /// buffer; returns its id.
-    pub(crate) fn push(&mut self, collector: Collector, wire_len: usize) -> u64 {
-        let id = self.base_id + self.queue.len() as u64;
-        self.unsent += 1;
+    /// Queues a request: `encode` appends its messages to the write buffer and returns what
+    /// collects the answer. The Closes of dropped statements ride in front of it, inside its
+    /// byte range. Either all of it is queued or, on error, nothing: the write buffer and the
+    /// list of Closes are as they were.
+    pub(crate) fn issue(
+        &mut self,
+        encode: impl FnOnce(&mut State) -> Result<Collector>,
+    ) -> Result<u64> {
+        if let Some(e) = self.closed_error() {
+            return Err(e);
+        }
+        let len = self.write.len();
+        let closes = self.statements.take_closes();
+        let mut res = Ok(());
+        for name in &closes {
+            res = frontend::close(b'S', name, &mut self.write)
+                .map_err(|e| Error::encode(format!("closing statement: {e}"), Some(Box::new(e))));
+            if res.is_err() {
+                break;
+            }
+        }
+        let collector = res.and_then(|()| encode(self));
+        match collector {
+            Ok(collector) => Ok(self.push(collector, len, closes)),
+            Err(e) => {
+                self.write.truncate(len);
+                self.statements.requeue_closes(closes);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues a request nobody waits for (clean-up: ROLLBACK, CLOSE of a cursor): its answer is
+    /// read and discarded by whoever drives next. Never taken back, unlike an abandoned
+    /// request: it runs before anything issued after it.
+    pub(crate) fn issue_detached(&mut self, sql: &str) -> Result<u64> {
+        let id = self.issue(|st| {
+            aiopg_core::protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w))?;
+            Ok(Collector::Discard)
+        })?;
+        let i = self.index(id).expect("just queued");
+        self.queue[i].abandoned = true;
+        Ok(id)
+    }
+
+    fn push(&mut self, collector: Collector, len: usize, closes: Vec<String>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let start = self.sent + len as u64;
         self.queue.push_back(Entry {
+            id,
+            start,
+            end: self.sent + self.write.len() as u64,
+            closes,
             slot: Slot::Waiting {
                 collector,
                 error: None,
             },
             waker: None,
             abandoned: false,
-            wire_len,
         });
         id
     }
 
-    /// Queues a request nobody waits for: its answer is read and discarded by whoever
-    /// drives next. Never taken back, unlike an abandoned request.
-    pub(crate) fn push_detached(&mut self, collector: Collector) -> u64 {
-        let id = self.push(collector, 0);
-        self.entry(id).abandoned = true;
-        id
+    /// Where request `id` sits in the queue, if it is still there.
+    #[inline]
+    fn index(&self, id: u64) -> Option<usize> {
+        match self.queue.front() {
+            Some(e) if e.id == id => Some(0),
+            _ => self.queue.binary_search_by_key(&id, |e| e.id).ok(),
+        }
     }
 
     /// Drives the socket until detached request `id` is answered (or the connection closes).
     pub(crate) fn poll_detached(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<()> {
         // As in `poll_request`: no waking the running task with its own answer.
-        if id >= self.base_id {
-            let idx = (id - self.base_id) as usize;
-            if let Some(e) = self.queue.get_mut(idx) {
-                e.waker = None;
-            }
+        if let Some(i) = self.index(id) {
+            self.queue[i].waker = None;
         }
         loop {
-            if id < self.base_id + self.answered as u64 {
-                self.wake_next_driver();
-                return Poll::Ready(());
+            match self.index(id) {
+                Some(i) if i >= self.answered => {}
+                _ => {
+                    self.wake_next_driver();
+                    return Poll::Ready(());
+                }
             }
             if self.drive(cx).is_pending() {
                 // Registered like any waiting caller, so that it is woken to take over
                 // driving, and when its answer arrives.
-                let idx = (id - self.base_id) as usize;
-                if let Some(e) = self.queue.get_mut(idx) {
-                    e.waker = Some(cx.waker().clone());
+                if let Some(i) = self.index(id) {
+                    self.queue[i].waker = Some(cx.waker().clone());
                 }
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// True when request `id` is the one the server is working on: the first unanswered
+    /// request, with some of its bytes on the wire. A cancel sent now can only hit it (or, if
+    /// it finishes first, whatever follows it; see `Connection::with_timeout`).
+    pub(crate) fn is_executing(&self, id: u64) -> bool {
+        match self.index(id) {
+            Some(i) => i == self.answered && self.queue[i].start < self.sent,
+            None => false,
+        }
+    }
+
+    /// Polls for request `id`'s result, driving the socket meanwhile.
+    pub(crate) fn poll_request(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Result<Output>> {
+        // While this caller drives, its own waker stays out of the queue: the answer it reads
+        // for itself must not wake the task that is running (on a work-stealing scheduler a
+        // task woken during its own poll is queued again and another worker is woken for it,
+        // a cross-thread hop on every query).
+        let Some(i) = self.index(id) else {
+            return Poll::Ready(Err(Error::usage("polled a request that already finished")));
+        };
+        let mut mine = self.queue[i].waker.take();
+        loop {
+            let i = self.index(id).expect("an owned request stays queued");
+            let entry = &mut self.queue[i];
+            if let Slot::Done(_) = entry.slot {
+                let Slot::Done(out) = std::mem::replace(&mut entry.slot, Slot::Gone) else {
+                    unreachable!()
+                };
+                self.compact();
+                self.wake_next_driver();
+                return Poll::Ready(out);
+            }
+            if self.drive(cx).is_pending() {
+                let i = self.index(id).expect("an owned request stays queued");
+                self.queue[i].waker = Some(match mine.take() {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                });
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Polls a streaming request for its next row, driving the socket meanwhile. `None` once
+    /// the stream ended; its command tag is then in the returned summary.
+    pub(crate) fn poll_row(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
+        let Some(i) = self.index(id) else {
+            return Poll::Ready(None);
+        };
+        let mut mine = self.queue[i].waker.take();
+        loop {
+            let i = self.index(id).expect("an owned request stays queued");
+            let entry = &mut self.queue[i];
+            match &mut entry.slot {
+                Slot::Waiting {
+                    collector: Collector::Stream(s),
+                    ..
+                } => {
+                    if let Some(row) = s.pop() {
+                        return Poll::Ready(Some(Ok(row)));
+                    }
+                }
+                Slot::Done(Ok(Output::Stream(s))) => {
+                    if let Some(row) = s.pop() {
+                        return Poll::Ready(Some(Ok(row)));
+                    }
+                    if let Some(e) = s.error.take() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    return Poll::Ready(None);
+                }
+                Slot::Done(Err(_)) => {
+                    let Slot::Done(Err(e)) = std::mem::replace(&mut entry.slot, Slot::Gone) else {
+                        unreachable!()
+                    };
+                    self.compact();
+                    self.wake_next_driver();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                _ => return Poll::Ready(None),
+            }
+            if self.drive(cx).is_pending() {
+                let i = self.index(id).expect("an owned request stays queued");
+                self.queue[i].waker = Some(match mine.take() {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                });
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// A finished stream's row count and command tag; the stream leaves the queue.
+    pub(crate) fn finish_stream(&mut self, id: u64) -> (Option<u64>, Option<String>) {
+        let Some(i) = self.index(id) else {
+            return (None, None);
+        };
+        let entry = &mut self.queue[i];
+        let summary = match &entry.slot {
+            Slot::Done(Ok(Output::Stream(s))) => (s.affected, s.tag.clone()),
+            _ => (None, None),
+        };
+        if matches!(entry.slot, Slot::Done(_)) {
+            entry.slot = Slot::Gone;
+            self.compact();
+            self.wake_next_driver();
+        }
+        summary
+    }
+
+    /// The owner of request `id` went away before collecting its result.
+    pub(crate) fn abandon(&mut self, id: u64) {
+        let Some(i) = self.index(id) else {
+            return;
+        };
+        let entry = &mut self.queue[i];
+        entry.waker = None;
+        if i >= self.answered && entry.start >= self.sent && !entry.abandoned {
+            // Not a byte of it was written: the server never saw it, so take it back wherever
+            // it sits in the buffer (a dropped BEGIN must not open a transaction later, and a
+            // dropped query must not run).
+            let from = (entry.start - self.sent) as usize;
+            let to = (entry.end - self.sent) as usize;
+            let len = to - from;
+            let total = self.write.len();
+            self.write.copy_within(to..total, from);
+            self.write.truncate(total - len);
+            let entry = self.queue.remove(i).expect("found above");
+            for later in self.queue.iter_mut().skip(i) {
+                later.start -= len as u64;
+                later.end -= len as u64;
+            }
+            // The Closes it carried still have to reach the server.
+            self.statements.requeue_closes(entry.closes);
+            self.wake_next_driver();
+            return;
+        }
+        match &mut entry.slot {
+            Slot::Waiting { collector, .. } => {
+                entry.abandoned = true;
+                collector.abandon();
+            }
+            Slot::Done(_) => {
+                // Answered but never collected: a statement prepared for nobody is closed
+                // with the next request.
+                if let Slot::Done(Ok(out)) = std::mem::replace(&mut entry.slot, Slot::Gone) {
+                    if let Some(name) = out.orphaned_statement() {
+                        self.statements.close_later(name);
+                    }
+                }
+            }
+            Slot::Gone => {}
+        }
+        self.compact();
+        // The dropped future may have been the one registered with the socket, or a full
+        // stream that held everyone back.
+        self.wake_next_driver();
+    }
+
+    /// Drops collected entries off the queue's front.
+    fn compact(&mut self) {
+        while self.answered > 0
+            && matches!(self.queue.front(), Some(e) if matches!(e.slot, Slot::Gone))
+        {
+            self.queue.pop_front();
+            self.answered -= 1;
+        }
+    }
+
+    /// Wakes the first caller still waiting for an answer, so that it takes over driving.
+    fn wake_next_driver(&mut self) {
+        let answered = self.answered;
+        if let Some(e) = self
+            .queue
+            .iter_mut()
+            .skip(answered)
+            .find(|e| e.waker.is_some())
+        {
+            if let Some(w) = e.waker.take() {
+                w.wake();
+            }
+        } else if let Some(w) = self.notification_waker.take() {
+            w.wake();
         }
     }
 
@@ -303,128 +501,43 @@ impl State {
         self.closed.is_none()
     }
 
-    /// Evicts a statement from the cache (its plan went stale).
-    pub(crate) fn evict(&mut self, sql: &str) {
-        self.statements.remove(sql);
-    }
-
-    fn entry(&mut self, id: u64) -> &mut Entry {
-        let idx = (id - self.base_id) as usize;
-        &mut self.queue[idx]
-    }
-
-    /// Polls for request `id`'s result, driving the socket meanwhile.
-    pub(crate) fn poll_request(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Result<Output>> {
-        // While this caller drives, its own waker stays out of the queue: the answer it reads
-        // for itself must not wake the task that is running (on a work-stealing scheduler a
-        // task woken during its own poll is queued again and another worker is woken for it,
-        // a cross-thread hop on every query).
-        let mut mine = self.entry(id).waker.take();
-        loop {
-            let entry = self.entry(id);
-            if let Slot::Done(_) = entry.slot {
-                let Slot::Done(out) = std::mem::replace(&mut entry.slot, Slot::Gone) else {
-                    unreachable!()
-                };
-                self.compact();
-                self.wake_next_driver();
-                return Poll::Ready(out);
-            }
-            match self.drive(cx) {
-                Poll::Ready(()) => continue,
-                Poll::Pending => {
-                    self.entry(id).waker = Some(match mine.take() {
-                        Some(w) if w.will_wake(cx.waker()) => w,
-                        _ => cx.waker().clone(),
-                    });
-                    return Poll::Pending;
+    /// One round of socket work: write what is queued, read what arrived and route it.
+    /// `Ready` means progress was made (or the connection closed); `Pending` means the socket
+    /// has nothing for us now and `cx` is registered with it (or a full stream holds reading
+    /// back, and its owner will drive once it takes rows).
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stream.is_none() {
+            return Poll::Ready(());
+        }
+        if self.paused {
+            // Frames are waiting in the read buffer: route them before reading more.
+            match self.route_buffered() {
+                Ok(true) => return Poll::Ready(()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.close_protocol(e);
+                    return Poll::Ready(());
                 }
             }
         }
-    }
-
-    /// The owner of request `id` went away before collecting its result.
-    pub(crate) fn abandon(&mut self, id: u64) {
-        if id < self.base_id {
-            return;
-        }
-        // A request still wholly in the write buffer, with nothing queued behind it, was never
-        // seen by the server: take it back, so that a future dropped before it was polled
-        // leaves no trace (a dropped BEGIN must not open a transaction later).
-        let idx = (id - self.base_id) as usize;
-        let unsent = idx + 1 == self.queue.len()
-            && idx >= self.answered
-            && self.write.len() >= self.queue[idx].wire_len;
-        if unsent {
-            let keep = self.write.len() - self.queue[idx].wire_len;
-            self.write.truncate(keep);
-            self.queue.pop_back();
-            self.unsent = self.unsent.saturating_sub(1);
-            self.wake_next_driver();
-            return;
-        }
-        let entry = self.entry(id);
-        entry.waker = None;
-        match entry.slot {
-            Slot::Waiting { .. } => entry.abandoned = true,
-            Slot::Done(_) => entry.slot = Slot::Gone,
-            Slot::Gone => {}
-        }
-        self.compact();
-        // The dropped future may have been the one registered with the socket.
-        self.wake_next_driver();
-    }
-
-    /// Drops collected entries off the queue's front.
-    fn compact(&mut self) {
-        while self.answered > 0
-            && matches!(self.queue.front(), Some(e) if matches!(e.slot, Slot::Gone))
-        {
-            self.queue.pop_front();
-            self.base_id += 1;
-            self.answered -= 1;
-        }
-    }
-
-    /// Wakes the first caller still waiting for an answer, so that it takes over driving.
-    fn wake_next_driver(&mut self) {
-        let answered = self.answered;
-        if let Some(e) = self
-            .queue
-            .iter_mut()
-            .skip(answered)
-            .find(|e| e.waker.is_some())
-        {
-            if let Some(w) = e.waker.take() {
-                w.wake();
-            }
-        } else if let Some(w) = self.notification_waker.take() {
-            w.wake();
-        }
-    }
-
-    /// One round of socket work: write what is queued, read what arrived and route it.
-    /// `Ready` means progress was made (or the connection closed); `Pending` means the socket
-    /// has nothing for us now and `cx` is registered with it.
-    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Poll::Ready(());
-        };
+        let stream = self.stream.as_mut().expect("checked above");
         // While other requests are on the wire, new ones wait for the next answer and then go
         // out together: the server runs a connection's statements one after another anyway,
         // and one write for many requests is what makes pipelining cheap. With nothing on the
         // wire awaiting an answer, a large backlog, or an answer just read, it sends at once.
-        // Holding back only while an answer is certain to come is what keeps this from
-        // stalling: that answer's reader sets `flush_due`.
-        let unanswered = self.queue.len() - self.answered;
-        let on_the_wire = unanswered.saturating_sub(self.unsent);
-        let send_now = on_the_wire == 0 || self.flush_due || self.write.len() >= WRITE_BATCH;
+        // Holding back only while an answer is certain to come (a request wholly written and
+        // not answered) is what keeps this from stalling: that answer's reader sets
+        // `flush_due`.
+        let answer_due = self
+            .queue
+            .get(self.answered)
+            .is_some_and(|e| e.end <= self.sent);
+        let send_now = !answer_due || self.flush_due || self.write.len() >= WRITE_BATCH;
         if send_now && !self.write.is_empty() {
             self.flush_due = false;
+            let before = self.write.len();
             let res = poll_write_all(stream, &mut self.write, cx);
-            if self.write.is_empty() {
-                self.unsent = 0;
-            }
+            self.sent += (before - self.write.len()) as u64;
             match res {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
                 Poll::Ready(Err(e)) => {
@@ -433,30 +546,26 @@ impl State {
                 }
             }
         }
+        if self.paused {
+            // A full stream holds reading back until its owner takes rows.
+            return Poll::Pending;
+        }
         // Reading even while a write is blocked keeps a large pipelined batch from deadlocking
         // against a server that is itself blocked sending us answers.
+        let stream = self.stream.as_mut().expect("checked above");
         match self.read.poll_fill(stream, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(0)) => {
-                self.close(CloseReason {
-                    kind: ErrorKind::Closed,
-                    message: "the server closed the connection".into(),
-                    db: None,
-                    io: None,
-                });
+                self.close(CloseReason::new(
+                    ErrorKind::Closed,
+                    "the server closed the connection",
+                ));
                 Poll::Ready(())
             }
             Poll::Ready(Ok(_)) => {
                 self.flush_due = true;
-                if let Err(e) = self.dispatch_all() {
-                    self.close(CloseReason {
-                        kind: ErrorKind::Protocol,
-                        message: format!(
-                            "the server broke the protocol ({e}); the connection was closed"
-                        ),
-                        db: None,
-                        io: None,
-                    });
+                if let Err(e) = self.route_buffered() {
+                    self.close_protocol(e);
                 }
                 Poll::Ready(())
             }
@@ -465,6 +574,13 @@ impl State {
                 Poll::Ready(())
             }
         }
+    }
+
+    fn close_protocol(&mut self, e: Error) {
+        self.close(CloseReason::new(
+            ErrorKind::Protocol,
+            format!("the server broke the protocol ({e}); the connection was closed"),
+        ));
     }
 
     fn close_io(&mut self, what: &str, e: std::io::Error) {
@@ -483,8 +599,9 @@ impl State {
             self.closed = Some(reason);
         }
         self.stream = None;
+        self.sent += self.write.len() as u64;
         self.write.clear();
-        self.unsent = 0;
+        self.paused = false;
         let reason = self.closed.clone().expect("set above");
         for e in self.queue.iter_mut().skip(self.answered) {
             e.slot = if e.abandoned {
@@ -505,24 +622,18 @@ impl State {
 
     /// Closes a connection whose server stopped answering.
     pub(crate) fn close_stuck(&mut self) {
-        self.close(CloseReason {
-            kind: ErrorKind::Closed,
-            message: "the server did not answer a cancel request in time; the connection was \
-                      closed"
-                .into(),
-            db: None,
-            io: None,
-        });
+        self.close(CloseReason::new(
+            ErrorKind::Closed,
+            "the server did not answer a cancel request in time; the connection was closed",
+        ));
     }
 
     /// Closes the connection at the caller's request.
     pub(crate) fn close_by_client(&mut self) {
-        self.close(CloseReason {
-            kind: ErrorKind::Closed,
-            message: "the connection was closed by the client (close() was called)".into(),
-            db: None,
-            io: None,
-        });
+        self.close(CloseReason::new(
+            ErrorKind::Closed,
+            "the connection was closed by the client (close() was called)",
+        ));
     }
 
     /// Takes the socket out for a graceful shutdown.
@@ -530,26 +641,36 @@ impl State {
         self.stream.take()
     }
 
-    fn dispatch_all(&mut self) -> Result<()> {
-        while let Some(frame) = self.read.next_frame()? {
-            let msg = match frame {
-                Frame::DataRow(row) => {
-                    self.dispatch_row(row)?;
-                    continue;
-                }
-                Frame::Message(m) => m,
+    /// Routes the frames in the read buffer. Stops early, leaving the rest buffered, when the
+    /// request being answered is a stream whose buffer is full. Returns whether any frame was
+    /// routed.
+    fn route_buffered(&mut self) -> Result<bool> {
+        let mut routed = false;
+        self.paused = false;
+        loop {
+            if self.queue.get(self.answered).is_some_and(
+                |e| matches!(&e.slot, Slot::Waiting { collector, .. } if collector.is_full()),
+            ) {
+                self.paused = true;
+                return Ok(routed);
+            }
+            let Some(frame) = self.read.next_frame()? else {
+                return Ok(routed);
             };
-            self.dispatch(msg)?;
+            routed = true;
+            match frame {
+                Frame::DataRow(row) => self.route_row(row)?,
+                Frame::Message(m) => self.route(m)?,
+            }
             if self.closed.is_some() {
-                break;
+                return Ok(true);
             }
         }
-        Ok(())
     }
 
     /// Routes a row to the request it answers: the hot path of every result.
     #[inline]
-    fn dispatch_row(&mut self, row: Bytes) -> Result<()> {
+    fn route_row(&mut self, row: Bytes) -> Result<()> {
         let Some(entry) = self.queue.get_mut(self.answered) else {
             return Err(Error::protocol("a row arrived with no request in flight"));
         };
@@ -559,35 +680,21 @@ impl State {
         if error.is_some() {
             return Ok(());
         }
-        let res = match collector {
-            Collector::Query { columns, rows, .. } => {
-                Row::from_frame(columns.clone(), row).map(|r| rows.push(r))
+        match collector.row(row) {
+            // A stream's first buffered row wakes its owner (unless the owner is the one
+            // driving: its waker is out of the queue then).
+            Ok(true) => {
+                if let Some(w) = entry.waker.take() {
+                    w.wake();
+                }
             }
-            Collector::Simple { columns, out } => match columns {
-                Some(cols) => SimpleRow::from_frame(cols.clone(), row)
-                    .map(|r| out.push(SimpleQueryMessage::Row(r))),
-                None => Err(Error::protocol("DataRow before RowDescription")),
-            },
-            Collector::Batch {
-                parts,
-                current,
-                failed: None,
-            } => match parts.get_mut(*current) {
-                Some(part) => Row::from_frame(part.columns.clone(), row).map(|r| part.rows.push(r)),
-                None => Err(Error::protocol(
-                    "a row arrived after the pipeline's last result",
-                )),
-            },
-            Collector::Batch { .. } => Ok(()),
-            Collector::Prepare { .. } => Err(Error::protocol("a row arrived in answer to Parse")),
-        };
-        if let Err(e) = res {
-            *error = Some(e);
+            Ok(false) => {}
+            Err(e) => *error = Some(e),
         }
         Ok(())
     }
 
-    fn dispatch(&mut self, msg: Message) -> Result<()> {
+    fn route(&mut self, msg: Message) -> Result<()> {
         // Messages the server may send at any time never reach a request.
         match msg {
             Message::NoticeResponse(body) => {
@@ -656,15 +763,8 @@ impl State {
                     )));
                 };
                 if let Slot::Waiting { error, collector } = &mut entry.slot {
-                    match collector {
-                        // A pipeline keeps the answers before the failure.
-                        Collector::Batch {
-                            current,
-                            failed: failed @ None,
-                            ..
-                        } if error.is_none() => *failed = Some((*current, Error::db(err))),
-                        _ if error.is_none() => *error = Some(Error::db(err)),
-                        _ => {}
+                    if error.is_none() {
+                        *error = collector.take_error(Error::db(err));
                     }
                 }
                 return Ok(());
@@ -675,7 +775,6 @@ impl State {
         let answered = self.answered;
         // Whether this request is the last one queued and nothing is waiting to be written.
         let alone = answered + 1 == self.queue.len() && self.write.is_empty();
-        let mut desync = false;
         let Some(entry) = self.queue.get_mut(answered) else {
             return Err(Error::protocol(format!(
                 "unexpected message {} with no request in flight",
@@ -694,19 +793,15 @@ impl State {
                 else {
                     unreachable!()
                 };
-                let out = match error {
-                    Some(e) => Err(e),
-                    None => finish(
-                        collector,
-                        &mut self.statements,
-                        &self.types,
-                        entry.abandoned,
-                    ),
-                };
-                // An abandoned answer is dropped here (a prepared statement in it was still
-                // cached by `finish`); a detached request's driver is woken to finish.
-                if !entry.abandoned {
-                    entry.slot = Slot::Done(out);
+                if entry.abandoned {
+                    // Nobody collects this answer; a statement it prepared is closed later.
+                    if let Some(name) = collector.orphaned_statement() {
+                        if error.is_none() {
+                            self.statements.close_later(name);
+                        }
+                    }
+                } else {
+                    entry.slot = Slot::Done(collector.finish(error));
                 }
                 if let Some(w) = entry.waker.take() {
                     w.wake();
@@ -720,215 +815,90 @@ impl State {
                 // (CopyFail, plus Sync for the extended protocol, whose own Sync the server
                 // skipped in COPY mode). A request pipelined behind it has already been
                 // swallowed as COPY data, so the connection cannot be kept in step: close it.
-                let simple = matches!(collector, Collector::Simple { .. });
-                if alone {
-                    if error.is_none() {
-                        *error = Some(Error::usage(
-                            "COPY ... FROM STDIN cannot run through query() or execute(); \
-                             use the COPY API",
-                        ));
-                    }
-                    let _ = postgres_protocol::message::frontend::copy_fail(
-                        "COPY FROM STDIN is not supported through query()",
-                        &mut self.write,
-                    );
-                    if !simple {
-                        postgres_protocol::message::frontend::sync(&mut self.write);
-                    }
-                } else {
-                    desync = true;
+                if !alone {
+                    self.close(CloseReason::new(
+                        ErrorKind::Closed,
+                        "COPY ... FROM STDIN was sent through query() while other requests \
+                         were pipelined behind it; use the COPY API",
+                    ));
+                    return Ok(());
                 }
+                if error.is_none() {
+                    *error = Some(Error::usage(
+                        "COPY ... FROM STDIN cannot run through query() or execute(); \
+                         use the COPY API",
+                    ));
+                }
+                let simple = matches!(collector, Collector::Simple(_) | Collector::Discard);
+                let _ = frontend::copy_fail(
+                    "COPY FROM STDIN is not supported through query()",
+                    &mut self.write,
+                );
+                if !simple {
+                    frontend::sync(&mut self.write);
+                }
+                // These bytes belong to the request being answered, the last one queued.
+                entry.end = self.sent + self.write.len() as u64;
             }
             msg => {
                 if error.is_none() {
-                    if let Err(e) = collect(collector, msg) {
+                    if let Err(e) = collector.message(msg) {
                         *error = Some(e);
                     }
                 }
             }
         }
-        if desync {
-            self.close(CloseReason {
-                kind: ErrorKind::Closed,
-                message: "COPY ... FROM STDIN was sent through query() while other requests \
-                          were pipelined behind it; use the COPY API"
-                    .into(),
-                db: None,
-                io: None,
-            });
-        }
         Ok(())
     }
-}
 
-/// Routes one message of a request's answer into its collector.
-fn collect(collector: &mut Collector, msg: Message) -> Result<()> {
-    match (collector, msg) {
-        // Statements closed on the server ride on any request; their answers carry nothing.
-        (_, Message::CloseComplete) => {}
-        (Collector::Query { affected, tag, .. }, Message::CommandComplete(body)) => {
-            let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
-            if let Some(n) = rows_from_tag(t) {
-                *affected = Some(affected.unwrap_or(0) + n);
+    /// Checks the bookkeeping that answers and take-backs rely on; `Err` says what broke.
+    /// Cheap enough for the model test to call after every step.
+    #[cfg(test)]
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        if self.answered > self.queue.len() {
+            return Err(format!(
+                "{} answered of {} queued",
+                self.answered,
+                self.queue.len()
+            ));
+        }
+        let mut next = None;
+        let mut last_id = None;
+        for e in &self.queue {
+            if last_id.is_some_and(|l| e.id <= l) {
+                return Err("ids out of order".into());
             }
-            *tag = Some(t.to_owned());
-        }
-        (
-            Collector::Batch {
-                parts,
-                current,
-                failed: None,
-            },
-            Message::CommandComplete(body),
-        ) => {
-            let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
-            let part = parts
-                .get_mut(*current)
-                .ok_or_else(|| Error::protocol("more results than pipelined statements"))?;
-            part.affected = rows_from_tag(t);
-            part.tag = Some(t.to_owned());
-            *current += 1;
-        }
-        (Collector::Batch { current, .. }, Message::EmptyQueryResponse) => *current += 1,
-        (
-            Collector::Batch { .. },
-            Message::BindComplete | Message::ParseComplete | Message::NoData,
-        ) => {}
-        (Collector::Query { .. }, Message::BindComplete | Message::ParseComplete)
-        | (Collector::Query { .. }, Message::EmptyQueryResponse)
-        | (Collector::Query { .. }, Message::NoData) => {}
-        (Collector::Prepare { params, .. }, Message::ParameterDescription(body)) => {
-            use fallible_iterator::FallibleIterator;
-            let oids: Vec<u32> = body
-                .parameters()
-                .collect()
-                .map_err(|e| Error::protocol(e.to_string()))?;
-            *params = Some(oids.into_iter().map(type_for_oid).collect());
-        }
-        (Collector::Prepare { columns, .. }, Message::RowDescription(body)) => {
-            *columns = Some(parse_row_description(&body)?);
-        }
-        (Collector::Prepare { columns, .. }, Message::NoData) => *columns = Some(Vec::new()),
-        (Collector::Prepare { .. }, Message::ParseComplete) => {}
-        (Collector::Simple { columns, .. }, Message::RowDescription(body)) => {
-            let cols: Arc<[Column]> = parse_row_description(&body)?.into();
-            *columns = Some(cols);
-        }
-        (Collector::Simple { columns, out }, Message::CommandComplete(body)) => {
-            let tag = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
-            out.push(SimpleQueryMessage::CommandComplete {
-                tag: tag.to_owned(),
-                rows: rows_from_tag(tag),
-            });
-            *columns = None;
-        }
-        (Collector::Simple { .. }, Message::EmptyQueryResponse)
-        | (Collector::Simple { .. }, Message::CopyOutResponse(_) | Message::CopyData(_))
-        | (Collector::Simple { .. }, Message::CopyDone) => {}
-        (_, Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
-        (_, msg) => {
-            return Err(Error::protocol(format!(
-                "unexpected message {} in this answer",
-                message_name(&msg)
-            )))
-        }
-    }
-    Ok(())
-}
-
-/// Turns a request's collected answer into its result once `ReadyForQuery` arrives.
-fn finish(
-    collector: Collector,
-    cache: &mut StatementCache,
-    types: &HashMap<Oid, Type>,
-    abandoned: bool,
-) -> Result<Output> {
-    Ok(match collector {
-        Collector::Prepare {
-            name,
-            sql,
-            params,
-            columns,
-            cache: cache_it,
-        } => {
-            let params = params.ok_or_else(|| Error::protocol("no ParameterDescription"))?;
-            let columns = columns.ok_or_else(|| Error::protocol("no RowDescription or NoData"))?;
-            // Types looked up earlier replace their placeholders.
-            let known = |t: &Type| Type::from_oid(t.oid()).is_some();
-            let lookup = |t: Type| match types.get(&t.oid()) {
-                Some(resolved) if !known(&t) => resolved.clone(),
-                _ => t,
-            };
-            let params: Vec<Type> = params.into_iter().map(lookup).collect();
-            let columns: Vec<Column> = columns
-                .into_iter()
-                .map(|c| {
-                    let t = lookup(c.type_().clone());
-                    c.with_type(t)
-                })
-                .collect();
-            let unresolved = params
-                .iter()
-                .chain(columns.iter().map(Column::type_))
-                .any(|t| !known(t) && !types.contains_key(&t.oid()));
-            if unresolved {
-                if abandoned {
-                    // Nobody will finish this statement: close it with the next request.
-                    cache.close_later(name);
-                    return Err(Error::usage("abandoned"));
+            last_id = Some(e.id);
+            if e.start > e.end {
+                return Err(format!("request {} has range {}..{}", e.id, e.start, e.end));
+            }
+            if e.end <= self.sent {
+                continue;
+            }
+            // The unwritten parts tile the write buffer in queue order.
+            let from = e.start.max(self.sent);
+            if let Some(n) = next {
+                if from != n {
+                    return Err(format!(
+                        "request {} starts at {from}, the previous one ended at {n}",
+                        e.id
+                    ));
                 }
-                return Ok(Output::Unresolved {
-                    name,
-                    sql,
-                    params,
-                    columns,
-                    cache: cache_it,
-                });
+            } else if from != self.sent {
+                return Err(format!(
+                    "the write buffer starts at {} but its first request at {from}",
+                    self.sent
+                ));
             }
-            let stmt = cache.make(name, sql, params, columns);
-            if cache_it {
-                cache.insert(stmt.clone());
-            }
-            Output::Statement(stmt)
+            next = Some(e.end);
         }
-        Collector::Query {
-            rows,
-            affected,
-            tag,
-            ..
-        } => Output::Rows {
-            rows,
-            affected,
-            tag,
-        },
-        Collector::Simple { out, .. } => Output::Simple(out),
-        Collector::Batch { parts, failed, .. } => Output::Batch { parts, failed },
-    })
-}
-
-fn message_name(msg: &Message) -> &'static str {
-    match msg {
-        Message::AuthenticationOk => "AuthenticationOk",
-        Message::BackendKeyData(_) => "BackendKeyData",
-        Message::BindComplete => "BindComplete",
-        Message::CloseComplete => "CloseComplete",
-        Message::CommandComplete(_) => "CommandComplete",
-        Message::CopyData(_) => "CopyData",
-        Message::CopyDone => "CopyDone",
-        Message::CopyInResponse(_) => "CopyInResponse",
-        Message::CopyOutResponse(_) => "CopyOutResponse",
-        Message::DataRow(_) => "DataRow",
-        Message::EmptyQueryResponse => "EmptyQueryResponse",
-        Message::ErrorResponse(_) => "ErrorResponse",
-        Message::NoData => "NoData",
-        Message::NoticeResponse(_) => "NoticeResponse",
-        Message::NotificationResponse(_) => "NotificationResponse",
-        Message::ParameterDescription(_) => "ParameterDescription",
-        Message::ParameterStatus(_) => "ParameterStatus",
-        Message::ParseComplete => "ParseComplete",
-        Message::PortalSuspended => "PortalSuspended",
-        Message::ReadyForQuery(_) => "ReadyForQuery",
-        Message::RowDescription(_) => "RowDescription",
-        _ => "an authentication message",
+        let buffered_to = self.sent + self.write.len() as u64;
+        if next.unwrap_or(self.sent) != buffered_to {
+            return Err(format!(
+                "the write buffer ends at {buffered_to} but its last request at {}",
+                next.unwrap_or(self.sent)
+            ));
+        }
+        Ok(())
     }
 }

@@ -1,12 +1,27 @@
 //! Prepared statements and the per-connection statement cache.
+//!
+//! Preparing, caching and resolving a statement's types happen here, around the router: the
+//! router only carries a Parse/Describe request and hands back what the server described.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use postgres_protocol::message::frontend;
 
 use aiopg_core::row::Column;
 use aiopg_core::types::Type;
+use aiopg_core::{protocol, Error, Result};
+
+use crate::collect::{Collector, Output};
+use crate::Connection;
+
+/// Statement names are unique in the process, and each cache (one per connection) has an id
+/// its statements carry, so that a statement is never run on a connection that did not
+/// prepare it.
+static NEXT_NAME: AtomicU64 = AtomicU64::new(1);
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
 
 /// Names of server-side statements whose last handle was dropped, waiting to be closed with
 /// the next request. Kept apart from the connection state so that dropping a statement never
@@ -20,12 +35,17 @@ pub(crate) struct CloseList {
 
 /// A prepared statement: its parameter types and result columns.
 ///
-/// Statements belong to the connection that prepared them. The server-side statement is
-/// closed once the last handle is dropped and the statement has left the cache.
+/// A statement belongs to the connection that prepared it: running it on another connection
+/// (say, a pooled connection other than the one it was prepared on) fails with an
+/// [`ErrorKind::Usage`](aiopg_core::ErrorKind::Usage) error rather than running whatever that
+/// connection has under the same name. The server-side statement is closed once the last
+/// handle is dropped and the statement has left the cache.
 #[derive(Clone)]
 pub struct Statement(Arc<Inner>);
 
 struct Inner {
+    /// The id of the connection (its statement cache) that prepared it.
+    owner: u64,
     name: String,
     sql: Arc<str>,
     params: Vec<Type>,
@@ -68,6 +88,19 @@ impl Statement {
     pub(crate) fn columns_arc(&self) -> &Arc<[Column]> {
         &self.0.columns
     }
+
+    /// Fails unless this statement was prepared on the connection owning `cache`.
+    #[inline]
+    pub(crate) fn check_owner(&self, cache: &StatementCache) -> Result<()> {
+        if self.0.owner == cache.id {
+            return Ok(());
+        }
+        Err(Error::usage(format!(
+            "statement {:?} was prepared on another connection; prepare it on this one \
+             (statements belong to the connection that prepared them)",
+            self.0.name
+        )))
+    }
 }
 
 impl fmt::Debug for Statement {
@@ -82,10 +115,10 @@ impl fmt::Debug for Statement {
 
 /// A least-recently-used cache of prepared statements, keyed by SQL text.
 pub(crate) struct StatementCache {
+    id: u64,
     capacity: usize,
     map: HashMap<Arc<str>, (Statement, u64)>,
     tick: u64,
-    next_name: u64,
     close_list: Arc<CloseList>,
 }
 
@@ -101,10 +134,10 @@ impl fmt::Debug for StatementCache {
 impl StatementCache {
     pub(crate) fn new(capacity: usize) -> StatementCache {
         StatementCache {
+            id: NEXT_CACHE.fetch_add(1, Ordering::Relaxed),
             capacity,
             map: HashMap::new(),
             tick: 0,
-            next_name: 0,
             close_list: Arc::new(CloseList::default()),
         }
     }
@@ -114,8 +147,7 @@ impl StatementCache {
         if self.capacity == 0 {
             return String::new();
         }
-        self.next_name += 1;
-        format!("aiopg_s{}", self.next_name)
+        format!("aiopg_s{}", NEXT_NAME.fetch_add(1, Ordering::Relaxed))
     }
 
     #[inline]
@@ -136,6 +168,7 @@ impl StatementCache {
         columns: Vec<Column>,
     ) -> Statement {
         Statement(Arc::new(Inner {
+            owner: self.id,
             name,
             sql,
             params,
@@ -195,7 +228,96 @@ impl StatementCache {
         }
     }
 
+    /// Gives back Closes taken with [`take_closes`](Self::take_closes) that never reached the
+    /// server (their request was taken back or failed to encode).
+    pub(crate) fn requeue_closes(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        if let Ok(mut list) = self.close_list.names.lock() {
+            list.extend(names);
+            self.close_list.pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// The server-side names the cache holds and the ones waiting to be closed.
+    #[cfg(test)]
+    pub(crate) fn names(&self) -> (Vec<String>, Vec<String>) {
+        let cached = self
+            .map
+            .values()
+            .map(|(s, _)| s.name().to_owned())
+            .collect();
+        let closing = self.close_list.names.lock().unwrap().clone();
+        (cached, closing)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+impl Connection {
+    /// Prepares `sql` on the server, using the statement cache.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// let stmt = conn.prepare("SELECT $1::int4 + 1").await?;
+    /// assert_eq!(stmt.params().len(), 1);
+    /// let rows = conn.query_prepared(&stmt, &[&41i32]).await?;
+    /// assert_eq!(rows[0].get::<i32>(0), 42);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves nothing behind: a Parse not yet sent is taken back, and a
+    /// statement the server prepared for nobody is closed with the next request.
+    pub async fn prepare(&self, sql: &str) -> Result<Statement> {
+        if let Some(stmt) = self.shared.lock().statements.get(sql) {
+            return Ok(stmt);
+        }
+        self.prepare_uncached(sql).await
+    }
+
+    async fn prepare_uncached(&self, sql: &str) -> Result<Statement> {
+        let req = self.start(|st| {
+            let name = st.statements.next_name();
+            protocol::encode_or_rollback(&mut st.write, |w| {
+                frontend::parse(&name, sql, std::iter::empty(), w)?;
+                frontend::describe(b'S', &name, w)?;
+                frontend::sync(w);
+                Ok(())
+            })?;
+            Ok(Collector::prepare(name, Arc::from(sql)))
+        })?;
+        let Output::Prepared {
+            name,
+            sql,
+            cache,
+            params,
+            columns,
+        } = req.await?
+        else {
+            return Err(Error::protocol("unexpected answer to Parse"));
+        };
+        // Keep the server-side statement closed if this future is dropped from here on.
+        let guard = crate::typeinfo::CloseOnDrop::new(self, name);
+        let mut resolved = Vec::with_capacity(params.len());
+        for t in params {
+            resolved.push(self.resolve_type(t).await?);
+        }
+        let mut cols = Vec::with_capacity(columns.len());
+        for c in columns {
+            let t = self.resolve_type(c.type_().clone()).await?;
+            cols.push(c.with_type(t));
+        }
+        let name = guard.defuse();
+        let mut st = self.shared.lock();
+        let stmt = st.statements.make(name, sql, resolved, cols);
+        if cache {
+            st.statements.insert(stmt.clone());
+        }
+        Ok(stmt)
     }
 }

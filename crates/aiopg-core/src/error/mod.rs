@@ -52,6 +52,9 @@ pub enum ErrorKind {
     /// The statement never ran: an earlier statement of the same pipeline failed, and the
     /// server skipped the rest of it.
     Aborted,
+    /// A statement returned another number of rows than the call expects (`query_one` got
+    /// none or several).
+    RowCount,
 }
 
 impl ErrorKind {
@@ -71,6 +74,7 @@ impl ErrorKind {
             ErrorKind::Encode => "cannot encode parameter",
             ErrorKind::Usage => "invalid use",
             ErrorKind::Aborted => "not run",
+            ErrorKind::RowCount => "unexpected number of rows",
         }
     }
 }

@@ -1,0 +1,430 @@
+//! What each kind of request does with its answer.
+//!
+//! The router (`state.rs`) hands a request's frames to its [`Collector`], in order, up to and
+//! excluding its `ReadyForQuery`, and then calls [`Collector::finish`]. It knows nothing else of
+//! what the frames mean: adding a kind of request (COPY, a new result shape) adds a variant
+//! here and touches no routing. An enum rather than a trait object keeps a query free of the
+//! allocation a `Box<dyn ..>` would cost on every request.
+//!
+//! Messages the server may send at any time (notices, notifications, parameter status) and
+//! `ErrorResponse` never reach a collector: the router handles those.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use postgres_protocol::message::backend::Message;
+
+use aiopg_core::protocol::rows_from_tag;
+use aiopg_core::row::{parse_row_description, type_for_oid, Column, Row, SimpleRow};
+use aiopg_core::types::Type;
+use aiopg_core::{Error, Result};
+
+use crate::SimpleQueryMessage;
+
+/// A row stream buffers at most this many rows before the connection stops reading...
+#[cfg(not(test))]
+const STREAM_ROWS: usize = 256;
+#[cfg(test)]
+const STREAM_ROWS: usize = 2;
+/// ... or this many bytes of row data, whichever comes first.
+const STREAM_BYTES: usize = 256 * 1024;
+
+/// Collects one request's answer.
+#[derive(Debug)]
+pub(crate) enum Collector {
+    /// Parse + Describe(statement) + Sync.
+    Prepare(Prepare),
+    /// Bind + Execute (once or more) + Sync: rows kept until the end.
+    Rows(Rows),
+    /// A simple-protocol Query.
+    Simple(Simple),
+    /// Several Bind + Execute pairs under one Sync (an explicit pipeline), each with its own
+    /// answer. The server skips everything after the first error until the Sync.
+    Batch(Batch),
+    /// Bind + Execute + Sync whose rows go to their owner as they arrive.
+    Stream(StreamRows),
+    /// An answer nobody reads (clean-up sent with [`crate::Connection::detach`]).
+    Discard,
+}
+
+#[derive(Debug)]
+pub(crate) struct Prepare {
+    pub(crate) name: String,
+    pub(crate) sql: Arc<str>,
+    pub(crate) cache: bool,
+    params: Option<Vec<Type>>,
+    columns: Option<Vec<Column>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Rows {
+    columns: Arc<[Column]>,
+    rows: Vec<Row>,
+    /// Rows affected, summed over every Execute of the request.
+    affected: Option<u64>,
+    /// The last command tag.
+    tag: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Simple {
+    columns: Option<Arc<[Column]>>,
+    out: Vec<SimpleQueryMessage>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Batch {
+    parts: Vec<BatchPart>,
+    /// The part whose answer is arriving.
+    current: usize,
+    /// The first error and the part it belongs to.
+    failed: Option<(usize, Error)>,
+}
+
+/// One statement's answer within a [`Collector::Batch`].
+#[derive(Debug)]
+pub(crate) struct BatchPart {
+    pub(crate) columns: Arc<[Column]>,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) affected: Option<u64>,
+    pub(crate) tag: Option<String>,
+}
+
+impl BatchPart {
+    pub(crate) fn new(columns: Arc<[Column]>) -> BatchPart {
+        BatchPart {
+            columns,
+            rows: Vec::new(),
+            affected: None,
+            tag: None,
+        }
+    }
+}
+
+/// A row stream's state: rows read but not yet taken by the owner, and how it ended.
+#[derive(Debug)]
+pub(crate) struct StreamRows {
+    columns: Arc<[Column]>,
+    /// Rows with their sizes on the wire.
+    rows: VecDeque<(Row, usize)>,
+    /// Bytes of row data in `rows`.
+    bytes: usize,
+    pub(crate) affected: Option<u64>,
+    pub(crate) tag: Option<String>,
+    /// Set by `finish`: the error that ended the stream, if any, given after the rows.
+    pub(crate) error: Option<Error>,
+}
+
+impl StreamRows {
+    /// The next buffered row.
+    pub(crate) fn pop(&mut self) -> Option<Row> {
+        let (row, len) = self.rows.pop_front()?;
+        self.bytes -= len;
+        Some(row)
+    }
+}
+
+impl Output {
+    /// A statement the server now holds that nobody will own, when the answer's owner left
+    /// before taking it.
+    pub(crate) fn orphaned_statement(self) -> Option<String> {
+        match self {
+            Output::Prepared { name, .. } if !name.is_empty() => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A finished request's result.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// A statement as the server described it; `statement.rs` resolves its types and
+    /// caches it.
+    Prepared {
+        name: String,
+        sql: Arc<str>,
+        cache: bool,
+        params: Vec<Type>,
+        columns: Vec<Column>,
+    },
+    Rows {
+        rows: Vec<Row>,
+        affected: Option<u64>,
+        tag: Option<String>,
+    },
+    Simple(Vec<SimpleQueryMessage>),
+    /// The answers of a pipeline, up to the first failure, and that failure.
+    Batch {
+        parts: Vec<BatchPart>,
+        failed: Option<(usize, Error)>,
+    },
+    /// A row stream's remaining rows and its end.
+    Stream(StreamRows),
+    Nothing,
+}
+
+impl Collector {
+    pub(crate) fn prepare(name: String, sql: Arc<str>) -> Collector {
+        Collector::Prepare(Prepare {
+            cache: !name.is_empty(),
+            name,
+            sql,
+            params: None,
+            columns: None,
+        })
+    }
+
+    pub(crate) fn rows(columns: Arc<[Column]>) -> Collector {
+        Collector::Rows(Rows {
+            columns,
+            rows: Vec::new(),
+            affected: None,
+            tag: None,
+        })
+    }
+
+    pub(crate) fn simple() -> Collector {
+        Collector::Simple(Simple::default())
+    }
+
+    pub(crate) fn batch(parts: Vec<BatchPart>) -> Collector {
+        Collector::Batch(Batch {
+            parts,
+            current: 0,
+            failed: None,
+        })
+    }
+
+    pub(crate) fn stream(columns: Arc<[Column]>) -> Collector {
+        Collector::Stream(StreamRows {
+            columns,
+            rows: VecDeque::new(),
+            bytes: 0,
+            affected: None,
+            tag: None,
+            error: None,
+        })
+    }
+
+    /// True when the owner must take rows before more are read (a stream's backpressure).
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        match self {
+            Collector::Stream(s) => s.rows.len() >= STREAM_ROWS || s.bytes >= STREAM_BYTES,
+            _ => false,
+        }
+    }
+
+    /// The owner left: keep only what the router needs to finish reading the answer.
+    pub(crate) fn abandon(&mut self) {
+        match self {
+            // Its statement name is needed to close it once the answer is in.
+            Collector::Prepare(_) => {}
+            // Rows already read are dropped, and so is the rest as it comes.
+            _ => *self = Collector::Discard,
+        }
+    }
+
+    /// A statement the server now holds that nobody will own, to close with a later request,
+    /// once an abandoned request's answer is complete.
+    pub(crate) fn orphaned_statement(self) -> Option<String> {
+        match self {
+            Collector::Prepare(p) if !p.name.is_empty() => Some(p.name),
+            _ => None,
+        }
+    }
+
+    /// Whether a server error ends this request's collection, or is kept as one part's
+    /// result (a pipeline keeps the answers before its failure).
+    pub(crate) fn take_error(&mut self, err: Error) -> Option<Error> {
+        match self {
+            Collector::Batch(b) if b.failed.is_none() => {
+                b.failed = Some((b.current, err));
+                None
+            }
+            _ => Some(err),
+        }
+    }
+
+    /// One `DataRow`: the hot path of every result. Returns true when a stream went from
+    /// empty to holding a row (its owner should be woken).
+    #[inline]
+    pub(crate) fn row(&mut self, frame: Bytes) -> Result<bool> {
+        match self {
+            Collector::Rows(r) => {
+                r.rows.push(Row::from_frame(r.columns.clone(), frame)?);
+                Ok(false)
+            }
+            Collector::Stream(s) => {
+                let len = frame.len();
+                let row = Row::from_frame(s.columns.clone(), frame)?;
+                s.bytes += len;
+                s.rows.push_back((row, len));
+                Ok(s.rows.len() == 1)
+            }
+            Collector::Simple(s) => match &s.columns {
+                Some(cols) => {
+                    let row = SimpleRow::from_frame(cols.clone(), frame)?;
+                    s.out.push(SimpleQueryMessage::Row(row));
+                    Ok(false)
+                }
+                None => Err(Error::protocol("DataRow before RowDescription")),
+            },
+            Collector::Batch(b) => {
+                if b.failed.is_some() {
+                    return Ok(false);
+                }
+                match b.parts.get_mut(b.current) {
+                    Some(part) => {
+                        part.rows
+                            .push(Row::from_frame(part.columns.clone(), frame)?);
+                        Ok(false)
+                    }
+                    None => Err(Error::protocol(
+                        "a row arrived after the pipeline's last result",
+                    )),
+                }
+            }
+            Collector::Discard => Ok(false),
+            Collector::Prepare(_) => Err(Error::protocol("a row arrived in answer to Parse")),
+        }
+    }
+
+    /// Any other message of the answer.
+    pub(crate) fn message(&mut self, msg: Message) -> Result<()> {
+        match (self, msg) {
+            // Statements closed on the server ride on any request; their answers carry nothing.
+            (_, Message::CloseComplete) => {}
+            (Collector::Discard, _) => {}
+            (
+                Collector::Rows(_) | Collector::Stream(_) | Collector::Batch(_),
+                Message::BindComplete | Message::ParseComplete | Message::NoData,
+            ) => {}
+            (Collector::Rows(_) | Collector::Stream(_), Message::EmptyQueryResponse) => {}
+            (Collector::Rows(r), Message::CommandComplete(body)) => {
+                let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+                if let Some(n) = rows_from_tag(t) {
+                    r.affected = Some(r.affected.unwrap_or(0) + n);
+                }
+                r.tag = Some(t.to_owned());
+            }
+            (Collector::Stream(s), Message::CommandComplete(body)) => {
+                let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+                s.affected = rows_from_tag(t);
+                s.tag = Some(t.to_owned());
+            }
+            (Collector::Batch(b), Message::CommandComplete(body)) => {
+                if b.failed.is_none() {
+                    let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+                    let part = b
+                        .parts
+                        .get_mut(b.current)
+                        .ok_or_else(|| Error::protocol("more results than pipelined statements"))?;
+                    part.affected = rows_from_tag(t);
+                    part.tag = Some(t.to_owned());
+                    b.current += 1;
+                }
+            }
+            (Collector::Batch(b), Message::EmptyQueryResponse) => b.current += 1,
+            (Collector::Prepare(p), Message::ParameterDescription(body)) => {
+                use fallible_iterator::FallibleIterator;
+                let oids: Vec<u32> = body
+                    .parameters()
+                    .collect()
+                    .map_err(|e| Error::protocol(e.to_string()))?;
+                p.params = Some(oids.into_iter().map(type_for_oid).collect());
+            }
+            (Collector::Prepare(p), Message::RowDescription(body)) => {
+                p.columns = Some(parse_row_description(&body)?);
+            }
+            (Collector::Prepare(p), Message::NoData) => p.columns = Some(Vec::new()),
+            (Collector::Prepare(_), Message::ParseComplete) => {}
+            (Collector::Simple(s), Message::RowDescription(body)) => {
+                s.columns = Some(parse_row_description(&body)?.into());
+            }
+            (Collector::Simple(s), Message::CommandComplete(body)) => {
+                let tag = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+                s.out.push(SimpleQueryMessage::CommandComplete {
+                    tag: tag.to_owned(),
+                    rows: rows_from_tag(tag),
+                });
+                s.columns = None;
+            }
+            (Collector::Simple(_), Message::EmptyQueryResponse) => {}
+            // COPY TO STDOUT sent through a query: its data is read and dropped.
+            (_, Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
+            (_, msg) => {
+                return Err(Error::protocol(format!(
+                    "unexpected message {} in this answer",
+                    message_name(&msg)
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// The request's `ReadyForQuery` arrived: its result, given the first error it met.
+    pub(crate) fn finish(self, error: Option<Error>) -> Result<Output> {
+        if let Collector::Stream(mut s) = self {
+            // The rows already read still reach the owner, then the error.
+            s.error = error;
+            return Ok(Output::Stream(s));
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        Ok(match self {
+            Collector::Prepare(p) => Output::Prepared {
+                params: p
+                    .params
+                    .ok_or_else(|| Error::protocol("no ParameterDescription"))?,
+                columns: p
+                    .columns
+                    .ok_or_else(|| Error::protocol("no RowDescription or NoData"))?,
+                name: p.name,
+                sql: p.sql,
+                cache: p.cache,
+            },
+            Collector::Rows(r) => Output::Rows {
+                rows: r.rows,
+                affected: r.affected,
+                tag: r.tag,
+            },
+            Collector::Simple(s) => Output::Simple(s.out),
+            Collector::Batch(b) => Output::Batch {
+                parts: b.parts,
+                failed: b.failed,
+            },
+            Collector::Stream(_) => unreachable!("handled above"),
+            Collector::Discard => Output::Nothing,
+        })
+    }
+}
+
+pub(crate) fn message_name(msg: &Message) -> &'static str {
+    match msg {
+        Message::AuthenticationOk => "AuthenticationOk",
+        Message::BackendKeyData(_) => "BackendKeyData",
+        Message::BindComplete => "BindComplete",
+        Message::CloseComplete => "CloseComplete",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::ErrorResponse(_) => "ErrorResponse",
+        Message::NoData => "NoData",
+        Message::NoticeResponse(_) => "NoticeResponse",
+        Message::NotificationResponse(_) => "NotificationResponse",
+        Message::ParameterDescription(_) => "ParameterDescription",
+        Message::ParameterStatus(_) => "ParameterStatus",
+        Message::ParseComplete => "ParseComplete",
+        Message::PortalSuspended => "PortalSuspended",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "an authentication message",
+    }
+}

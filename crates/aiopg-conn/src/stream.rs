@@ -1,0 +1,209 @@
+//! Row streams, and the query shapes users reach for (`query_one`, `query_opt`, `query_as`,
+//! `query_scalar`).
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+
+use aiopg_core::from_row::FromRow;
+use aiopg_core::row::{Column, Row};
+use aiopg_core::types::FromSqlOwned;
+use aiopg_core::{Error, ErrorKind, Result};
+
+use crate::collect::Collector;
+use crate::connection::{encode_execute, Param};
+use crate::{Connection, Statement};
+
+/// The rows of one statement, decoded as they arrive: from [`Connection::query_stream`].
+///
+/// Memory stays bounded whatever the result size: when the stream holds a few hundred rows
+/// (or 256 KiB of them) that its owner has not taken, the connection stops reading the
+/// socket until it does. Other requests on the connection wait behind the stream meanwhile
+/// (the server answers in order), so poll it to the end or drop it.
+///
+/// # Cancel safety
+///
+/// Dropping the stream mid-result keeps the connection in step: the rest of the result is
+/// read and discarded by whoever uses the connection next (the server still sends it all; to
+/// stop a long result early on the server, use `LIMIT` or a named cursor).
+pub struct RowStream {
+    conn: Connection,
+    id: u64,
+    columns: Arc<[Column]>,
+    done: bool,
+    rows_affected: Option<u64>,
+    tag: Option<String>,
+}
+
+impl fmt::Debug for RowStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowStream")
+            .field("columns", &self.columns.len())
+            .field("done", &self.done)
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+impl RowStream {
+    /// The result columns.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// Rows returned or affected, once the stream has ended (`None` before, and for commands
+    /// without a count).
+    pub fn rows_affected(&self) -> Option<u64> {
+        self.rows_affected
+    }
+
+    /// The command tag (`SELECT 5`), once the stream has ended.
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+}
+
+impl Stream for RowStream {
+    type Item = Result<Row>;
+
+    #[inline]
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        let mut st = this.conn.shared.lock();
+        let res = st.poll_row(this.id, cx);
+        if let Poll::Ready(None) = res {
+            let (affected, tag) = st.finish_stream(this.id);
+            drop(st);
+            this.done = true;
+            this.rows_affected = affected;
+            this.tag = tag;
+        }
+        res
+    }
+}
+
+impl Drop for RowStream {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.shared.lock().abandon(self.id);
+        }
+    }
+}
+
+impl Connection {
+    /// Runs a statement and streams its rows as they arrive, in bounded memory (see
+    /// [`RowStream`]); tokio-postgres calls this `query_raw`, sqlx `fetch`.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// use futures_util::TryStreamExt;
+    /// let mut rows = conn.query_stream("SELECT g FROM generate_series(1, $1) g", &[&1_000_000i32]).await?;
+    /// let mut sum = 0i64;
+    /// while let Some(row) = rows.try_next().await? {
+    ///     sum += i64::from(row.get::<i32>(0));
+    /// }
+    /// assert_eq!(rows.rows_affected(), Some(1_000_000));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Unlike [`query`](Self::query), a statement gone stale after a schema change is not run
+    /// again transparently (rows may already have been handed out): the stream yields the
+    /// error, and the statement is prepared afresh on the next call.
+    pub async fn query_stream(&self, sql: &str, params: &[Param<'_>]) -> Result<RowStream> {
+        let stmt = self.prepare(sql).await?;
+        self.query_stream_prepared(&stmt, params)
+    }
+
+    /// [`query_stream`](Self::query_stream) for a prepared statement. The request is queued
+    /// at once; rows arrive as the stream is polled.
+    pub fn query_stream_prepared(
+        &self,
+        stmt: &Statement,
+        params: &[Param<'_>],
+    ) -> Result<RowStream> {
+        let columns = stmt.columns_arc().clone();
+        let id = self.issue(|st| {
+            encode_execute(st, stmt, params)?;
+            Ok(Collector::stream(columns.clone()))
+        })?;
+        Ok(RowStream {
+            conn: self.clone(),
+            id,
+            columns,
+            done: false,
+            rows_affected: None,
+            tag: None,
+        })
+    }
+
+    /// Runs a statement that returns exactly one row, and returns it. Zero rows or more than
+    /// one is an error of kind [`ErrorKind::RowCount`].
+    pub async fn query_one(&self, sql: &str, params: &[Param<'_>]) -> Result<Row> {
+        let mut rows = self.query(sql, params).await?;
+        match rows.len() {
+            1 => Ok(rows.pop().expect("one row")),
+            n => Err(row_count(n, "exactly one")),
+        }
+    }
+
+    /// Runs a statement that returns at most one row: `None` for none, an error of kind
+    /// [`ErrorKind::RowCount`] for more than one.
+    pub async fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
+        let mut rows = self.query(sql, params).await?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => Ok(rows.pop()),
+            n => Err(row_count(n, "at most one")),
+        }
+    }
+
+    /// Runs a statement and builds a `T` out of each row ([`FromRow`]: tuples, or
+    /// `#[derive(FromRow)]` structs).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// let users: Vec<(i32, String)> = conn.query_as("SELECT id, name FROM users", &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_as<T: FromRow>(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<T>> {
+        let rows = self.query(sql, params).await?;
+        rows.iter().map(T::from_row).collect()
+    }
+
+    /// Runs a statement that returns one row, and returns its first column.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// let n: i64 = conn.query_scalar("SELECT count(*) FROM pg_class", &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_scalar<T: FromSqlOwned>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<T> {
+        let row = self.query_one(sql, params).await?;
+        if row.is_empty() {
+            return Err(Error::new(
+                ErrorKind::RowCount,
+                "query_scalar: the statement returns no columns",
+                None,
+            ));
+        }
+        row.try_get(0)
+    }
+}
+
+fn row_count(n: usize, wanted: &str) -> Error {
+    Error::new(
+        ErrorKind::RowCount,
+        format!("the statement returned {n} rows, but {wanted} was expected"),
+        None,
+    )
+}
