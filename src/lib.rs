@@ -61,8 +61,8 @@
 
 pub use aiopg_conn::{
     connect, Column, ConnectOptions, Connection, IsolationLevel, Notification, Param, Pipeline,
-    QueryResult, Row, Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction,
-    TransactionOptions, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
+    QueryResult, Row, RowStream, Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction,
+    TransactionOptions, CANCEL_GRACE, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
 };
 pub use aiopg_core::config::{self, Config};
 pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};

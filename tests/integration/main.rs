@@ -5,6 +5,7 @@ mod support;
 
 mod connect;
 mod cursor;
+mod engine;
 mod failure;
 mod from_row;
 mod mogrify;

@@ -60,6 +60,8 @@ pub(crate) struct Prepare {
 #[derive(Debug)]
 pub(crate) struct Rows {
     columns: Arc<[Column]>,
+    /// The columns come with the answer (a portal's RowDescription), not from a statement.
+    described: bool,
     rows: Vec<Row>,
     /// Rows affected, summed over every Execute of the request.
     affected: Option<u64>,
@@ -152,6 +154,8 @@ pub(crate) enum Output {
         rows: Vec<Row>,
         affected: Option<u64>,
         tag: Option<String>,
+        /// The columns, when the answer described them.
+        columns: Option<Arc<[Column]>>,
     },
     Simple(Vec<SimpleQueryMessage>),
     /// The answers of a pipeline, up to the first failure, and that failure.
@@ -178,6 +182,18 @@ impl Collector {
     pub(crate) fn rows(columns: Arc<[Column]>) -> Collector {
         Collector::Rows(Rows {
             columns,
+            described: false,
+            rows: Vec::new(),
+            affected: None,
+            tag: None,
+        })
+    }
+
+    /// Rows of an unprepared statement, whose RowDescription arrives with them.
+    pub(crate) fn described_rows() -> Collector {
+        Collector::Rows(Rows {
+            columns: Arc::from(Vec::new()),
+            described: true,
             rows: Vec::new(),
             affected: None,
             tag: None,
@@ -302,6 +318,9 @@ impl Collector {
                 Message::BindComplete | Message::ParseComplete | Message::NoData,
             ) => {}
             (Collector::Rows(_) | Collector::Stream(_), Message::EmptyQueryResponse) => {}
+            (Collector::Rows(r), Message::RowDescription(body)) if r.described => {
+                r.columns = parse_row_description(&body)?.into();
+            }
             (Collector::Rows(r), Message::CommandComplete(body)) => {
                 let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
                 if let Some(n) = rows_from_tag(t) {
@@ -387,6 +406,7 @@ impl Collector {
                 cache: p.cache,
             },
             Collector::Rows(r) => Output::Rows {
+                columns: r.described.then_some(r.columns),
                 rows: r.rows,
                 affected: r.affected,
                 tag: r.tag,

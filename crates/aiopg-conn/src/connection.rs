@@ -71,9 +71,10 @@ impl QueryResult {
                 rows,
                 affected,
                 tag,
+                columns,
             } => QueryResult {
                 rows,
-                columns: stmt.columns_arc().clone(),
+                columns: columns.unwrap_or_else(|| stmt.columns_arc().clone()),
                 tag,
                 rows_affected: affected,
             },
@@ -329,6 +330,66 @@ impl Connection {
             Ok(Collector::rows(stmt.columns_arc().clone()))
         })?
         .await
+    }
+
+    /// Runs a statement without preparing a named statement: for one-off statements whose
+    /// plan is not worth a place in the statement cache (cursor control such as `FETCH 50
+    /// FROM c`, where every count would otherwise become a statement of its own). Without
+    /// parameters it takes one round trip (Parse, Bind, Describe and Execute of the unnamed
+    /// statement under one Sync); with parameters two (the unnamed statement is described
+    /// first, for their types). Values come back in binary, as from [`query`](Self::query).
+    pub async fn query_unprepared(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
+        if !params.is_empty() {
+            let stmt = self.prepare_unnamed(sql).await?;
+            let out = self.execute_inner(&stmt, params).await?;
+            return Ok(QueryResult::from_output(out, &stmt));
+        }
+        let req = self.start(|st| {
+            protocol::encode_or_rollback(&mut st.write, |w| {
+                frontend::parse("", sql, std::iter::empty(), w)
+            })?;
+            protocol::bind(&mut st.write, "", &[], &[])?;
+            protocol::encode_or_rollback(&mut st.write, |w| {
+                frontend::describe(b'P', "", w)?;
+                frontend::execute("", 0, w)?;
+                frontend::sync(w);
+                Ok(())
+            })?;
+            Ok(Collector::described_rows())
+        })?;
+        let Output::Rows {
+            mut rows,
+            affected,
+            tag,
+            columns,
+        } = req.await?
+        else {
+            return Err(Error::protocol("unexpected answer to Execute"));
+        };
+        let mut columns = columns.unwrap_or_else(|| Arc::from(Vec::new()));
+        if columns
+            .iter()
+            .any(|c| aiopg_core::types::Type::from_oid(c.type_().oid()).is_none())
+        {
+            // Types the client does not know (enums, composites, ...) are looked up now, and
+            // the rows re-described with them.
+            let mut resolved = Vec::with_capacity(columns.len());
+            for c in columns.iter() {
+                let t = self.resolve_type(c.type_().clone()).await?;
+                resolved.push(c.clone().with_type(t));
+            }
+            columns = resolved.into();
+            rows = rows
+                .into_iter()
+                .map(|r| r.with_columns(columns.clone()))
+                .collect::<Result<_>>()?;
+        }
+        Ok(QueryResult {
+            rows,
+            columns,
+            tag,
+            rows_affected: affected,
+        })
     }
 
     /// Runs one or more SQL statements, separated by semicolons, through the simple query
@@ -663,7 +724,16 @@ impl Connection {
             // An empty query is answered after everything queued before it.
             st.issue_detached("")?
         };
+        // Dropped mid-wait, the guard hands driving on to the next waiting caller.
+        struct Waiting<'a>(&'a Shared, u64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.lock().stop_waiting(self.1);
+            }
+        }
+        let waiting = Waiting(&self.shared, id);
         poll_fn(|cx| self.shared.lock().poll_detached(id, cx)).await;
+        drop(waiting);
         match self.shared.lock().closed_error() {
             Some(e) => Err(e),
             None => Ok(()),

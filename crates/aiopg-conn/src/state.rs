@@ -296,6 +296,17 @@ impl State {
         }
     }
 
+    /// Someone polling detached request `id` stopped waiting for it (a dropped `settle`): its
+    /// waker must not be the one woken to drive, and if it was the one registered with the
+    /// socket, the next waiting caller takes over.
+    pub(crate) fn stop_waiting(&mut self, id: u64) {
+        if let Some(i) = self.index(id) {
+            if self.queue[i].waker.take().is_some() {
+                self.wake_next_driver();
+            }
+        }
+    }
+
     /// True when request `id` is the one the server is working on: the first unanswered
     /// request, with some of its bytes on the wire. A cancel sent now can only hit it (or, if
     /// it finishes first, whatever follows it; see `Connection::with_timeout`).

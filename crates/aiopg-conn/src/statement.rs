@@ -277,12 +277,21 @@ impl Connection {
         if let Some(stmt) = self.shared.lock().statements.get(sql) {
             return Ok(stmt);
         }
-        self.prepare_uncached(sql).await
+        self.prepare_uncached(sql, true).await
     }
 
-    async fn prepare_uncached(&self, sql: &str) -> Result<Statement> {
+    /// Describes `sql` as the unnamed statement: nothing is cached or left on the server.
+    pub(crate) async fn prepare_unnamed(&self, sql: &str) -> Result<Statement> {
+        self.prepare_uncached(sql, false).await
+    }
+
+    async fn prepare_uncached(&self, sql: &str, named: bool) -> Result<Statement> {
         let req = self.start(|st| {
-            let name = st.statements.next_name();
+            let name = if named {
+                st.statements.next_name()
+            } else {
+                String::new()
+            };
             protocol::encode_or_rollback(&mut st.write, |w| {
                 frontend::parse(&name, sql, std::iter::empty(), w)?;
                 frontend::describe(b'S', &name, w)?;

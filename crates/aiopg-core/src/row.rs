@@ -195,6 +195,19 @@ impl Row {
         })
     }
 
+    /// The same row described by `columns`, which must be as many: for a layer that learns
+    /// the columns' full types (an enum's labels, a composite's fields) after the row arrived.
+    pub fn with_columns(self, columns: Arc<[Column]>) -> Result<Row> {
+        if columns.len() != self.columns.len() {
+            return Err(Error::protocol(format!(
+                "{} columns given for a row of {}",
+                columns.len(),
+                self.columns.len()
+            )));
+        }
+        Ok(Row { columns, ..self })
+    }
+
     /// The row's columns.
     pub fn columns(&self) -> &[Column] {
         &self.columns

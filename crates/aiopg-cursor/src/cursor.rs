@@ -284,7 +284,7 @@ impl Cursor {
             if hold { " WITH HOLD" } else { "" }
         );
         let res = conn
-            .with_timeout(timeout, conn.query_result(&declare, params))
+            .with_timeout(timeout, conn.query_unprepared(&declare, params))
             .await?;
         self.declared = true;
         self.statusmessage = res.tag;
@@ -359,7 +359,12 @@ impl Cursor {
             None => format!("FETCH ALL FROM {name}"),
         };
         let conn = self.conn.clone();
-        let rows = conn.with_timeout(timeout, conn.query(&sql, &[])).await?;
+        // Cursor control goes through the unnamed statement: each FETCH count must not
+        // become a cached statement of its own.
+        let rows = conn
+            .with_timeout(timeout, conn.query_unprepared(&sql, &[]))
+            .await?
+            .rows;
         if let Results::Server {
             buffer, exhausted, ..
         } = &mut self.results
@@ -509,7 +514,11 @@ impl Cursor {
                 let sql = format!("MOVE ABSOLUTE {target} FROM {name}");
                 let timeout = self.timeout_for(None);
                 let conn = self.conn.clone();
-                let moved = conn.with_timeout(timeout, conn.execute(&sql, &[])).await?;
+                let moved = conn
+                    .with_timeout(timeout, conn.query_unprepared(&sql, &[]))
+                    .await?
+                    .rows_affected
+                    .unwrap_or(0);
                 if target > 0 && moved == 0 {
                     return Err(Error::usage(format!(
                         "scroll out of range: the result has fewer than {target} rows"
@@ -697,7 +706,9 @@ impl futures_core::Stream for Cursor {
                     let conn = this.conn.clone();
                     let timeout = this.timeout_for(None);
                     this.pending = Some(Box::pin(async move {
-                        conn.with_timeout(timeout, conn.query(&sql, &[])).await
+                        conn.with_timeout(timeout, conn.query_unprepared(&sql, &[]))
+                            .await
+                            .map(|r| r.rows)
                     }));
                 }
                 _ => return Poll::Ready(Some(Err(this.no_result_error()))),
