@@ -7,6 +7,7 @@ mod connect;
 mod cursor;
 mod failure;
 mod from_row;
+mod hostile_server;
 mod mogrify;
 mod pipeline;
 mod pool;
