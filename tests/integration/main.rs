@@ -8,6 +8,7 @@ mod cursor;
 mod engine;
 mod failure;
 mod from_row;
+mod hostile_server;
 mod mogrify;
 mod pipeline;
 mod pool;

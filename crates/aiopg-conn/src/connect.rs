@@ -12,7 +12,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use aiopg_core::config::{Host, SslMode, TargetSessionAttrs};
-use aiopg_core::error::DbError;
+use aiopg_core::error::{elide, DbError};
 use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
 use aiopg_rt::{BoxStream, Runtime, TcpOptions};
 
@@ -26,6 +26,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many prepared statements a connection caches unless told otherwise.
 pub const DEFAULT_STATEMENT_CACHE_SIZE: usize = 256;
+
+/// The longest StartupMessage a server reads (PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`);
+/// it drops a longer one without a word, which would look like a network failure.
+const MAX_STARTUP_MESSAGE: usize = 10_000;
 
 /// Settings for [`connect`]: a parsed DSN plus client-side options.
 ///
@@ -177,7 +181,8 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Tcp(a) => write!(f, "{a}"),
-            Target::Unix(p) => write!(f, "{}", p.display()),
+            // The folder comes from the user's `host`: quoted, it is cut to a sane length.
+            Target::Unix(p) => write!(f, "{}", elide(&p.display().to_string())),
         }
     }
 }
@@ -230,8 +235,10 @@ async fn connect_any(
             Ok(conn) => return Ok(conn),
             Err(e) => {
                 let name = match host {
-                    Host::Tcp(h) => format!("{h}:{port}"),
-                    Host::Unix(d) => format!("{}/.s.PGSQL.{port}", d.display()),
+                    Host::Tcp(h) => format!("{}:{port}", elide(h)),
+                    Host::Unix(d) => {
+                        format!("{}/.s.PGSQL.{port}", elide(&d.display().to_string()))
+                    }
                 };
                 tracing::debug!(host = %name, error = %e, "connection attempt failed");
                 failures.push((name, e));
@@ -292,11 +299,11 @@ async fn connect_host(
                 Err(_) => runtime
                     .resolve(name, port)
                     .await
-                    .map_err(|e| Error::io(format!("resolving host name {name:?}"), e))?,
+                    .map_err(|e| Error::io(format!("resolving host name {:?}", elide(name)), e))?,
             };
             if addrs.is_empty() {
                 return Err(Error::io(
-                    format!("host name {name:?} resolved to no address"),
+                    format!("host name {:?} resolved to no address", elide(name)),
                     std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
                 ));
             }
@@ -349,8 +356,6 @@ async fn connect_target(
     port: u16,
     cache_size: usize,
 ) -> Result<Connection> {
-    let mut stream = open(config, runtime, target).await?;
-    let mut rb = ReadBuf::new();
     let user = config
         .get_user()
         .ok_or_else(|| Error::config("user", "no user name: set user in the DSN or PGUSER"))?;
@@ -369,6 +374,24 @@ async fn connect_target(
     }
     frontend::startup_message(params.iter().copied(), &mut buf)
         .map_err(|e| Error::encode(format!("start-up message: {e}"), Some(Box::new(e))))?;
+    if buf.len() > MAX_STARTUP_MESSAGE {
+        // Name the longest setting: that is the one to look at.
+        let (key, _) = params
+            .iter()
+            .max_by_key(|(_, v)| v.len())
+            .expect("user is always sent");
+        let key = if *key == "database" { "dbname" } else { key };
+        return Err(Error::config(
+            key,
+            format!(
+                "user, dbname, application_name and options make a start-up message of {} \
+                 bytes, and PostgreSQL accepts at most {MAX_STARTUP_MESSAGE}",
+                buf.len()
+            ),
+        ));
+    }
+    let mut stream = open(config, runtime, target).await?;
+    let mut rb = ReadBuf::new();
     write_all(&mut stream, &mut buf).await?;
 
     authenticate(config, host, port, user, &mut stream, &mut rb).await?;
@@ -448,8 +471,9 @@ async fn authenticate(
     let password = || {
         config.password_for(host, port).ok_or_else(|| {
             Error::auth(format!(
-                "the server asks a password for user {user:?} and none was given: set \
-                 password in the DSN, PGPASSWORD or ~/.pgpass"
+                "the server asks a password for user {:?} and none was given: set \
+                 password in the DSN, PGPASSWORD or ~/.pgpass",
+                elide(user)
             ))
         })
     };

@@ -532,6 +532,10 @@ impl Connection {
                 ),
                 Some(Box::new(e)),
             )),
+            Ok(Err(e)) if e.kind() == ErrorKind::Closed => Err(e.context(format!(
+                "the statement outlived its timeout ({} s) and was being cancelled",
+                limit.as_secs_f64()
+            ))),
             Ok(Err(e)) => Err(e),
             Err(()) => {
                 self.shared.lock().close_stuck();

@@ -590,7 +590,10 @@ impl State {
     fn close_protocol(&mut self, e: Error) {
         self.close(CloseReason::new(
             ErrorKind::Protocol,
-            format!("the server broke the protocol ({e}); the connection was closed"),
+            format!(
+                "the server broke the protocol, so the connection was closed: {}",
+                e.message().unwrap_or("malformed data")
+            ),
         ));
     }
 

@@ -12,6 +12,10 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 
+mod elide;
+
+pub use elide::{elide, Elided, ECHO_MAX};
+
 pub use db::{DbError, ErrorPosition, Severity};
 pub use sqlstate::SqlState;
 
@@ -94,14 +98,22 @@ pub struct Error(Box<Inner>);
 /// A `Result` with aiopg's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The longest message an [`Error`] keeps, in characters; longer ones are cut (see
+/// [`Error::new`]).
+pub const MESSAGE_MAX: usize = 4096;
+
 impl Error {
     /// Creates an error of `kind` with a message and an optional cause.
     ///
-    /// Layers built on aiopg-core use this; applications rarely need to.
+    /// Layers built on aiopg-core use this; applications rarely need to. The message may
+    /// quote the cause (`format!("...: {e}")`): [`Display`](fmt::Display) then shows the
+    /// cause once. Text the user supplied (host names, paths, identifiers) belongs in the
+    /// message through [`elide`]; as a last guard, a message longer than [`MESSAGE_MAX`]
+    /// characters is cut, so that no input can flood a log through an error.
     pub fn new(kind: ErrorKind, message: impl Into<String>, source: Option<BoxError>) -> Error {
         Error(Box::new(Inner {
             kind,
-            message: Some(message.into()),
+            message: Some(elide::bound(message.into())),
             source,
         }))
     }
@@ -141,7 +153,11 @@ impl Error {
 
     /// An invalid setting: `key` names the offending parameter.
     pub fn config(key: &str, message: impl fmt::Display) -> Error {
-        Error::new(ErrorKind::Config, format!("`{key}`: {message}"), None)
+        Error::new(
+            ErrorKind::Config,
+            format!("`{}`: {message}", elide(key)),
+            None,
+        )
     }
 
     /// Authentication failed.
@@ -179,13 +195,18 @@ impl Error {
         Error::new(ErrorKind::Aborted, message, None)
     }
 
+    /// The message alone: what happened, without the kind before it or the cause after it.
+    pub fn message(&self) -> Option<&str> {
+        self.0.message.as_deref()
+    }
+
     /// Prefixes the message with where the error happened (`"db1:5432"`), keeping its kind
     /// and cause.
     pub fn context(mut self, context: impl std::fmt::Display) -> Error {
-        self.0.message = Some(match self.0.message.take() {
+        self.0.message = Some(elide::bound(match self.0.message.take() {
             Some(m) => format!("{context}: {m}"),
             None => context.to_string(),
-        });
+        }));
         self
     }
 
@@ -243,30 +264,33 @@ impl fmt::Debug for Error {
 }
 
 impl fmt::Display for Error {
+    /// The kind, the message, then the cause, each once: a cause whose text the message
+    /// already quotes (`format!("...: {e}")` with `e` as the source) is not repeated, and a
+    /// message that the cause's text contains (an authentication error worded as the
+    /// server's) gives way to the cause. `source()` still returns the cause either way.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.0.message, self.0.kind) {
-            (None, ErrorKind::Db) => {
-                // The server's own words are the message.
-                if let Some(db) = self.as_db_error() {
-                    return fmt::Display::fmt(db, f);
-                }
-                f.write_str(self.0.kind.describe())
+        let inner = &*self.0;
+        // A server error speaks in the server's own words, without the kind before them.
+        let (kind, cause) = match inner.kind {
+            ErrorKind::Db => (None, self.as_db_error().map(DbError::to_string)),
+            kind => (
+                Some(kind.describe()),
+                inner.source.as_ref().map(|s| s.to_string()),
+            ),
+        };
+        let cause = cause.filter(|c| !c.is_empty());
+        let (message, cause) = match (inner.message.as_deref(), cause.as_deref()) {
+            (Some(m), Some(c)) if m.contains(c) => (Some(m), None),
+            (Some(m), Some(c)) if c.contains(m) => (Some(c), None),
+            (m, c) => (m, c),
+        };
+        let mut parts = [kind, message, cause].into_iter().flatten();
+        match parts.next() {
+            Some(first) => {
+                f.write_str(first)?;
+                parts.try_for_each(|p| write!(f, ": {p}"))
             }
-            (Some(m), ErrorKind::Db) => {
-                // A server error with context: the context, then the server's words.
-                f.write_str(m)?;
-                if let Some(db) = self.as_db_error() {
-                    write!(f, ": {db}")?;
-                }
-                return Ok(());
-            }
-            (None, kind) => f.write_str(kind.describe()),
-            (Some(m), kind) => write!(f, "{}: {m}", kind.describe()),
-        }?;
-        // Say what caused it, unless it is a server error already shown above.
-        match &self.0.source {
-            Some(s) if self.0.kind != ErrorKind::Db => write!(f, ": {s}"),
-            _ => Ok(()),
+            None => f.write_str(inner.kind.describe()),
         }
     }
 }
@@ -304,5 +328,111 @@ mod tests {
         );
         assert!(e.as_io_error().is_some());
         assert!(e.source().is_some());
+    }
+
+    /// A server error with `fields`, parsed from an ErrorResponse as the server sends it.
+    fn server_error(fields: &[(u8, &str)]) -> DbError {
+        use postgres_protocol::message::backend::Message;
+        let mut body = Vec::new();
+        for (t, v) in fields {
+            body.push(*t);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = bytes::BytesMut::new();
+        msg.extend_from_slice(b"E");
+        msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        msg.extend_from_slice(&body);
+        match Message::parse(&mut msg) {
+            Ok(Some(Message::ErrorResponse(e))) => DbError::parse(&mut e.fields()).unwrap(),
+            _ => panic!("not an ErrorResponse"),
+        }
+    }
+
+    fn refused() -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused")
+    }
+
+    #[test]
+    fn a_cause_the_message_quotes_is_shown_once() {
+        let cause = refused();
+        let e = Error::io(format!("reading from the server failed: {cause}"), cause);
+        assert_eq!(
+            e.to_string(),
+            "I/O error: reading from the server failed: connection refused"
+        );
+        // The cause is still there for code that walks the chain.
+        assert_eq!(
+            e.source().unwrap().to_string(),
+            "connection refused",
+            "{e:?}"
+        );
+        assert!(e.as_io_error().is_some());
+        // Quoted in the middle, too.
+        let cause = refused();
+        let e = Error::new(
+            ErrorKind::Closed,
+            format!("the link broke ({cause}); the connection was closed"),
+            Some(Box::new(cause)),
+        );
+        assert_eq!(
+            e.to_string(),
+            "connection closed: the link broke (connection refused); the connection was closed"
+        );
+    }
+
+    #[test]
+    fn an_aiopg_cause_the_message_quotes_is_shown_once() {
+        // A summary of several failures that names the last one, which is also the source.
+        let last = Error::io("connecting to 10.0.0.2:5432", refused());
+        let e = Error::new(
+            ErrorKind::Io,
+            format!("could not connect to any of 2 hosts (a: timed out; b: {last})"),
+            Some(Box::new(last)),
+        );
+        let text = e.to_string();
+        assert_eq!(text.matches("connection refused").count(), 1, "{text}");
+        assert!(e.source().is_some());
+    }
+
+    #[test]
+    fn a_message_the_cause_contains_gives_way_to_it() {
+        let db = server_error(&[
+            (b'S', "FATAL"),
+            (b'C', "28P01"),
+            (b'M', "password authentication failed for user \"u\""),
+        ]);
+        let e = Error::auth_db(db.message().to_owned(), db);
+        let text = e.to_string();
+        assert_eq!(
+            text.matches("password authentication failed").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.starts_with("authentication failed: FATAL: "), "{text}");
+        assert!(e.as_db_error().is_some());
+    }
+
+    #[test]
+    fn distinct_message_and_cause_are_both_shown() {
+        let e = Error::encode("parameter $1 could not be encoded", Some("too big".into()));
+        assert_eq!(
+            e.to_string(),
+            "cannot encode parameter: parameter $1 could not be encoded: too big"
+        );
+        assert_eq!(Error::bare(ErrorKind::Io, None).to_string(), "I/O error");
+    }
+
+    #[test]
+    fn long_messages_and_keys_are_cut() {
+        let host = "h".repeat(1 << 20);
+        let e = Error::config(&host, "bad");
+        assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+        let e = Error::protocol(format!("junk: {host}"));
+        assert!(e.to_string().chars().count() <= MESSAGE_MAX + 20);
+        assert!(e.to_string().ends_with('…'));
+        let e = Error::closed("x").context(&host);
+        assert!(e.to_string().chars().count() <= MESSAGE_MAX + 20);
     }
 }
