@@ -215,6 +215,14 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
             // sqlx cannot have several queries in flight on one connection.
             v.push(("sqlx", rt));
         }
+        if workload == "stream-5m" {
+            // The second table: aiopg's named cursor and the peers' buffering APIs.
+            v.push(("aiopg-cursor", rt));
+            if rt == "tokio" {
+                v.push(("tokio-postgres-buffered", "tokio"));
+            }
+            v.push(("sqlx-buffered", rt));
+        }
     }
     v
 }

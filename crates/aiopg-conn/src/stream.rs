@@ -11,10 +11,10 @@ use futures_core::Stream;
 use aiopg_core::from_row::FromRow;
 use aiopg_core::row::{Column, Row};
 use aiopg_core::types::FromSqlOwned;
-use aiopg_core::{Error, ErrorKind, Result};
+use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 
 use crate::collect::Collector;
-use crate::connection::{encode_execute, Param};
+use crate::connection::{encode_execute, is_stale_statement, Param};
 use crate::{Connection, Statement};
 
 /// The rows of one statement, decoded as they arrive: from [`Connection::query_stream`].
@@ -164,16 +164,40 @@ impl Connection {
     }
 
     /// Runs a statement and builds a `T` out of each row ([`FromRow`]: tuples, or
-    /// `#[derive(FromRow)]` structs).
+    /// `#[derive(FromRow)]` structs), decoding rows as they arrive: the raw rows are never all
+    /// held at once, so the peak memory is about the `Vec<T>` alone.
     ///
     /// ```no_run
     /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
     /// let users: Vec<(i32, String)> = conn.query_as("SELECT id, name FROM users", &[]).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// A cached statement gone stale is prepared and run again once, as with
+    /// [`query`](Self::query) (no row has reached the caller by then).
     pub async fn query_as<T: FromRow>(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<T>> {
-        let rows = self.query(sql, params).await?;
-        rows.iter().map(T::from_row).collect()
+        let mut retried = false;
+        loop {
+            let stmt = self.prepare(sql).await?;
+            let mut rows = self.query_stream_prepared(&stmt, params)?;
+            let mut out = Vec::new();
+            loop {
+                match std::future::poll_fn(|cx| Pin::new(&mut rows).poll_next(cx)).await {
+                    Some(Ok(row)) => out.push(T::from_row(&row)?),
+                    None => return Ok(out),
+                    Some(Err(e)) if !retried && out.is_empty() && is_stale_statement(&e) => {
+                        drop(rows);
+                        self.shared.lock().statements.remove(sql);
+                        if self.transaction_status() != TransactionStatus::Idle {
+                            return Err(e);
+                        }
+                        retried = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(e),
+                }
+            }
+        }
     }
 
     /// Runs a statement that returns one row, and returns its first column.
