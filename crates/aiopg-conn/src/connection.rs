@@ -214,8 +214,17 @@ impl Connection {
         &self,
         encode: impl FnOnce(&mut State) -> Result<Collector>,
     ) -> Result<u64> {
+        self.issue_with(|st, encode| st.issue(encode), encode)
+    }
+
+    /// Queues a request through `queue` (`State::issue` or one of its variants).
+    pub(crate) fn issue_with<E>(
+        &self,
+        queue: impl FnOnce(&mut State, E) -> Result<u64>,
+        encode: E,
+    ) -> Result<u64> {
         self.check_lease()?;
-        let id = self.shared.lock().issue(encode)?;
+        let id = queue(&mut self.shared.lock(), encode)?;
         // A `with_timeout` around this call needs to know which request is its own.
         SCOPE.with(|s| {
             if let Some(mut scope) = s.get() {

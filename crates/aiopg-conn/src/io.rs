@@ -217,8 +217,22 @@ pub(crate) fn poll_write_all(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
-    while !buf.is_empty() {
-        match Pin::new(&mut *stream).poll_write(cx, buf) {
+    let len = buf.len();
+    poll_write_front(stream, buf, len, cx)
+}
+
+/// Writes as much of the first `limit` bytes of `buf` as the socket takes now (the rest stays
+/// queued); `Ready(Ok(()))` once they are all written and flushed.
+pub(crate) fn poll_write_front(
+    stream: &mut BoxStream,
+    buf: &mut BytesMut,
+    limit: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let keep = buf.len() - limit;
+    while buf.len() > keep {
+        let front = buf.len() - keep;
+        match Pin::new(&mut *stream).poll_write(cx, &buf[..front]) {
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -230,8 +244,10 @@ pub(crate) fn poll_write_all(
             Poll::Pending => return Poll::Pending,
         }
     }
-    // Give the allocation back to the buffer's start so the next message does not grow it.
-    buf.clear();
+    if buf.is_empty() {
+        // Give the allocation back to the buffer's start so the next message does not grow it.
+        buf.clear();
+    }
     Pin::new(stream).poll_flush(cx)
 }
 

@@ -35,6 +35,7 @@
 mod collect;
 mod connect;
 mod connection;
+mod exclusive;
 mod io;
 #[cfg(test)]
 mod model_tests;

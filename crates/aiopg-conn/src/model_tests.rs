@@ -395,6 +395,24 @@ enum Kind {
     /// Two parameters for a one-parameter statement: fails to encode, sends nothing.
     EncodeFail(u8),
     Settle,
+    /// A simple query sent in pieces while holding the connection (as COPY data is): the
+    /// server must see it whole, with nobody else's bytes inside.
+    Exclusive(i64, usize),
+}
+
+/// Wakes itself and returns `Pending` once: lets other callers run between two steps.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 impl Kind {
@@ -460,6 +478,38 @@ impl Kind {
                 c.settle().await?;
                 Ok(Got::Unit)
             }),
+            Kind::Exclusive(v, pieces) => Box::pin(async move {
+                let mut msg = bytes::BytesMut::new();
+                postgres_protocol::message::frontend::query(&format!("Q {v}"), &mut msg).unwrap();
+                let step = msg.len().div_ceil(pieces.max(1));
+                let chunks: Vec<Vec<u8>> = msg.chunks(step).map(<[u8]>::to_vec).collect();
+                let rest = |k: usize| bytes::BytesMut::from(&chunks[k..].concat()[..]);
+                let first = chunks[0].clone();
+                let mut ex = crate::exclusive::Exclusive::start(
+                    &c,
+                    move |st| {
+                        st.write.extend_from_slice(&first);
+                        Ok(crate::collect::Collector::simple())
+                    },
+                    rest(1),
+                )?;
+                for k in 1..chunks.len() {
+                    yield_once().await;
+                    ex.append(&chunks[k], Some(rest(k + 1)))?;
+                }
+                ex.release();
+                let out = std::future::poll_fn(|cx| ex.poll(cx)).await?;
+                let crate::collect::Output::Simple(out) = out else {
+                    panic!("not a simple query's answer");
+                };
+                let mut vals = Vec::new();
+                for m in out {
+                    if let crate::SimpleQueryMessage::Row(r) = m {
+                        vals.push(r.get(0).unwrap().parse().unwrap());
+                    }
+                }
+                Ok(Got::Values(vals))
+            }),
         }
     }
 
@@ -479,10 +529,18 @@ impl Kind {
             {
                 Ok(())
             }
-            (Kind::Simple(v), Ok(Got::Values(vals))) if *v >= 0 && vals == vec![*v] => Ok(()),
-            (Kind::Simple(v), Err(e)) if *v < 0 && e.code().map(|c| c.code()) == Some("22023") => {
+            (Kind::Simple(v) | Kind::Exclusive(v, _), Ok(Got::Values(vals)))
+                if *v >= 0 && vals == vec![*v] =>
+            {
                 Ok(())
             }
+            (Kind::Simple(v) | Kind::Exclusive(v, _), Err(e))
+                if *v < 0 && e.code().map(|c| c.code()) == Some("22023") =>
+            {
+                Ok(())
+            }
+            // Only one request may hold the connection at a time.
+            (Kind::Exclusive(..), Err(e)) if e.kind() == ErrorKind::Usage => Ok(()),
             (Kind::Batch(items), Ok(Got::Batch(res))) => {
                 let fail = items.iter().position(|(_, v)| *v < 0);
                 let want: Vec<Result<Vec<i64>, ErrorKind>> = items
@@ -781,6 +839,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         3 => (k.clone(), value()).prop_map(|(k, v)| Kind::Stream(k, v)),
         1 => k.prop_map(Kind::EncodeFail),
         1 => Just(Kind::Settle),
+        2 => (value(), 1usize..5).prop_map(|(v, n)| Kind::Exclusive(v, n)),
     ]
 }
 

@@ -49,7 +49,7 @@ use aiopg_core::{Error, ErrorKind, Result};
 use aiopg_rt::BoxStream;
 
 use crate::collect::{message_name, Collector, Output};
-use crate::io::{poll_write_all, Frame, ReadBuf};
+use crate::io::{poll_write_front, Frame, ReadBuf};
 use crate::statement::StatementCache;
 use crate::Notification;
 
@@ -84,6 +84,9 @@ struct Entry {
     waker: Option<Waker>,
     /// Nobody will collect the answer: read it and drop it.
     abandoned: bool,
+    /// For the request holding the connection exclusively: what must follow its bytes if its
+    /// owner leaves mid-way (a COPY's CopyFail), so that the server is not left waiting.
+    on_abandon: Option<BytesMut>,
 }
 
 /// Why the connection closed: enough to build a fresh error for every caller.
@@ -136,6 +139,9 @@ pub(crate) struct State {
     flush_due: bool,
     /// Routing stopped with frames left in the read buffer: a stream's buffer is full.
     paused: bool,
+    /// The request holding the connection exclusively: its owner is still adding messages to
+    /// it (COPY data), so nothing queued after it may be written yet.
+    exclusive: Option<u64>,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
     pub(crate) notices: VecDeque<DbError>,
@@ -174,6 +180,7 @@ impl State {
             closed: None,
             flush_due: false,
             paused: false,
+            exclusive: None,
             tx_status: TransactionStatus::Idle,
             params,
             notices: VecDeque::new(),
@@ -258,8 +265,83 @@ impl State {
             },
             waker: None,
             abandoned: false,
+            on_abandon: None,
         });
         id
+    }
+
+    /// Queues a request (as [`issue`](Self::issue)) that holds the connection exclusively
+    /// until [`release`](Self::release): its owner may keep adding messages to it with
+    /// [`append`](Self::append), and requests issued meanwhile are queued behind it but not
+    /// written. `on_abandon` is what ends the request on the wire if its owner leaves early.
+    /// Fails with a `Usage` error while another request holds the connection.
+    pub(crate) fn issue_exclusive(
+        &mut self,
+        encode: impl FnOnce(&mut State) -> Result<Collector>,
+        on_abandon: BytesMut,
+    ) -> Result<u64> {
+        if self.exclusive.is_some() {
+            return Err(Error::usage(
+                "another request (a COPY) holds the connection; wait for it to end",
+            ));
+        }
+        let id = self.issue(encode)?;
+        let i = self.index(id).expect("just queued");
+        self.queue[i].on_abandon = Some(on_abandon);
+        self.exclusive = Some(id);
+        Ok(id)
+    }
+
+    /// Adds messages to exclusive request `id`, right after its bytes (ahead of anything
+    /// queued behind it), and replaces what ends it if abandoned.
+    pub(crate) fn append(
+        &mut self,
+        id: u64,
+        bytes: &[u8],
+        on_abandon: Option<BytesMut>,
+    ) -> Result<()> {
+        if let Some(e) = self.closed_error() {
+            return Err(e);
+        }
+        if self.exclusive != Some(id) {
+            return Err(Error::usage("the request no longer holds the connection"));
+        }
+        let i = self.index(id).expect("an exclusive request stays queued");
+        self.insert_after(i, bytes);
+        if on_abandon.is_some() {
+            self.queue[i].on_abandon = on_abandon;
+        }
+        Ok(())
+    }
+
+    /// Ends exclusive request `id`'s hold: what was queued behind it may go out.
+    pub(crate) fn release(&mut self, id: u64) {
+        if self.exclusive == Some(id) {
+            self.exclusive = None;
+            if let Some(i) = self.index(id) {
+                self.queue[i].on_abandon = None;
+            }
+            self.wake_next_driver();
+        }
+    }
+
+    /// Inserts `bytes` into the outgoing stream at the end of entry `i`'s range; later ranges
+    /// shift up.
+    fn insert_after(&mut self, i: usize, bytes: &[u8]) {
+        let at = (self.queue[i].end - self.sent) as usize;
+        if at == self.write.len() {
+            self.write.extend_from_slice(bytes);
+        } else {
+            let tail = self.write.split_off(at);
+            self.write.extend_from_slice(bytes);
+            self.write.unsplit(tail);
+        }
+        let n = bytes.len() as u64;
+        self.queue[i].end += n;
+        for later in self.queue.iter_mut().skip(i + 1) {
+            later.start += n;
+            later.end += n;
+        }
     }
 
     /// Where request `id` sits in the queue, if it is still there.
@@ -423,6 +505,10 @@ impl State {
         };
         let entry = &mut self.queue[i];
         entry.waker = None;
+        let held = self.exclusive == Some(id);
+        if held {
+            self.exclusive = None;
+        }
         if i >= self.answered && entry.start >= self.sent && !entry.abandoned {
             // Not a byte of it was written: the server never saw it, so take it back wherever
             // it sits in the buffer (a dropped BEGIN must not open a transaction later, and a
@@ -443,6 +529,13 @@ impl State {
             self.wake_next_driver();
             return;
         }
+        if let Some(tail) = entry.on_abandon.take() {
+            if held && !self.is_closed() {
+                // Part of it is on the wire: end it there, so the server is not left waiting.
+                self.insert_after(i, &tail);
+            }
+        }
+        let entry = &mut self.queue[i];
         match &mut entry.slot {
             Slot::Waiting { collector, .. } => {
                 entry.abandoned = true;
@@ -531,7 +624,6 @@ impl State {
                 }
             }
         }
-        let stream = self.stream.as_mut().expect("checked above");
         // While other requests are on the wire, new ones wait for the next answer and then go
         // out together: the server runs a connection's statements one after another anyway,
         // and one write for many requests is what makes pipelining cheap. With nothing on the
@@ -544,10 +636,16 @@ impl State {
             .get(self.answered)
             .is_some_and(|e| e.end <= self.sent);
         let send_now = !answer_due || self.flush_due || self.write.len() >= WRITE_BATCH;
-        if send_now && !self.write.is_empty() {
+        // Nothing queued behind a request holding the connection goes out before it ends.
+        let limit = match self.exclusive.and_then(|id| self.index(id)) {
+            Some(i) => (self.queue[i].end - self.sent) as usize,
+            None => self.write.len(),
+        };
+        let stream = self.stream.as_mut().expect("checked above");
+        if send_now && limit > 0 {
             self.flush_due = false;
             let before = self.write.len();
-            let res = poll_write_all(stream, &mut self.write, cx);
+            let res = poll_write_front(stream, &mut self.write, limit, cx);
             self.sent += (before - self.write.len()) as u64;
             match res {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
@@ -616,6 +714,7 @@ impl State {
         self.sent += self.write.len() as u64;
         self.write.clear();
         self.paused = false;
+        self.exclusive = None;
         let reason = self.closed.clone().expect("set above");
         for e in self.queue.iter_mut().skip(self.answered) {
             e.slot = if e.abandoned {
@@ -802,6 +901,11 @@ impl State {
         match msg {
             Message::ReadyForQuery(body) => {
                 self.tx_status = TransactionStatus::from_byte(body.status())?;
+                if self.exclusive == Some(entry.id) {
+                    // The server ended the request (an error mid-COPY): it drops whatever
+                    // else its owner sends, so the hold ends here.
+                    self.exclusive = None;
+                }
                 let Slot::Waiting { collector, error } =
                     std::mem::replace(&mut entry.slot, Slot::Gone)
                 else {

@@ -1,0 +1,71 @@
+//! A request that holds the connection while its owner is still adding messages to it.
+//!
+//! COPY FROM STDIN is the case: after its Query the client streams CopyData messages and ends
+//! with CopyDone, and nothing queued behind it may reach the wire in between. The router keeps
+//! the hold (`State::issue_exclusive`): requests issued meanwhile are queued behind it, but
+//! nothing past its bytes is written until the owner releases it, leaves (its `on_abandon`
+//! bytes, a CopyFail, end it on the wire) or the server ends it. The COPY API builds on this;
+//! the model test drives it today.
+
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+
+use aiopg_core::Result;
+
+use crate::collect::{Collector, Output};
+use crate::state::State;
+use crate::Connection;
+
+/// The owner's handle on an exclusive request; dropping it abandons the request.
+#[derive(Debug)]
+pub(crate) struct Exclusive {
+    conn: Connection,
+    id: u64,
+    finished: bool,
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+impl Exclusive {
+    /// Queues the request's first messages and takes the hold.
+    pub(crate) fn start(
+        conn: &Connection,
+        encode: impl FnOnce(&mut State) -> Result<Collector>,
+        on_abandon: BytesMut,
+    ) -> Result<Exclusive> {
+        let id = conn.issue_with(|st, encode| st.issue_exclusive(encode, on_abandon), encode)?;
+        Ok(Exclusive {
+            conn: conn.clone(),
+            id,
+            finished: false,
+        })
+    }
+
+    /// Adds messages to the request (ahead of anything queued behind it); `on_abandon`, when
+    /// given, replaces what ends the request if its owner leaves.
+    pub(crate) fn append(&self, bytes: &[u8], on_abandon: Option<BytesMut>) -> Result<()> {
+        self.conn.shared.lock().append(self.id, bytes, on_abandon)
+    }
+
+    /// Ends the hold: the request is complete on the wire.
+    pub(crate) fn release(&self) {
+        self.conn.shared.lock().release(self.id);
+    }
+
+    /// Polls for the request's answer, driving the socket meanwhile.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output>> {
+        let res = self.conn.shared.lock().poll_request(self.id, cx);
+        if res.is_ready() {
+            self.finished = true;
+        }
+        res
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.shared.lock().abandon(self.id);
+        }
+    }
+}
