@@ -493,9 +493,9 @@ impl Kind {
                     },
                     rest(1),
                 )?;
-                for k in 1..chunks.len() {
+                for (k, chunk) in chunks.iter().enumerate().skip(1) {
                     yield_once().await;
-                    ex.append(&chunks[k], Some(rest(k + 1)))?;
+                    ex.append(chunk, Some(rest(k + 1)))?;
                 }
                 ex.release();
                 let out = std::future::poll_fn(|cx| ex.poll(cx)).await?;
