@@ -443,3 +443,38 @@ rt_test! {
         conn.batch_execute("DROP TYPE engine_mood").await.unwrap();
     }
 }
+
+rt_test! {
+    async fn an_idle_connection_receives_notifications_while_nobody_queries() {
+        let listener = connect().await;
+        let channel = format!("engine_idle_{}", listener.backend_pid());
+        listener.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+        // The listener waits on an idle connection: no query runs on it.
+        let l = listener.clone();
+        let waiting = spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(l.next_notification().await.unwrap());
+            }
+            got
+        });
+        let notifier = connect().await;
+        for i in 0..3 {
+            notifier
+                .query("SELECT pg_notify($1, $2)", &[&channel, &format!("p{i}")])
+                .await
+                .unwrap();
+        }
+        let got = waiting.await;
+        let payloads: Vec<&str> = got.iter().map(|n| n.payload.as_str()).collect();
+        assert_eq!(payloads, ["p0", "p1", "p2"]);
+        assert!(got.iter().all(|n| n.channel == channel && n.process_id == notifier.backend_pid()));
+        // Queries on the listening connection still get their own answers.
+        assert_eq!(listener.query("SELECT 5::int4", &[]).await.unwrap()[0].get::<i32>(0), 5);
+        listener.close().await;
+        assert_eq!(
+            listener.next_notification().await.expect_err("closed").kind(),
+            ErrorKind::Closed
+        );
+    }
+}

@@ -647,6 +647,21 @@ impl Connection {
         self.shared.lock().notices.drain(..).collect()
     }
 
+    /// Waits for the next `LISTEN` notification, oldest first. On an idle connection the
+    /// waiting task reads the socket itself, so notifications arrive without any query
+    /// running; while queries run, they read them. Fails once the connection is closed.
+    ///
+    /// Several tasks may wait at once: each notification goes to one of them. Notifications
+    /// queue without a bound until taken (a bounded stream with loss reporting is planned).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future loses nothing: a notification is taken only when it is returned.
+    pub async fn next_notification(&self) -> Result<Notification> {
+        self.check_lease()?;
+        poll_fn(|cx| self.shared.lock().poll_notification(cx)).await
+    }
+
     /// Takes the `LISTEN` notifications received so far, without waiting.
     pub fn take_notifications(&self) -> Vec<Notification> {
         self.shared.lock().notifications.drain(..).collect()

@@ -380,6 +380,7 @@ enum Got {
     Values(Vec<i64>),
     Statement(String),
     Batch(Vec<Result<Vec<i64>, ErrorKind>>),
+    Notification(String),
     Unit,
 }
 
@@ -398,6 +399,8 @@ enum Kind {
     /// A simple query sent in pieces while holding the connection (as COPY data is): the
     /// server must see it whole, with nobody else's bytes inside.
     Exclusive(i64, usize),
+    /// Waits for one notification.
+    Listen,
 }
 
 /// Wakes itself and returns `Pending` once: lets other callers run between two steps.
@@ -478,6 +481,9 @@ impl Kind {
                 c.settle().await?;
                 Ok(Got::Unit)
             }),
+            Kind::Listen => {
+                Box::pin(async move { Ok(Got::Notification(c.next_notification().await?.payload)) })
+            }
             Kind::Exclusive(v, pieces) => Box::pin(async move {
                 let mut msg = bytes::BytesMut::new();
                 postgres_protocol::message::frontend::query(&format!("Q {v}"), &mut msg).unwrap();
@@ -559,6 +565,8 @@ impl Kind {
                 }
             }
             (Kind::EncodeFail(_), Err(e)) if e.kind() == ErrorKind::Encode => Ok(()),
+            // Which notification a listener gets is checked by the model (each exactly once).
+            (Kind::Listen, Ok(Got::Notification(_))) => Ok(()),
             (Kind::Settle, Ok(Got::Unit)) => Ok(()),
             (_, got) => bad(&format!("{got:?}")),
         }
@@ -577,6 +585,8 @@ struct Caller {
     kind: Kind,
     fut: Fut,
     flag: Arc<Flag>,
+    /// Where a listener records the notification it got.
+    received: Arc<Mutex<Vec<String>>>,
 }
 
 impl Caller {
@@ -586,7 +596,12 @@ impl Caller {
         let waker = Waker::from(self.flag.clone());
         let mut cx = Context::from_waker(&waker);
         match self.fut.as_mut().poll(&mut cx) {
-            Poll::Ready(got) => Some(self.kind.check(got)),
+            Poll::Ready(got) => {
+                if let Ok(Got::Notification(p)) = &got {
+                    self.received.lock().unwrap().push(p.clone());
+                }
+                Some(self.kind.check(got))
+            }
             Poll::Pending => None,
         }
     }
@@ -601,9 +616,14 @@ enum Action {
     Poll(usize),
     Drop(usize),
     Server(usize),
-    Net { read: usize, write: usize },
+    Net {
+        read: usize,
+        write: usize,
+    },
     Detach(i64),
     RunTasks,
+    /// The server sends a notification (between any two of its messages).
+    Notify,
 }
 
 const CALLERS: usize = 4;
@@ -615,6 +635,9 @@ struct Model {
     runtime: Arc<ModelRuntime>,
     tasks: Vec<(Task, Arc<Flag>)>,
     callers: Vec<Option<Caller>>,
+    /// Notifications the server sent, and those listeners got.
+    sent: u32,
+    received: Arc<Mutex<Vec<String>>>,
 }
 
 impl Model {
@@ -647,6 +670,8 @@ impl Model {
             runtime,
             tasks: Vec::new(),
             callers: (0..CALLERS).map(|_| None).collect(),
+            sent: 0,
+            received: Arc::default(),
         }
     }
 
@@ -672,6 +697,7 @@ impl Model {
                         kind: kind.clone(),
                         fut: kind.start(&self.conn),
                         flag: Arc::new(Flag(AtomicBool::new(false))),
+                        received: self.received.clone(),
                     };
                     // A future does nothing until polled: issuing is its first poll.
                     match caller.poll() {
@@ -702,10 +728,24 @@ impl Model {
                 }
             }
             Action::Detach(v) => self.conn.detach(&format!("Q {v}")),
+            Action::Notify => self.notify(),
             Action::RunTasks => self.run_tasks(false),
         }
         self.adopt_tasks();
         self.check_state()
+    }
+
+    fn notify(&mut self) {
+        self.sent += 1;
+        let mut body = Vec::new();
+        body.extend(7i32.to_be_bytes());
+        body.extend_from_slice(b"chan\0");
+        body.extend_from_slice(format!("n{}\0", self.sent).as_bytes());
+        let mut net = self.net.lock().unwrap();
+        put_msg(&mut net.s2c, b'A', &body);
+        if let Some(w) = net.read_waker.take() {
+            w.wake();
+        }
     }
 
     fn adopt_tasks(&mut self) {
@@ -790,11 +830,39 @@ impl Model {
         for a in actions {
             self.step(a).map_err(|e| format!("after {a:?}: {e}"))?;
         }
+        // Listeners still waiting get one notification each, and must then finish too.
+        let waiting = self
+            .callers
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c.kind, Kind::Listen))
+            .count();
+        for _ in 0..waiting {
+            self.notify();
+        }
         self.settle_all()?;
         // The connection is in sync: a fresh query gets its own answer.
         let last = Kind::Simple(424_242);
         self.step(&Action::Issue(0, last))?;
         self.settle_all()?;
+        // Every notification reached exactly one listener, or was read and queued (the final
+        // query read the socket to its end).
+        let mut got = self.received.lock().unwrap().clone();
+        got.extend(
+            self.conn
+                .take_notifications()
+                .into_iter()
+                .map(|n| n.payload),
+        );
+        let mut sorted = got.clone();
+        sorted.sort_by_key(|p| p[1..].parse::<u32>().unwrap());
+        sorted.dedup();
+        if sorted.len() != got.len() || sorted.len() != self.sent as usize {
+            return Err(format!(
+                "{} notifications sent, delivered {got:?}",
+                self.sent
+            ));
+        }
         let st = self.conn.shared.lock();
         if st.has_unanswered() {
             return Err("requests left unanswered at the end".into());
@@ -840,6 +908,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         1 => k.prop_map(Kind::EncodeFail),
         1 => Just(Kind::Settle),
         2 => (value(), 1usize..5).prop_map(|(v, n)| Kind::Exclusive(v, n)),
+        1 => Just(Kind::Listen),
     ]
 }
 
@@ -853,6 +922,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(read, write)| Action::Net { read, write }),
         1 => value().prop_map(Action::Detach),
         1 => Just(Action::RunTasks),
+        1 => Just(Action::Notify),
     ]
 }
 

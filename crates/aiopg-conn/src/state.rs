@@ -146,7 +146,8 @@ pub(crate) struct State {
     pub(crate) params: HashMap<String, String>,
     pub(crate) notices: VecDeque<DbError>,
     pub(crate) notifications: VecDeque<Notification>,
-    pub(crate) notification_waker: Option<Waker>,
+    /// Tasks waiting for a notification (`Connection::next_notification`).
+    listeners: Vec<Waker>,
     pub(crate) statements: StatementCache,
     /// Types looked up from the server's catalog (enums, composites, domains, extensions).
     pub(crate) types: HashMap<Oid, Type>,
@@ -185,7 +186,7 @@ impl State {
             params,
             notices: VecDeque::new(),
             notifications: VecDeque::new(),
-            notification_waker: None,
+            listeners: Vec::new(),
             statements,
             types: HashMap::new(),
         }
@@ -580,9 +581,42 @@ impl State {
             if let Some(w) = e.waker.take() {
                 w.wake();
             }
-        } else if let Some(w) = self.notification_waker.take() {
+        } else {
+            // Nobody waits for an answer: a listener takes over reading the socket.
+            self.wake_listeners();
+        }
+    }
+
+    fn wake_listeners(&mut self) {
+        for w in self.listeners.drain(..) {
             w.wake();
         }
+    }
+
+    /// Polls for the next notification, driving the socket meanwhile like any caller, so that
+    /// notifications arrive on an idle connection too; a caller driving for its own answer
+    /// that reads one wakes the listeners.
+    pub(crate) fn poll_notification(&mut self, cx: &mut Context<'_>) -> Poll<Result<Notification>> {
+        loop {
+            if let Some(n) = self.notifications.pop_front() {
+                // This listener may have been the one registered with the socket: the next
+                // waiting caller takes over, as when a request's owner leaves.
+                self.wake_next_driver();
+                return Poll::Ready(Ok(n));
+            }
+            if let Some(e) = self.closed_error() {
+                return Poll::Ready(Err(e));
+            }
+            // Driving is everyone's job: with requests in flight the listener may end up the
+            // only one polling (their owners gone), and it routes their answers too.
+            if self.drive(cx).is_pending() {
+                break;
+            }
+        }
+        if !self.listeners.iter().any(|w| w.will_wake(cx.waker())) {
+            self.listeners.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// With no request in flight, reads what the socket already holds without waiting and
@@ -728,9 +762,7 @@ impl State {
         }
         self.answered = self.queue.len();
         self.compact();
-        if let Some(w) = self.notification_waker.take() {
-            w.wake();
-        }
+        self.wake_listeners();
     }
 
     /// Closes a connection whose server stopped answering.
@@ -838,9 +870,7 @@ impl State {
                         .to_owned(),
                 };
                 self.notifications.push_back(n);
-                if let Some(w) = self.notification_waker.take() {
-                    w.wake();
-                }
+                self.wake_listeners();
                 return Ok(());
             }
             Message::ParameterStatus(body) => {
