@@ -659,7 +659,18 @@ impl Connection {
     /// Dropping the future loses nothing: a notification is taken only when it is returned.
     pub async fn next_notification(&self) -> Result<Notification> {
         self.check_lease()?;
-        poll_fn(|cx| self.shared.lock().poll_notification(cx)).await
+        // Dropped while waiting, it may have been the one registered with the socket: the
+        // next waiting caller takes over.
+        struct Listening<'a>(&'a Shared);
+        impl Drop for Listening<'_> {
+            fn drop(&mut self) {
+                self.0.lock().hand_over();
+            }
+        }
+        let listening = Listening(&self.shared);
+        let res = poll_fn(|cx| self.shared.lock().poll_notification(cx)).await;
+        std::mem::forget(listening);
+        res
     }
 
     /// Takes the `LISTEN` notifications received so far, without waiting.

@@ -56,6 +56,11 @@ use crate::Notification;
 /// Held-back requests are sent once this many bytes of them are waiting.
 const WRITE_BATCH: usize = 16 * 1024;
 
+/// The `who` of listeners (`Connection::next_notification`) when they drive.
+const LISTENER: u64 = u64::MAX;
+/// The `who` of `poll_idle`, which polls with a no-op waker and so never holds the socket.
+const IDLE_CHECK: u64 = u64::MAX - 1;
+
 /// How many notices are kept for [`crate::Connection::notices`] before the oldest are dropped.
 const MAX_NOTICES: usize = 64;
 
@@ -142,6 +147,14 @@ pub(crate) struct State {
     /// The request holding the connection exclusively: its owner is still adding messages to
     /// it (COPY data), so nothing queued after it may be written yet.
     exclusive: Option<u64>,
+    /// Who is registered with the socket for reading: the caller (request id, or
+    /// [`LISTENER`]) whose last read found nothing, and who will be woken when bytes arrive.
+    /// While someone is, other callers do not read (no wasted system call, no stealing the
+    /// registration), and a caller leaving needs to wake nobody.
+    reader: Option<u64>,
+    /// Who is registered with the socket for writing: the caller whose last write found the
+    /// socket full. A caller leaving while registered hands over like a reader.
+    writer: Option<u64>,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
     pub(crate) notices: VecDeque<DbError>,
@@ -182,6 +195,8 @@ impl State {
             flush_due: false,
             paused: false,
             exclusive: None,
+            reader: None,
+            writer: None,
             tx_status: TransactionStatus::Idle,
             params,
             notices: VecDeque::new(),
@@ -364,11 +379,11 @@ impl State {
             match self.index(id) {
                 Some(i) if i >= self.answered => {}
                 _ => {
-                    self.wake_next_driver();
+                    self.leave(id);
                     return Poll::Ready(());
                 }
             }
-            if self.drive(cx).is_pending() {
+            if self.drive(cx, id).is_pending() {
                 // Registered like any waiting caller, so that it is woken to take over
                 // driving, and when its answer arrives.
                 if let Some(i) = self.index(id) {
@@ -380,14 +395,14 @@ impl State {
     }
 
     /// Someone polling detached request `id` stopped waiting for it (a dropped `settle`): its
-    /// waker must not be the one woken to drive, and if it was the one registered with the
-    /// socket, the next waiting caller takes over.
+    /// waker must not be the one woken to drive, and the next waiting caller takes over.
     pub(crate) fn stop_waiting(&mut self, id: u64) {
         if let Some(i) = self.index(id) {
-            if self.queue[i].waker.take().is_some() {
-                self.wake_next_driver();
-            }
+            self.queue[i].waker = None;
         }
+        // Even with no waker left, it may have been woken to take over driving and leave
+        // without doing so: hand over unconditionally (a spurious wake-up costs a poll).
+        self.leave(id);
     }
 
     /// True when request `id` is the one the server is working on: the first unanswered
@@ -418,10 +433,10 @@ impl State {
                     unreachable!()
                 };
                 self.compact();
-                self.wake_next_driver();
+                self.leave(id);
                 return Poll::Ready(out);
             }
-            if self.drive(cx).is_pending() {
+            if self.drive(cx, id).is_pending() {
                 let i = self.index(id).expect("an owned request stays queued");
                 self.queue[i].waker = Some(match mine.take() {
                     Some(w) if w.will_wake(cx.waker()) => w,
@@ -465,12 +480,12 @@ impl State {
                         unreachable!()
                     };
                     self.compact();
-                    self.wake_next_driver();
+                    self.leave(id);
                     return Poll::Ready(Some(Err(e)));
                 }
                 _ => return Poll::Ready(None),
             }
-            if self.drive(cx).is_pending() {
+            if self.drive(cx, id).is_pending() {
                 let i = self.index(id).expect("an owned request stays queued");
                 self.queue[i].waker = Some(match mine.take() {
                     Some(w) if w.will_wake(cx.waker()) => w,
@@ -494,7 +509,7 @@ impl State {
         if matches!(entry.slot, Slot::Done(_)) {
             entry.slot = Slot::Gone;
             self.compact();
-            self.wake_next_driver();
+            self.leave(id);
         }
         summary
     }
@@ -527,7 +542,7 @@ impl State {
             }
             // The Closes it carried still have to reach the server.
             self.statements.requeue_closes(entry.closes);
-            self.wake_next_driver();
+            self.leave(id);
             return;
         }
         if let Some(tail) = entry.on_abandon.take() {
@@ -556,7 +571,7 @@ impl State {
         self.compact();
         // The dropped future may have been the one registered with the socket, or a full
         // stream that held everyone back.
-        self.wake_next_driver();
+        self.leave(id);
     }
 
     /// Drops collected entries off the queue's front.
@@ -567,6 +582,36 @@ impl State {
             self.queue.pop_front();
             self.answered -= 1;
         }
+    }
+
+    /// Caller `me` stops polling (answered, dropped, or done listening). If it may have been
+    /// the one registered with the socket, the first caller still waiting takes over driving;
+    /// if another caller is registered, that one reads on and nobody needs waking.
+    fn leave(&mut self, me: u64) {
+        let reads = self.reader.is_none_or(|r| r == me);
+        let writes = self.writer == Some(me);
+        if reads {
+            self.reader = None;
+        }
+        if writes {
+            self.writer = None;
+        }
+        if reads || writes || self.needs_writer() {
+            self.wake_next_driver();
+        }
+    }
+
+    /// Bytes wait to be written and no answer is due whose reader would write them on its
+    /// way (the leaver may have just queued them: an abandoned exclusive request's ending).
+    fn needs_writer(&self) -> bool {
+        !self.write.is_empty() && !self.answer_due()
+    }
+
+    /// An answer is certain to come: a request is wholly written and not yet answered.
+    fn answer_due(&self) -> bool {
+        self.queue
+            .get(self.answered)
+            .is_some_and(|e| e.end <= self.sent)
     }
 
     /// Wakes the first caller still waiting for an answer, so that it takes over driving.
@@ -587,6 +632,12 @@ impl State {
         }
     }
 
+    /// A caller that may have been registered with the socket stopped polling: wake the
+    /// next one waiting so that someone is.
+    pub(crate) fn hand_over(&mut self) {
+        self.leave(LISTENER);
+    }
+
     fn wake_listeners(&mut self) {
         for w in self.listeners.drain(..) {
             w.wake();
@@ -601,7 +652,7 @@ impl State {
             if let Some(n) = self.notifications.pop_front() {
                 // This listener may have been the one registered with the socket: the next
                 // waiting caller takes over, as when a request's owner leaves.
-                self.wake_next_driver();
+                self.leave(LISTENER);
                 return Poll::Ready(Ok(n));
             }
             if let Some(e) = self.closed_error() {
@@ -609,7 +660,7 @@ impl State {
             }
             // Driving is everyone's job: with requests in flight the listener may end up the
             // only one polling (their owners gone), and it routes their answers too.
-            if self.drive(cx).is_pending() {
+            if self.drive(cx, LISTENER).is_pending() {
                 break;
             }
         }
@@ -632,7 +683,7 @@ impl State {
         }
         let mut cx = Context::from_waker(Waker::noop());
         while self.closed.is_none() {
-            if self.drive(&mut cx).is_pending() {
+            if self.drive(&mut cx, IDLE_CHECK).is_pending() {
                 break;
             }
         }
@@ -643,9 +694,17 @@ impl State {
     /// `Ready` means progress was made (or the connection closed); `Pending` means the socket
     /// has nothing for us now and `cx` is registered with it (or a full stream holds reading
     /// back, and its owner will drive once it takes rows).
-    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>, who: u64) -> Poll<()> {
         if self.stream.is_none() {
             return Poll::Ready(());
+        }
+        if self.reader == Some(who) {
+            // It was woken (or polls anyway): it reads again below, and registers afresh if
+            // nothing is there.
+            self.reader = None;
+        }
+        if self.writer == Some(who) {
+            self.writer = None;
         }
         if self.paused {
             // Frames are waiting in the read buffer: route them before reading more.
@@ -665,11 +724,7 @@ impl State {
         // Holding back only while an answer is certain to come (a request wholly written and
         // not answered) is what keeps this from stalling: that answer's reader sets
         // `flush_due`.
-        let answer_due = self
-            .queue
-            .get(self.answered)
-            .is_some_and(|e| e.end <= self.sent);
-        let send_now = !answer_due || self.flush_due || self.write.len() >= WRITE_BATCH;
+        let send_now = !self.answer_due() || self.flush_due || self.write.len() >= WRITE_BATCH;
         // Nothing queued behind a request holding the connection goes out before it ends.
         let limit = match self.exclusive.and_then(|id| self.index(id)) {
             Some(i) => (self.queue[i].end - self.sent) as usize,
@@ -682,7 +737,12 @@ impl State {
             let res = poll_write_front(stream, &mut self.write, limit, cx);
             self.sent += (before - self.write.len()) as u64;
             match res {
-                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Ready(Ok(())) => {}
+                Poll::Pending => {
+                    if who != IDLE_CHECK {
+                        self.writer = Some(who);
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     self.close_io("sending to the server failed", e);
                     return Poll::Ready(());
@@ -693,11 +753,21 @@ impl State {
             // A full stream holds reading back until its owner takes rows.
             return Poll::Pending;
         }
+        if self.reader.is_some() {
+            // Another caller is registered with the socket: it reads, routes this caller's
+            // answer and wakes it, or wakes it to take over when it leaves.
+            return Poll::Pending;
+        }
         // Reading even while a write is blocked keeps a large pipelined batch from deadlocking
         // against a server that is itself blocked sending us answers.
         let stream = self.stream.as_mut().expect("checked above");
         match self.read.poll_fill(stream, cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if who != IDLE_CHECK {
+                    self.reader = Some(who);
+                }
+                Poll::Pending
+            }
             Poll::Ready(Ok(0)) => {
                 self.close(CloseReason::new(
                     ErrorKind::Closed,
@@ -749,6 +819,8 @@ impl State {
         self.write.clear();
         self.paused = false;
         self.exclusive = None;
+        self.reader = None;
+        self.writer = None;
         let reason = self.closed.clone().expect("set above");
         for e in self.queue.iter_mut().skip(self.answered) {
             e.slot = if e.abandoned {
