@@ -477,10 +477,17 @@ rt_test! {
 }
 
 rt_test! {
-    async fn killed_backends_are_replaced() {
+    async fn terminated_idle_backends_are_never_handed_out() {
         let app = app_name("killed");
         let admin = connect().await;
-        let pool = builder(&app).min_size(3).max_size(3).build().await.unwrap();
+        // No liveness round trip: only the check of what the idle socket holds can tell.
+        let pool = builder(&app)
+            .min_size(3)
+            .max_size(3)
+            .test_on_acquire(None)
+            .build()
+            .await
+            .unwrap();
         let killed = backends(&admin, &app).await;
         assert_eq!(killed.len(), 3);
         admin
@@ -491,35 +498,28 @@ rt_test! {
             .await
             .unwrap();
         wait_backends(&admin, &app, 0).await;
+        assert_eq!(pool.free_size(), 3, "the pool cannot know yet: it never reads idle sockets");
 
-        // Used recently, the dead connections are not checked on acquire: the first query
-        // finds each one closed, and the pool discards it when it comes back.
-        let mut failures = 0;
-        loop {
-            let conn = pool.acquire().await.unwrap();
-            assert!(!conn.is_closed(), "a closed connection is never handed out");
-            match conn.query("SELECT 1", &[]).await {
-                Ok(_) => break,
-                Err(e) => {
-                    assert!(e.is_closed(), "{e}");
-                    failures += 1;
-                    assert!(failures <= 3, "more failures than dead connections");
-                }
-            }
-        }
-        // Every connection now works, and none is one that was killed.
+        // Every connection handed out works: the dead ones were found and replaced on acquire.
         let conns = [
             pool.acquire().await.unwrap(),
             pool.acquire().await.unwrap(),
             pool.acquire().await.unwrap(),
         ];
         let mut pids = HashSet::new();
+        let mut failed = Vec::new();
         for c in &conns {
-            c.query("SELECT 1", &[]).await.unwrap();
-            assert!(!killed.contains(&c.backend_pid()));
+            if let Err(e) = c.query("SELECT 1", &[]).await {
+                failed.push(format!("{}: {e}", c.backend_pid()));
+            }
+            assert!(!killed.contains(&c.backend_pid()), "a terminated backend was handed out");
             pids.insert(c.backend_pid());
         }
+        assert!(failed.is_empty(), "queries failed on pooled connections: {failed:?}");
         assert_eq!(pids.len(), 3);
+        let stats = pool.stats();
+        assert_eq!(stats.connections_broken, 3, "{stats:?}");
+        assert_eq!(stats.connections_created, 6, "{stats:?}");
         drop(conns);
         assert_eq!(pool.size(), 3);
         assert_eq!(backends(&admin, &app).await.len(), 3);
@@ -527,7 +527,7 @@ rt_test! {
 }
 
 rt_test! {
-    async fn killed_backends_are_found_by_the_liveness_check() {
+    async fn killed_backends_are_replaced_with_the_liveness_check_on() {
         let app = app_name("killed_ping");
         let admin = connect().await;
         let pool = builder(&app)
@@ -546,7 +546,8 @@ rt_test! {
             .await
             .unwrap();
         wait_backends(&admin, &app, 0).await;
-        // The check catches every dead connection: the first acquire already works.
+        // With the round trip on as well, every dead connection is caught (by what its socket
+        // holds, before any round trip): the first acquire already works.
         let conn = pool.acquire().await.unwrap();
         conn.query("SELECT 1", &[]).await.unwrap();
         assert!(!killed.contains(&conn.backend_pid()));

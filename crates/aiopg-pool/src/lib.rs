@@ -31,14 +31,16 @@
 //!   The pool's `timeout` bounds the whole call, connecting included, and its
 //!   [`ErrorKind::PoolTimeout`](aiopg_core::ErrorKind::PoolTimeout) error states the pool's
 //!   size and how many connections were in use and how many callers waited.
-//! - **Health**: a connection that reports itself closed is never handed out. One idle for
-//!   at least [`PoolBuilder::test_on_acquire`] (5 s by default) is first checked with a
-//!   round trip; recently used ones are not (a server that went away is then discovered by
-//!   the first query, which fails with a closed error, and the connection is discarded when
-//!   it comes back). Connections older than `recycle` / `max_lifetime` are replaced when
-//!   acquired or released; idle ones past `idle_timeout` or `max_lifetime` are closed by a
-//!   background task. The pool refills to `min_size` in the background, backing off while
-//!   connecting fails.
+//! - **Health**: a dead connection is never handed out. Before handing out an idle one,
+//!   `acquire` reads, without waiting, whatever its socket received while it sat idle: the
+//!   FATAL error of a backend terminated with `pg_terminate_backend`, or the end of stream a
+//!   server restart leaves, is found without a round trip, and the connection is replaced
+//!   (counted in [`PoolStats::connections_broken`]). One idle for at least
+//!   [`PoolBuilder::test_on_acquire`] (5 s by default) is also checked with a round trip,
+//!   for links that die silently. Connections older than `recycle` / `max_lifetime` are
+//!   replaced when acquired or released; idle ones past `idle_timeout` or `max_lifetime` are
+//!   closed by a background task. The pool refills to `min_size` in the background, backing
+//!   off while connecting fails.
 //! - **Release**: dropping a [`PooledConnection`] returns it without blocking, from any
 //!   thread. A transaction left open is rolled back (queued ahead of the next user's
 //!   statements) and the connection reused; a closed one is discarded and its slot freed at

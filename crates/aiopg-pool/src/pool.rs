@@ -737,7 +737,11 @@ impl Pool {
                 None => (inner.wait(deadline).await?, Instant::now()),
             };
             retried = true;
-            if entry.conn.is_closed() {
+            // Idle sockets are not read: a backend terminated (or a server restarted) while
+            // the connection sat idle left its FATAL error or end of stream unread. A
+            // non-blocking read finds it, without a round trip, and the connection is
+            // replaced instead of failing its user's first query.
+            if !entry.conn.check_idle() {
                 inner.discard(entry, Why::Broken);
                 continue;
             }
