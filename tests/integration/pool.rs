@@ -18,18 +18,18 @@ use aiopg::{Connection, ErrorKind, Pool, PoolBuilder, TransactionStatus};
 use crate::support::{connect, dsn, options, poll_then_drop, rt_test, runtime, spawn};
 
 /// A unique `application_name` for one test's pool.
-fn app_name(test: &str) -> String {
+pub(crate) fn app_name(test: &str) -> String {
     format!("aiopg_pool_{test}_{}", std::process::id())
 }
 
-fn builder(app: &str) -> PoolBuilder {
+pub(crate) fn builder(app: &str) -> PoolBuilder {
     let mut opts = options(&dsn());
     opts.config_mut().application_name(app);
     Pool::builder(opts).runtime(runtime())
 }
 
 /// The server processes serving connections named `app`.
-async fn backends(admin: &Connection, app: &str) -> Vec<i32> {
+pub(crate) async fn backends(admin: &Connection, app: &str) -> Vec<i32> {
     admin
         .query(
             "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
@@ -43,13 +43,13 @@ async fn backends(admin: &Connection, app: &str) -> Vec<i32> {
 }
 
 /// Polls `fut` once with the current task's context.
-async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+pub(crate) async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
 }
 
 /// Waits for a condition that background work (another task, a refill) makes true, checking
 /// it every few milliseconds; fails the test after 20 s.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let rt = runtime();
     let start = Instant::now();
     while !cond() {

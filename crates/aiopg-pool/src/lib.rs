@@ -30,7 +30,10 @@
 //!   pool is below `max_size`. A connection given back goes straight to the oldest waiter.
 //!   The pool's `timeout` bounds the whole call, connecting included, and its
 //!   [`ErrorKind::PoolTimeout`](aiopg_core::ErrorKind::PoolTimeout) error states the pool's
-//!   size and how many connections were in use and how many callers waited.
+//!   size and how many connections were in use and how many callers waited. A connection
+//!   is handed out settled: requests its previous user left on the wire (the `ROLLBACK` a
+//!   release queues) are answered first, so `transaction_status()` right after `acquire`
+//!   is what the next statement sees.
 //! - **Health**: a dead connection is never handed out. Before handing out an idle one,
 //!   `acquire` reads, without waiting, whatever its socket received while it sat idle: the
 //!   FATAL error of a backend terminated with `pg_terminate_backend`, or the end of stream a

@@ -55,6 +55,19 @@ fn close_now(runtime: &Arc<dyn Runtime>, conn: Connection) {
     }
 }
 
+/// Waits until every request issued on `conn` so far is answered (or it closes), so that
+/// `transaction_status()` is what the next statement sees.
+///
+/// An empty query, answered after everything queued before it, and cancel-safe like any
+/// request: dropped while it waits, it hands the socket to the next waiting caller. That is
+/// what [`Connection::settle`] does too, minus that last point: its future, dropped while it
+/// waits (an acquire given up, or timed out), leaves its task registered as the one to wake
+/// when it would hand over, and the connection can then sit unread until something else
+/// polls it (seen as a 10 s stall under the load test on smol).
+async fn settle(conn: &Connection) -> Result<()> {
+    conn.batch_execute("").await
+}
+
 fn pool_closed() -> Error {
     Error::new(
         ErrorKind::PoolClosed,
@@ -88,6 +101,15 @@ impl Waiter {
     fn lock(&self) -> MutexGuard<'_, WaiterSlot> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// What a connection about to be handed out waits for first.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// The answers to requests still in flight ([`settle`]).
+    Settle,
+    /// A round trip, after the connection sat idle past `test_on_acquire`.
+    Ping,
 }
 
 /// Why a connection leaves the pool.
@@ -526,6 +548,18 @@ impl Inner {
         )
     }
 
+    /// Runs `fut` (a check of a connection about to be handed out) until the acquire's
+    /// `deadline`; `None` if the time runs out first.
+    async fn within<F: Future>(&self, deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+        match deadline {
+            None => Some(fut.await),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                aiopg_rt::timeout(&*self.runtime, left, fut).await.ok()
+            }
+        }
+    }
+
     /// A waiter gives up (its future was dropped): it leaves the queue, and a connection
     /// handed to it meanwhile goes to the next waiter or back to the idle list.
     fn cancel(self: &Arc<Self>, waiter: &Arc<Waiter>) {
@@ -706,6 +740,13 @@ impl Pool {
     /// with [`ErrorKind::PoolClosed`]. A connection that failed to open (or whose
     /// `on_connect` failed) fails the oldest waiter with that error.
     ///
+    /// The connection is handed out ready for the next statement. One whose server process
+    /// went away while it sat idle is replaced. One whose previous user left requests on the
+    /// wire (the `ROLLBACK` that releasing a transaction queues, a statement given up on) is
+    /// handed out once they are answered, so that
+    /// [`transaction_status()`](Connection::transaction_status) reports what the next
+    /// statement will see; one still busy when the timeout passes is discarded.
+    ///
     /// The connection returns to the pool when the guard is dropped. Dropping this future
     /// at any point loses nothing: a connection meant for it goes to the next caller.
     pub async fn acquire(&self) -> Result<PooledConnection> {
@@ -750,34 +791,56 @@ impl Pool {
                 continue;
             }
             let idle_for = now.saturating_duration_since(entry.last_used);
+            // From here on, dropping this future gives the connection back through the guard.
             let mut guard = PooledConnection {
                 entry: Some(entry),
                 pool: inner.clone(),
                 reset_done: false,
             };
-            if inner
+            // What the last user left on the wire (the ROLLBACK its release queued, a
+            // statement it gave up on) is answered first: until then `transaction_status()`
+            // reports the state before it, not the one the next statement sees. That answer
+            // also proves the connection alive.
+            let check = if guard.conn().has_requests_in_flight() {
+                Check::Settle
+            } else if inner
                 .settings
                 .test_after_idle
                 .is_some_and(|t| idle_for >= t)
             {
-                let ping = guard.conn().simple_query("SELECT 1");
-                let alive = match deadline {
-                    Some(d) => {
-                        let left = d.saturating_duration_since(now);
-                        matches!(
-                            aiopg_rt::timeout(&*inner.runtime, left, ping).await,
-                            Ok(Ok(_))
-                        )
-                    }
-                    None => ping.await.is_ok(),
-                };
-                if !alive {
-                    let entry = guard.entry.take().expect("the guard holds its entry");
-                    inner.discard(entry, Why::Broken);
-                    continue;
+                Check::Ping
+            } else {
+                return Ok(guard);
+            };
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // No time left to wait for the server, which is no verdict on the connection:
+                // it goes back as it is.
+                drop(guard);
+                return Err(inner.timed_out());
+            }
+            let answered = match check {
+                Check::Settle => inner.within(deadline, settle(guard.conn())).await,
+                Check::Ping => inner
+                    .within(deadline, guard.conn().simple_query("SELECT 1"))
+                    .await
+                    .map(|r| r.map(drop)),
+            };
+            match answered {
+                Some(Ok(())) => return Ok(guard),
+                // Closed, or the liveness check failed: replaced, and the next one is tried.
+                Some(Err(_)) => inner.discard(guard.take_entry(), Why::Broken),
+                None => {
+                    // Silent for all the time this caller had left.
+                    tracing::debug!(
+                        backend_pid = guard.conn().backend_pid(),
+                        ?check,
+                        "a pooled connection did not answer within the acquire timeout: \
+                         discarding it"
+                    );
+                    inner.discard(guard.take_entry(), Why::Broken);
+                    return Err(inner.timed_out());
                 }
             }
-            return Ok(guard);
         }
     }
 
@@ -789,9 +852,9 @@ impl Pool {
     pub async fn release(&self, conn: PooledConnection) {
         let mut conn = conn;
         let c = conn.conn().clone();
-        // Let requests still in flight land first (an empty query answers after them), so
-        // that the transaction status below is the server's real one.
-        if !c.is_closed() && c.has_requests_in_flight() && c.batch_execute("").await.is_err() {
+        // Let requests still in flight land first, so that the transaction status below is
+        // the server's real one.
+        if !c.is_closed() && c.has_requests_in_flight() && settle(&c).await.is_err() {
             c.close().await;
         }
         if !c.is_closed() && c.transaction_status() != TransactionStatus::Idle {
@@ -1031,6 +1094,11 @@ pub struct PooledConnection {
 impl PooledConnection {
     fn conn(&self) -> &Connection {
         &self.entry.as_ref().expect("the guard holds its entry").conn
+    }
+
+    /// Takes the entry back out of a guard that is not handed out after all.
+    fn take_entry(&mut self) -> Entry {
+        self.entry.take().expect("the guard holds its entry")
     }
 
     /// The connection.
