@@ -1,12 +1,12 @@
-//! What `Pool::acquire` hands out: connections settled (whatever the previous user left on the
-//! wire has been answered).
+//! What `Pool::acquire` hands out: connections in the order they came back (FIFO, or LIFO by
+//! choice), settled (whatever the previous user left on the wire has been answered).
 //!
 //! Where the server must still be busy at a given point (a ROLLBACK really in flight), a
 //! statement waits for an advisory lock that the test's admin session holds.
 
 use std::time::Duration;
 
-use aiopg::{Connection, ErrorKind, TransactionStatus};
+use aiopg::{Connection, ErrorKind, Reuse, TransactionStatus};
 
 use crate::pool::{app_name, builder, poll_once};
 use crate::support::{connect, poll_then_drop, rt_test, runtime};
@@ -50,6 +50,84 @@ async fn busy_on_server(admin: &Connection, pid: i32) -> bool {
         .unwrap()[0]
         .get::<i64>(0)
         == 1
+}
+
+rt_test! {
+    async fn idle_connections_are_reused_oldest_first_by_default() {
+        let pool = builder(&app_name("fifo_reuse")).min_size(3).max_size(3).build().await.unwrap();
+        let (a, b, c) = (
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+        );
+        let pids = [a.backend_pid(), b.backend_pid(), c.backend_pid()];
+        // Given back B, then A, then C.
+        drop(b);
+        drop(a);
+        drop(c);
+        let first = pool.acquire().await.unwrap();
+        let second = pool.acquire().await.unwrap();
+        let third = pool.acquire().await.unwrap();
+        assert_eq!(
+            [first.backend_pid(), second.backend_pid(), third.backend_pid()],
+            [pids[1], pids[0], pids[2]],
+            "not handed out in the order they came back (pids A, B, C: {pids:?})"
+        );
+        // And again, one at a time: each goes to the back of the line.
+        drop((first, second, third));
+        for expected in [pids[1], pids[0], pids[2], pids[1]] {
+            let conn = pool.acquire().await.unwrap();
+            assert_eq!(conn.backend_pid(), expected);
+            conn.query("SELECT 1", &[]).await.unwrap();
+        }
+    }
+}
+
+rt_test! {
+    async fn lifo_reuses_the_most_recent_connection_and_idle_timeout_retires_the_rest() {
+        let idle_timeout = Duration::from_millis(300);
+        let pool = builder(&app_name("lifo_reuse"))
+            .min_size(1)
+            .max_size(3)
+            .reuse(Reuse::Lifo)
+            .idle_timeout(idle_timeout)
+            .build()
+            .await
+            .unwrap();
+        let (a, b, c) = (
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+        );
+        let pids = [a.backend_pid(), b.backend_pid(), c.backend_pid()];
+        drop(b);
+        drop(c);
+        drop(a);
+        let first = pool.acquire().await.unwrap();
+        let second = pool.acquire().await.unwrap();
+        assert_eq!(
+            [first.backend_pid(), second.backend_pid()],
+            [pids[0], pids[2]],
+            "not the most recently given back first (pids A, B, C: {pids:?})"
+        );
+        drop(second);
+        drop(first);
+        // One caller after another keeps reusing A; B and C stay idle until the reaper closes
+        // them (with oldest-first reuse every one would take its turn and stay open).
+        let start = std::time::Instant::now();
+        while pool.size() > 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "idle connections were not retired: {:?}",
+                pool.stats()
+            );
+            let conn = pool.acquire().await.unwrap();
+            assert_eq!(conn.backend_pid(), pids[0], "LIFO handed out another connection");
+            conn.query("SELECT 1", &[]).await.unwrap();
+        }
+        assert_eq!(pool.free_size(), 1);
+        assert_eq!(pool.acquire().await.unwrap().backend_pid(), pids[0]);
+    }
 }
 
 rt_test! {

@@ -25,7 +25,8 @@
 //! # Behaviour
 //!
 //! - **Acquire** ([`Pool::acquire`]): an idle connection is handed out at once, with no
-//!   task hop and one short lock. Otherwise the caller queues, strictly first come first
+//!   task hop and one short lock: the one given back longest ago, as Python aiopg does, or
+//!   the most recent one with [`PoolBuilder::reuse`]`(`[`Reuse::Lifo`]`)`. Otherwise the caller queues, strictly first come first
 //!   served, and a connection is opened for it (in a task on the pool's runtime) while the
 //!   pool is below `max_size`. A connection given back goes straight to the oldest waiter.
 //!   The pool's `timeout` bounds the whole call, connecting included, and its
@@ -80,7 +81,7 @@ mod builder;
 mod pool;
 
 pub use builder::{
-    create_pool, IntoConnectOptions, OnConnect, PoolBuilder, DEFAULT_ACQUIRE_TIMEOUT,
+    create_pool, IntoConnectOptions, OnConnect, PoolBuilder, Reuse, DEFAULT_ACQUIRE_TIMEOUT,
     DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, DEFAULT_TEST_AFTER_IDLE,
 };
 pub use pool::{Pool, PoolStats, PooledConnection, PooledCursor};

@@ -19,7 +19,7 @@ use aiopg_core::{Error, ErrorKind, Result, Row, TransactionStatus};
 use aiopg_cursor::{Cursor, CursorExt, CursorOptions};
 use aiopg_rt::{BoxFuture, Runtime};
 
-use crate::builder::{IntoConnectOptions, OnConnect, PoolBuilder, Settings};
+use crate::builder::{IntoConnectOptions, OnConnect, PoolBuilder, Reuse, Settings};
 
 /// The first pause between failed attempts to refill the pool to `min_size`.
 const REFILL_BACKOFF_START: Duration = Duration::from_millis(50);
@@ -125,7 +125,9 @@ enum Why {
 
 #[derive(Default)]
 struct State {
-    /// Idle connections; the most recently used at the back (acquired first).
+    /// Idle connections in the order they came back, the longest idle at the front (the
+    /// reaper keeps that order); [`State::take_idle`] takes from the end `Settings::reuse`
+    /// names.
     idle: VecDeque<Entry>,
     /// Callers waiting for a connection, oldest first. Non-empty only while `idle` is empty.
     waiters: VecDeque<Arc<Waiter>>,
@@ -166,6 +168,16 @@ impl State {
 
     fn in_use(&self) -> usize {
         self.size - self.idle.len() - self.connecting
+    }
+
+    /// The idle connection to hand out next: the longest idle one ([`Reuse::Fifo`]) or the
+    /// most recently given back ([`Reuse::Lifo`]).
+    #[inline]
+    fn take_idle(&mut self, reuse: Reuse) -> Option<Entry> {
+        match reuse {
+            Reuse::Fifo => self.idle.pop_front(),
+            Reuse::Lifo => self.idle.pop_back(),
+        }
     }
 }
 
@@ -495,7 +507,7 @@ impl Inner {
                 return Err(pool_closed());
             }
             if st.waiters.is_empty() {
-                if let Some(entry) = st.idle.pop_back() {
+                if let Some(entry) = st.take_idle(self.settings.reuse) {
                     return Ok(entry);
                 }
             }
@@ -733,7 +745,8 @@ impl Pool {
 
     /// Takes a connection from the pool (Python aiopg's `acquire`).
     ///
-    /// An idle connection is handed out at once; otherwise the caller waits its turn (first
+    /// An idle connection is handed out at once (the one given back longest ago, unless
+    /// [`PoolBuilder::reuse`] says otherwise); otherwise the caller waits its turn (first
     /// come, first served) while a new connection is opened if the pool is below
     /// `max_size`. The whole call, connecting included, is bounded by the pool's `timeout`:
     /// past it the call fails with [`ErrorKind::PoolTimeout`]. On a closed pool it fails
@@ -766,7 +779,7 @@ impl Pool {
                     counted = true;
                 }
                 if st.waiters.is_empty() {
-                    st.idle.pop_back()
+                    st.take_idle(inner.settings.reuse)
                 } else {
                     None
                 }
