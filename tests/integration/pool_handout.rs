@@ -1,12 +1,15 @@
 //! What `Pool::acquire` hands out: connections in the order they came back (FIFO, or LIFO by
-//! choice), settled (whatever the previous user left on the wire has been answered).
+//! choice), settled (whatever the previous user left on the wire has been answered), and as
+//! a lease that ends at release, so that handles kept past the guard fail instead of sharing
+//! the socket with the next user.
 //!
 //! Where the server must still be busy at a given point (a ROLLBACK really in flight), a
 //! statement waits for an advisory lock that the test's admin session holds.
 
 use std::time::Duration;
 
-use aiopg::{Connection, ErrorKind, Reuse, TransactionStatus};
+use aiopg::prelude::*;
+use aiopg::{Connection, CursorOptions, Error, ErrorKind, Reuse, TransactionStatus};
 
 use crate::pool::{app_name, builder, poll_once};
 use crate::support::{connect, poll_then_drop, rt_test, runtime};
@@ -50,6 +53,15 @@ async fn busy_on_server(admin: &Connection, pid: i32) -> bool {
         .unwrap()[0]
         .get::<i64>(0)
         == 1
+}
+
+fn assert_usage(what: &str, res: aiopg::Result<impl std::fmt::Debug>) {
+    let err: Error = match res {
+        Ok(v) => panic!("{what} worked past the guard's release: {v:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::Usage, "{what}: {err}");
+    assert!(err.to_string().contains("lease"), "{what}: {err}");
 }
 
 rt_test! {
@@ -200,5 +212,92 @@ rt_test! {
         assert_ne!(conn.backend_pid(), pid, "the busy connection was handed out");
         assert_eq!(conn.query("SELECT 1::int4", &[]).await.unwrap()[0].get::<i32>(0), 1);
         assert_eq!(conn.transaction_status(), TransactionStatus::Idle);
+    }
+}
+
+rt_test! {
+    async fn handles_kept_past_release_fail_and_leave_the_next_user_alone() {
+        let pool = builder(&app_name("leases")).min_size(1).max_size(1).build().await.unwrap();
+        let conn = pool.acquire().await.unwrap();
+        let pid = conn.backend_pid();
+        conn.batch_execute("CREATE TEMP TABLE leases (x int)").await.unwrap();
+        // Handles that outlive the guard: a clone of the connection, a transaction, a named
+        // cursor declared inside it (a server-side cursor, read two rows at a time) and a
+        // client-side cursor.
+        let clone: Connection = (*conn).clone();
+        let tx = conn.begin().await.unwrap();
+        let named = CursorOptions { name: Some("leased_cur".into()), ..Default::default() };
+        let mut cur = conn.cursor_with(named).await.unwrap();
+        cur.set_itersize(2);
+        cur.execute("SELECT generate_series(1, 10)", &[]).await.unwrap();
+        assert_eq!(cur.fetchone().await.unwrap().unwrap().get::<i32>(0), 1);
+        let mut plain = conn.cursor().await.unwrap();
+        plain.execute("SELECT 1", &[]).await.unwrap();
+        assert!(!clone.is_stale());
+        drop(conn);
+
+        // The next user works inside a transaction of its own: a stray ROLLBACK or CLOSE from
+        // the old handles would end or abort it.
+        let next = pool.acquire().await.unwrap();
+        assert_eq!(next.backend_pid(), pid);
+        assert_eq!(next.transaction_status(), TransactionStatus::Idle);
+        let mut next_tx = next.begin().await.unwrap();
+        next.execute("INSERT INTO leases VALUES (1)", &[]).await.unwrap();
+
+        assert!(clone.is_stale());
+        assert_usage("a clone's query", clone.query("SELECT 1", &[]).await);
+        assert_usage("a clone's execute", clone.execute("SELECT 1", &[]).await);
+        assert_usage("a clone's simple query", clone.simple_query("SELECT 1").await);
+        assert_usage("a clone's prepare", clone.prepare("SELECT 2").await);
+        assert_usage("a clone's cancel", clone.cancel().await);
+        assert_usage("a clone's begin", clone.begin().await);
+        // The named cursor needs the server for its next rows.
+        assert_usage("a named cursor's fetch", cur.fetchmany(Some(3)).await);
+        assert_usage("a cursor's execute", plain.execute("SELECT 1", &[]).await);
+        assert_usage("a transaction's statement", tx.connection().query("SELECT 1", &[]).await);
+        // Neither closing the clone nor dropping the handles (a declared cursor's CLOSE, an
+        // active transaction's ROLLBACK) reaches the next user.
+        clone.close().await;
+        drop(cur);
+        drop(plain);
+        drop(tx);
+        drop(clone);
+        assert!(!next.is_closed());
+        assert_eq!(next.transaction_status(), TransactionStatus::InTransaction);
+        let rows = next.query("SELECT count(*) FROM leases", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<i64>(0), 1, "the next user's transaction was rolled back");
+        next_tx.commit().await.unwrap();
+        assert_eq!(next.transaction_status(), TransactionStatus::Idle);
+
+        // The explicit release ends the lease too; so does a commit attempt on a transaction
+        // kept past it.
+        let mut tx = next.begin().await.unwrap();
+        let clone = next.connection().clone();
+        pool.release(next).await;
+        assert_usage("a clone's query after Pool::release", clone.query("SELECT 1", &[]).await);
+        assert_usage("a transaction's commit after Pool::release", tx.commit().await);
+        let last = pool.acquire().await.unwrap();
+        assert_eq!(last.backend_pid(), pid);
+        assert_eq!(last.transaction_status(), TransactionStatus::Idle);
+        let rows = last.query("SELECT count(*) FROM leases", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<i64>(0), 1);
+        assert_eq!(pool.stats().connections_created, 1);
+    }
+}
+
+rt_test! {
+    async fn a_pooled_cursor_and_its_clones_follow_the_same_lease() {
+        let pool = builder(&app_name("lease_cursor")).min_size(1).max_size(1).build().await.unwrap();
+        let mut cur = pool.cursor().await.unwrap();
+        cur.execute("SELECT 1", &[]).await.unwrap();
+        let clone = cur.connection().connection().clone();
+        clone.query("SELECT 1", &[]).await.unwrap();
+        drop(cur);
+        assert_usage("a pooled cursor's connection", clone.query("SELECT 1", &[]).await);
+        let conn = pool.acquire().await.unwrap();
+        conn.query("SELECT 1", &[]).await.unwrap();
+        // Each guard has a lease of its own: the previous guard's handles stay stale.
+        assert_usage("the previous guard's clone", clone.query("SELECT 1", &[]).await);
+        assert!(!conn.is_stale());
     }
 }

@@ -49,7 +49,11 @@
 //!   thread. A transaction left open is rolled back (queued ahead of the next user's
 //!   statements) and the connection reused; a closed one is discarded and its slot freed at
 //!   once; with [`PoolBuilder::reset_on_release`], `UNLISTEN *` and `RESET ALL` run too.
-//!   [`Pool::release`] is the explicit form, which waits for that clean-up.
+//!   [`Pool::release`] is the explicit form, which waits for that clean-up. What the guard
+//!   derefs to is a lease ([`aiopg_conn::Connection::lease`]): clones of it, and cursors and
+//!   transactions opened on it, fail with
+//!   [`ErrorKind::Usage`](aiopg_core::ErrorKind::Usage) once the guard is back, instead of
+//!   sharing the socket with the connection's next user.
 //! - **Shutdown**: [`Pool::close`] fails waiting and later acquires with
 //!   [`ErrorKind::PoolClosed`](aiopg_core::ErrorKind::PoolClosed) and closes idle
 //!   connections (those in use when they come back); [`Pool::terminate`] also closes the
@@ -74,6 +78,8 @@
 //! - [`Pool::close`] and [`Pool::terminate`] close idle connections at once;
 //!   [`Pool::is_closed`] is true from `close()` on.
 //! - Acquiring is strictly FIFO; Python aiopg's is close to it but not guaranteed.
+//! - A connection kept past its release (a clone, a cursor, a transaction) fails with a
+//!   usage error; Python aiopg's keeps working, on the connection its next user now has.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 

@@ -300,6 +300,9 @@ impl Inner {
 
     /// Takes back a lent connection: synchronous and non-blocking, from any thread.
     fn release(self: &Arc<Self>, mut entry: Entry, reset_done: bool) {
+        // First of all: from now on, the handles the user was given (clones, cursors,
+        // transactions) fail instead of reaching the connection's next user.
+        entry.conn.end_lease();
         let now = Instant::now();
         let why = if entry.conn.is_closed() {
             Some(Why::Broken)
@@ -805,11 +808,7 @@ impl Pool {
             }
             let idle_for = now.saturating_duration_since(entry.last_used);
             // From here on, dropping this future gives the connection back through the guard.
-            let mut guard = PooledConnection {
-                entry: Some(entry),
-                pool: inner.clone(),
-                reset_done: false,
-            };
+            let mut guard = PooledConnection::lend(entry, inner.clone());
             // What the last user left on the wire (the ROLLBACK its release queued, a
             // statement it gave up on) is answered first: until then `transaction_status()`
             // reports the state before it, not the one the next statement sees. That answer
@@ -864,7 +863,10 @@ impl Pool {
     /// pool goes back to its own pool.
     pub async fn release(&self, conn: PooledConnection) {
         let mut conn = conn;
+        // The pool's own handle does the clean-up; the user's handles go stale first, so that
+        // none of them can slip a statement in between the clean-up and the next user.
         let c = conn.conn().clone();
+        c.end_lease();
         // Let requests still in flight land first, so that the transaction status below is
         // the server's real one.
         if !c.is_closed() && c.has_requests_in_flight() && settle(&c).await.is_err() {
@@ -1092,31 +1094,59 @@ pub struct PoolStats {
 /// A connection lent by a [`Pool`]; derefs to [`Connection`] and goes back to the pool when
 /// dropped.
 ///
+/// Handed out ready for the next statement: whatever its previous user left on the wire (the
+/// `ROLLBACK` of a transaction left open, say) has been answered, so
+/// [`transaction_status()`](Connection::transaction_status) is what that statement will see,
+/// and a connection whose server process went away while it sat idle is never handed out.
+///
+/// The [`Connection`] it derefs to is a lease ([`Connection::lease`]) that ends when the guard
+/// goes back to the pool. Clones of it, and cursors and transactions opened on it, work while
+/// the guard is held; kept past that, every call on them fails with an
+/// [`ErrorKind::Usage`] error instead of sharing the socket with the connection's next user,
+/// and dropping them sends nothing (the pool's release does the clean-up: a transaction left
+/// open is rolled back).
+///
 /// Dropping it never blocks and works from any thread or runtime: a connection left inside a
 /// transaction gets a `ROLLBACK` queued ahead of anything its next user sends (driven by a
-/// task on the pool's runtime) and is reused at once; a closed one is discarded and its slot
-/// freed for a new connection. Clones of the inner [`Connection`] (or cursors opened on it)
-/// still work after the guard is dropped, but then share the socket with its next user: drop
-/// them first.
+/// task on the pool's runtime, and awaited by the next [`Pool::acquire`] before it hands the
+/// connection out); a closed one is discarded and its slot freed for a new connection.
+/// [`Pool::release`] is the form that waits for the clean-up.
 pub struct PooledConnection {
     entry: Option<Entry>,
+    /// The handle users get: a lease on `entry.conn`, ended when the guard goes back. The pool
+    /// keeps using `entry.conn` itself (for checks, `ROLLBACK` and reset), which never goes
+    /// stale.
+    leased: Connection,
     pool: Arc<Inner>,
     reset_done: bool,
 }
 
 impl PooledConnection {
+    /// Lends `entry` out: its connection gets a new lease.
+    #[inline]
+    fn lend(entry: Entry, pool: Arc<Inner>) -> PooledConnection {
+        PooledConnection {
+            leased: entry.conn.lease(),
+            entry: Some(entry),
+            pool,
+            reset_done: false,
+        }
+    }
+
+    /// The pool's own handle.
     fn conn(&self) -> &Connection {
         &self.entry.as_ref().expect("the guard holds its entry").conn
     }
 
-    /// Takes the entry back out of a guard that is not handed out after all.
+    /// Takes the entry back out of a guard that is not handed out after all; the lease never
+    /// reached anyone.
     fn take_entry(&mut self) -> Entry {
         self.entry.take().expect("the guard holds its entry")
     }
 
-    /// The connection.
+    /// The connection (the leased handle: see the type's documentation).
     pub fn connection(&self) -> &Connection {
-        self.conn()
+        &self.leased
     }
 
     /// When the pool opened this connection.
@@ -1132,20 +1162,20 @@ impl Deref for PooledConnection {
     type Target = Connection;
 
     fn deref(&self) -> &Connection {
-        self.conn()
+        &self.leased
     }
 }
 
 impl AsRef<Connection> for PooledConnection {
     fn as_ref(&self) -> &Connection {
-        self.conn()
+        &self.leased
     }
 }
 
 impl fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledConnection")
-            .field("connection", &self.entry.as_ref().map(|e| &e.conn))
+            .field("connection", &self.leased)
             .finish()
     }
 }
