@@ -559,6 +559,52 @@ rt_test! {
     }
 }
 
+/// The last statement the server process `pid` ran.
+async fn last_query(admin: &Connection, pid: i32) -> String {
+    admin
+        .query("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .unwrap()[0]
+        .get::<String>(0)
+}
+
+rt_test! {
+    async fn only_connections_idle_past_test_on_acquire_get_a_round_trip() {
+        let admin = connect().await;
+        let idle = Duration::from_millis(100);
+        let pool = builder(&app_name("ping_idle"))
+            .min_size(1)
+            .max_size(1)
+            .test_on_acquire(idle)
+            .build()
+            .await
+            .unwrap();
+        let conn = pool.acquire().await.unwrap();
+        let pid = conn.backend_pid();
+        conn.batch_execute("SELECT 'recent'").await.unwrap();
+        drop(conn);
+        // Taken again at once: handed out without a round trip.
+        let conn = pool.acquire().await.unwrap();
+        assert_eq!(last_query(&admin, pid).await, "SELECT 'recent'");
+        conn.batch_execute("SELECT 'again'").await.unwrap();
+        drop(conn);
+        // Left idle past the threshold (waiting is what this is about; the background sweep
+        // notices it on its own schedule): the next acquire checks it first.
+        let start = Instant::now();
+        loop {
+            runtime().sleep(idle * 2).await;
+            let conn = pool.acquire().await.unwrap();
+            if last_query(&admin, pid).await == "SELECT 1" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "an idle connection was never checked");
+            conn.batch_execute("SELECT 'again'").await.unwrap();
+        }
+        assert_eq!(pool.stats().connections_broken, 0);
+        assert_eq!(pool.stats().connections_created, 1);
+    }
+}
+
 rt_test! {
     async fn clear_closes_idle_connections_and_the_pool_refills() {
         let app = app_name("clear");

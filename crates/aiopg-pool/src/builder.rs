@@ -103,6 +103,17 @@ pub(crate) struct Settings {
     pub(crate) on_connect: Option<OnConnect>,
 }
 
+impl Settings {
+    /// The age past which a connection is replaced: the shorter of `recycle` and
+    /// `max_lifetime`.
+    pub(crate) fn max_age(&self) -> Option<Duration> {
+        match (self.recycle, self.max_lifetime) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -207,7 +218,10 @@ impl PoolBuilder {
     }
 
     /// Closes connections left idle longer than this, keeping at least `min_size` open
-    /// (default: never). Checked by a background task.
+    /// (default: never). A background sweep does it (see [`test_on_acquire`] for how often):
+    /// a connection may stay open up to a sweep period or so past its time.
+    ///
+    /// [`test_on_acquire`]: Self::test_on_acquire
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.idle_timeout = timeout.into();
         self
@@ -223,7 +237,13 @@ impl PoolBuilder {
     /// Connections idle at least this long are checked with a round trip (`SELECT 1`) before
     /// [`Pool::acquire`] hands them out, and replaced if the check fails (default 5 s).
     /// `Some(Duration::ZERO)` checks every time; `None` never does. Connections used more
-    /// recently are handed out unchecked (a closed one never is).
+    /// recently are handed out unchecked (a closed one never is, nor one whose socket shows
+    /// that its server process went away).
+    ///
+    /// Idle times are measured by a background sweep, not by reading the clock on every
+    /// acquire and release: it runs every half of the shortest of this, `idle_timeout` and
+    /// `max_lifetime` (between 10 ms and 30 s), so a connection is checked once it has been
+    /// idle this long, noticed up to a sweep period or so later.
     pub fn test_on_acquire(mut self, idle_for: impl Into<Option<Duration>>) -> Self {
         self.settings.test_after_idle = idle_for.into();
         self

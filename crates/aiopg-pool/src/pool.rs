@@ -82,7 +82,39 @@ struct Entry {
     /// Index in `State::slots`.
     slot: usize,
     created: Instant,
-    last_used: Instant,
+    /// When `recycle` / `max_lifetime` replace it (worked out once: `acquire` and release
+    /// only compare).
+    retire_at: Option<Instant>,
+    /// `State::sweeps` when it last came back: how long it has been idle is counted in sweeps,
+    /// so that taking and giving back a connection reads no clock.
+    idle_since: u64,
+    /// Idle at least `test_on_acquire` (marked by the sweep): `acquire` checks it with a round
+    /// trip first.
+    needs_ping: bool,
+    /// Whether requests may still be in flight: the last release queued clean-up, or saw
+    /// requests it did not wait for. Only then does `acquire` ask the connection (its lock)
+    /// whether it has settled.
+    unsettled: bool,
+}
+
+impl Entry {
+    fn new(conn: Connection, slot: usize, now: Instant, sweeps: u64, settings: &Settings) -> Entry {
+        Entry {
+            conn,
+            slot,
+            created: now,
+            retire_at: settings.max_age().and_then(|age| now.checked_add(age)),
+            idle_since: sweeps,
+            needs_ping: false,
+            // `on_connect` may have left something in flight.
+            unsettled: true,
+        }
+    }
+
+    #[inline]
+    fn too_old(&self, now: Instant) -> bool {
+        self.retire_at.is_some_and(|at| now >= at)
+    }
 }
 
 /// One caller waiting in [`Pool::acquire`].
@@ -100,6 +132,25 @@ struct WaiterSlot {
 impl Waiter {
     fn lock(&self) -> MutexGuard<'_, WaiterSlot> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// When an [`Pool::acquire`] gives up: its timeout from the first time it has to wait.
+struct Deadline {
+    timeout: Option<Duration>,
+    at: Option<Option<Instant>>,
+}
+
+impl Deadline {
+    fn new(timeout: Option<Duration>) -> Deadline {
+        Deadline { timeout, at: None }
+    }
+
+    fn get(&mut self) -> Option<Instant> {
+        let timeout = self.timeout;
+        *self
+            .at
+            .get_or_insert_with(|| timeout.and_then(|t| Instant::now().checked_add(t)))
     }
 }
 
@@ -140,6 +191,8 @@ struct State {
     connecting: usize,
     closing: bool,
     refilling: bool,
+    /// Rounds of the sweeper so far: the clock idle times are counted in.
+    sweeps: u64,
     closed_wakers: Vec<Waker>,
     // Statistics.
     acquires: u64,
@@ -215,15 +268,6 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn too_old(&self, entry: &Entry, now: Instant) -> bool {
-        let limit = match (self.settings.recycle, self.settings.max_lifetime) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return false,
-        };
-        now.saturating_duration_since(entry.created) >= limit
-    }
-
     /// Hands `entry` to the oldest waiter, or makes it idle. The pool must be open.
     fn put(&self, st: &mut State, entry: Entry, act: &mut Actions) {
         match st.waiters.pop_front() {
@@ -273,7 +317,20 @@ impl Inner {
         }
     }
 
+    #[inline]
     fn run(self: &Arc<Self>, act: Actions) {
+        // Most changes (a connection taken or given back) leave nothing to do. The vectors
+        // only ever grow, so empty ones never allocated: forgetting them leaks nothing and
+        // skips their drop.
+        if act.wake.is_empty() && act.close.is_empty() && act.connect == 0 && !act.refill {
+            debug_assert!(act.wake.capacity() == 0 && act.close.capacity() == 0);
+            std::mem::forget(act);
+            return;
+        }
+        self.run_slow(act);
+    }
+
+    fn run_slow(self: &Arc<Self>, act: Actions) {
         for w in act.wake {
             w.wake();
         }
@@ -303,33 +360,38 @@ impl Inner {
         // First of all: from now on, the handles the user was given (clones, cursors,
         // transactions) fail instead of reaching the connection's next user.
         entry.conn.end_lease();
-        let now = Instant::now();
         let why = if entry.conn.is_closed() {
             Some(Why::Broken)
-        } else if self.too_old(&entry, now) {
+        } else if entry.retire_at.is_some() && entry.too_old(Instant::now()) {
             Some(Why::Recycled)
         } else {
             None
         };
+        // `Pool::release` waited for its clean-up, but whatever it left is checked anyway.
+        entry.unsettled = reset_done;
         if why.is_none() && !reset_done {
             // A request still in flight (a BEGIN whose caller gave up, say) may yet open a
             // transaction the status cannot show: roll back then too. The ROLLBACK is queued
             // ahead of anything the next user sends and driven by a task, so the connection
-            // can be reused at once; if there was no transaction, its warning is dropped.
+            // can be reused at once (the next `acquire` waits for its answer); if there was no
+            // transaction, its warning is dropped.
             if entry.conn.transaction_status() != TransactionStatus::Idle
                 || entry.conn.has_requests_in_flight()
             {
                 entry.conn.detach("ROLLBACK");
+                entry.unsettled = true;
             }
             if self.settings.reset_on_release {
                 entry.conn.detach(RESET_SQL);
                 drop(entry.conn.take_notifications());
+                entry.unsettled = true;
             }
         }
-        entry.last_used = now;
+        entry.needs_ping = false;
         let mut act = Actions::default();
         {
             let mut st = self.lock();
+            entry.idle_since = st.sweeps;
             match why {
                 _ if st.closing => self.drop_entry(&mut st, entry, Why::Retired, &mut act),
                 Some(why) => self.drop_entry(&mut st, entry, why, &mut act),
@@ -357,12 +419,7 @@ impl Inner {
                 Ok(conn) => {
                     st.created += 1;
                     let slot = st.add_slot(conn.clone());
-                    let entry = Entry {
-                        conn,
-                        slot,
-                        created: now,
-                        last_used: now,
-                    };
+                    let entry = Entry::new(conn, slot, now, st.sweeps, &self.settings);
                     self.put(&mut st, entry, &mut act);
                 }
                 Err(e) => {
@@ -443,13 +500,15 @@ impl Inner {
         }));
     }
 
-    /// Closes idle connections past `idle_timeout` (above `min_size`) or `max_lifetime`,
-    /// every `period`, until the pool closes or is dropped.
-    fn spawn_reaper(self: &Arc<Self>) {
-        let shortest = match (self.settings.idle_timeout, self.settings.max_lifetime) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return,
+    /// Every `period` until the pool closes or is dropped: closes idle connections past
+    /// `idle_timeout` (above `min_size`) or `max_lifetime`, and marks those idle past
+    /// `test_on_acquire` for a liveness check.
+    fn spawn_sweeper(self: &Arc<Self>) {
+        let st = &self.settings;
+        let ping_after = st.test_after_idle.filter(|t| !t.is_zero());
+        let limits = [st.idle_timeout, st.max_lifetime, ping_after];
+        let Some(shortest) = limits.into_iter().flatten().min() else {
+            return;
         };
         let period = (shortest / 2).clamp(Duration::from_millis(10), Duration::from_secs(30));
         let pool = Arc::downgrade(self);
@@ -460,14 +519,16 @@ impl Inner {
                 let Some(inner) = pool.upgrade() else {
                     return;
                 };
-                if !inner.reap() {
+                if !inner.sweep(period) {
                     return;
                 }
             }
         }));
     }
 
-    fn reap(self: &Arc<Self>) -> bool {
+    /// One round of [`spawn_sweeper`](Self::spawn_sweeper)'s work; false once the pool is
+    /// closing.
+    fn sweep(self: &Arc<Self>, period: Duration) -> bool {
         let now = Instant::now();
         let mut act = Actions::default();
         {
@@ -475,22 +536,29 @@ impl Inner {
             if st.closing {
                 return false;
             }
+            st.sweeps += 1;
+            let sweeps = st.sweeps;
             let idle = std::mem::take(&mut st.idle);
-            for entry in idle {
+            for mut entry in idle {
+                // At least this long: rounds are at least `period` apart, and it came back
+                // some time after round `idle_since`.
+                let rounds = sweeps.saturating_sub(entry.idle_since + 1);
+                let idle_for = period.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
                 let old = self
                     .settings
                     .max_lifetime
                     .is_some_and(|l| now.saturating_duration_since(entry.created) >= l);
-                let unused = self
-                    .settings
-                    .idle_timeout
-                    .is_some_and(|t| now.saturating_duration_since(entry.last_used) >= t)
+                let unused = self.settings.idle_timeout.is_some_and(|t| idle_for >= t)
                     && st.size > self.settings.min_size;
                 if old {
                     self.drop_entry(&mut st, entry, Why::Recycled, &mut act);
                 } else if unused {
                     self.drop_entry(&mut st, entry, Why::Retired, &mut act);
                 } else {
+                    if self.settings.test_after_idle.is_some_and(|t| idle_for >= t) {
+                        entry.needs_ping = true;
+                    }
+                    // In the order they came back, as before.
                     st.idle.push_back(entry);
                 }
             }
@@ -726,12 +794,7 @@ impl Pool {
         let mut st = State::default();
         for conn in first {
             let slot = st.add_slot(conn.clone());
-            st.idle.push_back(Entry {
-                conn,
-                slot,
-                created: now,
-                last_used: now,
-            });
+            st.idle.push_back(Entry::new(conn, slot, now, 0, &settings));
             st.size += 1;
             st.created += 1;
         }
@@ -742,7 +805,7 @@ impl Pool {
             state: Mutex::new(st),
             wait_nanos: AtomicU64::new(0),
         });
-        inner.spawn_reaper();
+        inner.spawn_sweeper();
         Pool { inner }
     }
 
@@ -767,10 +830,10 @@ impl Pool {
     /// at any point loses nothing: a connection meant for it goes to the next caller.
     pub async fn acquire(&self) -> Result<PooledConnection> {
         let inner = &self.inner;
-        let start = Instant::now();
-        let deadline = inner.settings.timeout.and_then(|t| start.checked_add(t));
+        // The clock is first read when this call has to wait (for a connection, or a check):
+        // what comes before is a few non-blocking steps.
+        let mut deadline = Deadline::new(inner.settings.timeout);
         let mut counted = false;
-        let mut retried = false;
         loop {
             let popped = {
                 let mut st = inner.lock();
@@ -787,13 +850,10 @@ impl Pool {
                     None
                 }
             };
-            let (entry, now) = match popped {
-                // The clock was read just before: no need to read it again.
-                Some(entry) if !retried => (entry, start),
-                Some(entry) => (entry, Instant::now()),
-                None => (inner.wait(deadline).await?, Instant::now()),
+            let entry = match popped {
+                Some(entry) => entry,
+                None => inner.wait(deadline.get()).await?,
             };
-            retried = true;
             // Idle sockets are not read: a backend terminated (or a server restarted) while
             // the connection sat idle left its FATAL error or end of stream unread. A
             // non-blocking read finds it, without a round trip, and the connection is
@@ -802,28 +862,30 @@ impl Pool {
                 inner.discard(entry, Why::Broken);
                 continue;
             }
-            if inner.too_old(&entry, now) {
+            if entry.retire_at.is_some() && entry.too_old(Instant::now()) {
                 inner.discard(entry, Why::Recycled);
                 continue;
             }
-            let idle_for = now.saturating_duration_since(entry.last_used);
+            let unsettled = entry.unsettled && entry.conn.has_requests_in_flight();
+            let stale = match inner.settings.test_after_idle {
+                Some(t) if t.is_zero() => true,
+                Some(_) => entry.needs_ping,
+                None => false,
+            };
             // From here on, dropping this future gives the connection back through the guard.
             let mut guard = PooledConnection::lend(entry, inner.clone());
             // What the last user left on the wire (the ROLLBACK its release queued, a
             // statement it gave up on) is answered first: until then `transaction_status()`
             // reports the state before it, not the one the next statement sees. That answer
             // also proves the connection alive.
-            let check = if guard.conn().has_requests_in_flight() {
+            let check = if unsettled {
                 Check::Settle
-            } else if inner
-                .settings
-                .test_after_idle
-                .is_some_and(|t| idle_for >= t)
-            {
+            } else if stale {
                 Check::Ping
             } else {
                 return Ok(guard);
             };
+            let deadline = deadline.get();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 // No time left to wait for the server, which is no verdict on the connection:
                 // it goes back as it is.
