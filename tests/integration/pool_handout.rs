@@ -124,7 +124,7 @@ rt_test! {
         );
         drop(second);
         drop(first);
-        // One caller after another keeps reusing A; B and C stay idle until the reaper closes
+        // One caller after another keeps reusing A; B and C stay idle until the sweep closes
         // them (with oldest-first reuse every one would take its turn and stay open).
         let start = std::time::Instant::now();
         while pool.size() > 1 {

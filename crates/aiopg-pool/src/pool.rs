@@ -177,7 +177,7 @@ enum Why {
 #[derive(Default)]
 struct State {
     /// Idle connections in the order they came back, the longest idle at the front (the
-    /// reaper keeps that order); [`State::take_idle`] takes from the end `Settings::reuse`
+    /// sweep keeps that order); [`State::take_idle`] takes from the end `Settings::reuse`
     /// names.
     idle: VecDeque<Entry>,
     /// Callers waiting for a connection, oldest first. Non-empty only while `idle` is empty.
