@@ -74,7 +74,7 @@ pub use aiopg_cursor::{Cursor, CursorExt, CursorOptions, Description, ScrollMode
 pub use aiopg_derive::FromRow;
 pub use aiopg_pool::{
     create_pool, IntoConnectOptions, OnConnect, Pool, PoolBuilder, PoolStats, PooledConnection,
-    PooledCursor,
+    PooledCursor, Reuse,
 };
 
 /// What the code `#[derive(FromRow)]` generates names; not a public API.

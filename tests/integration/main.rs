@@ -13,6 +13,7 @@ mod mogrify;
 mod pipeline;
 mod pool;
 mod pool_faults;
+mod pool_handout;
 mod query;
 mod transaction;
 mod types;

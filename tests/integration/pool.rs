@@ -18,18 +18,18 @@ use aiopg::{Connection, ErrorKind, Pool, PoolBuilder, TransactionStatus};
 use crate::support::{connect, dsn, options, poll_then_drop, rt_test, runtime, spawn};
 
 /// A unique `application_name` for one test's pool.
-fn app_name(test: &str) -> String {
+pub(crate) fn app_name(test: &str) -> String {
     format!("aiopg_pool_{test}_{}", std::process::id())
 }
 
-fn builder(app: &str) -> PoolBuilder {
+pub(crate) fn builder(app: &str) -> PoolBuilder {
     let mut opts = options(&dsn());
     opts.config_mut().application_name(app);
     Pool::builder(opts).runtime(runtime())
 }
 
 /// The server processes serving connections named `app`.
-async fn backends(admin: &Connection, app: &str) -> Vec<i32> {
+pub(crate) async fn backends(admin: &Connection, app: &str) -> Vec<i32> {
     admin
         .query(
             "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
@@ -43,13 +43,13 @@ async fn backends(admin: &Connection, app: &str) -> Vec<i32> {
 }
 
 /// Polls `fut` once with the current task's context.
-async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+pub(crate) async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
 }
 
 /// Waits for a condition that background work (another task, a refill) makes true, checking
 /// it every few milliseconds; fails the test after 20 s.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let rt = runtime();
     let start = Instant::now();
     while !cond() {
@@ -477,10 +477,17 @@ rt_test! {
 }
 
 rt_test! {
-    async fn killed_backends_are_replaced() {
+    async fn terminated_idle_backends_are_never_handed_out() {
         let app = app_name("killed");
         let admin = connect().await;
-        let pool = builder(&app).min_size(3).max_size(3).build().await.unwrap();
+        // No liveness round trip: only the check of what the idle socket holds can tell.
+        let pool = builder(&app)
+            .min_size(3)
+            .max_size(3)
+            .test_on_acquire(None)
+            .build()
+            .await
+            .unwrap();
         let killed = backends(&admin, &app).await;
         assert_eq!(killed.len(), 3);
         admin
@@ -491,35 +498,28 @@ rt_test! {
             .await
             .unwrap();
         wait_backends(&admin, &app, 0).await;
+        assert_eq!(pool.free_size(), 3, "the pool cannot know yet: it never reads idle sockets");
 
-        // Used recently, the dead connections are not checked on acquire: the first query
-        // finds each one closed, and the pool discards it when it comes back.
-        let mut failures = 0;
-        loop {
-            let conn = pool.acquire().await.unwrap();
-            assert!(!conn.is_closed(), "a closed connection is never handed out");
-            match conn.query("SELECT 1", &[]).await {
-                Ok(_) => break,
-                Err(e) => {
-                    assert!(e.is_closed(), "{e}");
-                    failures += 1;
-                    assert!(failures <= 3, "more failures than dead connections");
-                }
-            }
-        }
-        // Every connection now works, and none is one that was killed.
+        // Every connection handed out works: the dead ones were found and replaced on acquire.
         let conns = [
             pool.acquire().await.unwrap(),
             pool.acquire().await.unwrap(),
             pool.acquire().await.unwrap(),
         ];
         let mut pids = HashSet::new();
+        let mut failed = Vec::new();
         for c in &conns {
-            c.query("SELECT 1", &[]).await.unwrap();
-            assert!(!killed.contains(&c.backend_pid()));
+            if let Err(e) = c.query("SELECT 1", &[]).await {
+                failed.push(format!("{}: {e}", c.backend_pid()));
+            }
+            assert!(!killed.contains(&c.backend_pid()), "a terminated backend was handed out");
             pids.insert(c.backend_pid());
         }
+        assert!(failed.is_empty(), "queries failed on pooled connections: {failed:?}");
         assert_eq!(pids.len(), 3);
+        let stats = pool.stats();
+        assert_eq!(stats.connections_broken, 3, "{stats:?}");
+        assert_eq!(stats.connections_created, 6, "{stats:?}");
         drop(conns);
         assert_eq!(pool.size(), 3);
         assert_eq!(backends(&admin, &app).await.len(), 3);
@@ -527,7 +527,7 @@ rt_test! {
 }
 
 rt_test! {
-    async fn killed_backends_are_found_by_the_liveness_check() {
+    async fn killed_backends_are_replaced_with_the_liveness_check_on() {
         let app = app_name("killed_ping");
         let admin = connect().await;
         let pool = builder(&app)
@@ -546,7 +546,8 @@ rt_test! {
             .await
             .unwrap();
         wait_backends(&admin, &app, 0).await;
-        // The check catches every dead connection: the first acquire already works.
+        // With the round trip on as well, every dead connection is caught (by what its socket
+        // holds, before any round trip): the first acquire already works.
         let conn = pool.acquire().await.unwrap();
         conn.query("SELECT 1", &[]).await.unwrap();
         assert!(!killed.contains(&conn.backend_pid()));
@@ -555,6 +556,52 @@ rt_test! {
         // The pool refills to min_size in the background.
         wait_until("the pool is refilled", || pool.size() == 2 && pool.free_size() == 2).await;
         wait_backends(&admin, &app, 2).await;
+    }
+}
+
+/// The last statement the server process `pid` ran.
+async fn last_query(admin: &Connection, pid: i32) -> String {
+    admin
+        .query("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .unwrap()[0]
+        .get::<String>(0)
+}
+
+rt_test! {
+    async fn only_connections_idle_past_test_on_acquire_get_a_round_trip() {
+        let admin = connect().await;
+        let idle = Duration::from_millis(100);
+        let pool = builder(&app_name("ping_idle"))
+            .min_size(1)
+            .max_size(1)
+            .test_on_acquire(idle)
+            .build()
+            .await
+            .unwrap();
+        let conn = pool.acquire().await.unwrap();
+        let pid = conn.backend_pid();
+        conn.batch_execute("SELECT 'recent'").await.unwrap();
+        drop(conn);
+        // Taken again at once: handed out without a round trip.
+        let conn = pool.acquire().await.unwrap();
+        assert_eq!(last_query(&admin, pid).await, "SELECT 'recent'");
+        conn.batch_execute("SELECT 'again'").await.unwrap();
+        drop(conn);
+        // Left idle past the threshold (waiting is what this is about; the background sweep
+        // notices it on its own schedule): the next acquire checks it first.
+        let start = Instant::now();
+        loop {
+            runtime().sleep(idle * 2).await;
+            let conn = pool.acquire().await.unwrap();
+            if last_query(&admin, pid).await == "SELECT 1" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "an idle connection was never checked");
+            conn.batch_execute("SELECT 'again'").await.unwrap();
+        }
+        assert_eq!(pool.stats().connections_broken, 0);
+        assert_eq!(pool.stats().connections_created, 1);
     }
 }
 

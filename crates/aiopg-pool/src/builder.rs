@@ -24,6 +24,30 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
 /// before handing it out, unless told otherwise ([`PoolBuilder::test_on_acquire`]).
 pub const DEFAULT_TEST_AFTER_IDLE: Duration = Duration::from_secs(5);
 
+/// Which idle connection [`Pool::acquire`] hands out first ([`PoolBuilder::reuse`]).
+///
+/// Callers waiting for a connection are always served first come, first served; this only
+/// decides which of several idle connections the next caller gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Reuse {
+    /// The connection given back longest ago first (first in, first out), as Python aiopg
+    /// does with its free list (the default). Every connection takes its turn, so all of
+    /// them stay warm (their statement caches filled, their server processes' caches too) and
+    /// the work is spread over them. In exchange, while any traffic continues no connection
+    /// stays idle long enough for [`PoolBuilder::idle_timeout`] to close it, and under light
+    /// traffic more of them have sat idle past [`PoolBuilder::test_on_acquire`]'s threshold
+    /// when their turn comes (a round trip before they are handed out).
+    #[default]
+    Fifo,
+    /// The connection given back most recently first (last in, first out). Light traffic
+    /// keeps reusing the same few connections, which are recently used and so seldom need the
+    /// [`PoolBuilder::test_on_acquire`] round trip; the others stay idle, and
+    /// [`PoolBuilder::idle_timeout`] can close them, down to `min_size`, so the pool holds as
+    /// many server processes as the traffic needs. The rarely used connections are the cold
+    /// ones when a burst comes.
+    Lifo,
+}
+
 /// The callback [`PoolBuilder::on_connect`] installs: runs on every new connection.
 pub type OnConnect =
     Arc<dyn for<'a> Fn(&'a Connection) -> BoxFuture<'a, Result<()>> + Send + Sync + 'static>;
@@ -75,7 +99,19 @@ pub(crate) struct Settings {
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) test_after_idle: Option<Duration>,
     pub(crate) reset_on_release: bool,
+    pub(crate) reuse: Reuse,
     pub(crate) on_connect: Option<OnConnect>,
+}
+
+impl Settings {
+    /// The age past which a connection is replaced: the shorter of `recycle` and
+    /// `max_lifetime`.
+    pub(crate) fn max_age(&self) -> Option<Duration> {
+        match (self.recycle, self.max_lifetime) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -89,6 +125,7 @@ impl Default for Settings {
             max_lifetime: None,
             test_after_idle: Some(DEFAULT_TEST_AFTER_IDLE),
             reset_on_release: false,
+            reuse: Reuse::Fifo,
             on_connect: None,
         }
     }
@@ -105,6 +142,7 @@ impl fmt::Debug for Settings {
             .field("max_lifetime", &self.max_lifetime)
             .field("test_on_acquire", &self.test_after_idle)
             .field("reset_on_release", &self.reset_on_release)
+            .field("reuse", &self.reuse)
             .field("on_connect", &self.on_connect.is_some())
             .finish()
     }
@@ -180,7 +218,10 @@ impl PoolBuilder {
     }
 
     /// Closes connections left idle longer than this, keeping at least `min_size` open
-    /// (default: never). Checked by a background task.
+    /// (default: never). A background sweep does it (see [`test_on_acquire`] for how often):
+    /// a connection may stay open up to a sweep period or so past its time.
+    ///
+    /// [`test_on_acquire`]: Self::test_on_acquire
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.settings.idle_timeout = timeout.into();
         self
@@ -196,7 +237,13 @@ impl PoolBuilder {
     /// Connections idle at least this long are checked with a round trip (`SELECT 1`) before
     /// [`Pool::acquire`] hands them out, and replaced if the check fails (default 5 s).
     /// `Some(Duration::ZERO)` checks every time; `None` never does. Connections used more
-    /// recently are handed out unchecked (a closed one never is).
+    /// recently are handed out unchecked (a closed one never is, nor one whose socket shows
+    /// that its server process went away).
+    ///
+    /// Idle times are measured by a background sweep, not by reading the clock on every
+    /// acquire and release: it runs every half of the shortest of this, `idle_timeout` and
+    /// `max_lifetime` (between 10 ms and 30 s), so a connection is checked once it has been
+    /// idle this long, noticed up to a sweep period or so later.
     pub fn test_on_acquire(mut self, idle_for: impl Into<Option<Duration>>) -> Self {
         self.settings.test_after_idle = idle_for.into();
         self
@@ -206,6 +253,29 @@ impl PoolBuilder {
     /// inherit `LISTEN`s or `SET`s (default: off).
     pub fn reset_on_release(mut self, reset: bool) -> Self {
         self.settings.reset_on_release = reset;
+        self
+    }
+
+    /// Which idle connection is handed out first: the one given back longest ago
+    /// ([`Reuse::Fifo`], the default, as Python aiopg) or the most recent one
+    /// ([`Reuse::Lifo`], which keeps fewer connections busy and lets `idle_timeout` close the
+    /// rest). See [`Reuse`] for the trade-off.
+    ///
+    /// ```no_run
+    /// # async fn f() -> aiopg_core::Result<()> {
+    /// use std::time::Duration;
+    /// use aiopg_pool::{Pool, Reuse};
+    /// // Shrinks back towards min_size when traffic drops.
+    /// let pool = Pool::builder("dbname=app")
+    ///     .max_size(20)
+    ///     .reuse(Reuse::Lifo)
+    ///     .idle_timeout(Duration::from_secs(300))
+    ///     .build()
+    ///     .await?;
+    /// # drop(pool); Ok(()) }
+    /// ```
+    pub fn reuse(mut self, reuse: Reuse) -> Self {
+        self.settings.reuse = reuse;
         self
     }
 

@@ -25,25 +25,35 @@
 //! # Behaviour
 //!
 //! - **Acquire** ([`Pool::acquire`]): an idle connection is handed out at once, with no
-//!   task hop and one short lock. Otherwise the caller queues, strictly first come first
+//!   task hop and one short lock: the one given back longest ago, as Python aiopg does, or
+//!   the most recent one with [`PoolBuilder::reuse`]`(`[`Reuse::Lifo`]`)`. Otherwise the caller queues, strictly first come first
 //!   served, and a connection is opened for it (in a task on the pool's runtime) while the
 //!   pool is below `max_size`. A connection given back goes straight to the oldest waiter.
 //!   The pool's `timeout` bounds the whole call, connecting included, and its
 //!   [`ErrorKind::PoolTimeout`](aiopg_core::ErrorKind::PoolTimeout) error states the pool's
-//!   size and how many connections were in use and how many callers waited.
-//! - **Health**: a connection that reports itself closed is never handed out. One idle for
-//!   at least [`PoolBuilder::test_on_acquire`] (5 s by default) is first checked with a
-//!   round trip; recently used ones are not (a server that went away is then discovered by
-//!   the first query, which fails with a closed error, and the connection is discarded when
-//!   it comes back). Connections older than `recycle` / `max_lifetime` are replaced when
-//!   acquired or released; idle ones past `idle_timeout` or `max_lifetime` are closed by a
-//!   background task. The pool refills to `min_size` in the background, backing off while
-//!   connecting fails.
+//!   size and how many connections were in use and how many callers waited. A connection
+//!   is handed out settled: requests its previous user left on the wire (the `ROLLBACK` a
+//!   release queues) are answered first, so `transaction_status()` right after `acquire`
+//!   is what the next statement sees.
+//! - **Health**: a dead connection is never handed out. Before handing out an idle one,
+//!   `acquire` reads, without waiting, whatever its socket received while it sat idle: the
+//!   FATAL error of a backend terminated with `pg_terminate_backend`, or the end of stream a
+//!   server restart leaves, is found without a round trip, and the connection is replaced
+//!   (counted in [`PoolStats::connections_broken`]). One idle for at least
+//!   [`PoolBuilder::test_on_acquire`] (5 s by default) is also checked with a round trip,
+//!   for links that die silently. Connections older than `recycle` / `max_lifetime` are
+//!   replaced when acquired or released; idle ones past `idle_timeout` or `max_lifetime` are
+//!   closed by a background task. The pool refills to `min_size` in the background, backing
+//!   off while connecting fails.
 //! - **Release**: dropping a [`PooledConnection`] returns it without blocking, from any
 //!   thread. A transaction left open is rolled back (queued ahead of the next user's
 //!   statements) and the connection reused; a closed one is discarded and its slot freed at
 //!   once; with [`PoolBuilder::reset_on_release`], `UNLISTEN *` and `RESET ALL` run too.
-//!   [`Pool::release`] is the explicit form, which waits for that clean-up.
+//!   [`Pool::release`] is the explicit form, which waits for that clean-up. What the guard
+//!   derefs to is a lease ([`aiopg_conn::Connection::lease`]): clones of it, and cursors and
+//!   transactions opened on it, fail with
+//!   [`ErrorKind::Usage`](aiopg_core::ErrorKind::Usage) once the guard is back, instead of
+//!   sharing the socket with the connection's next user.
 //! - **Shutdown**: [`Pool::close`] fails waiting and later acquires with
 //!   [`ErrorKind::PoolClosed`](aiopg_core::ErrorKind::PoolClosed) and closes idle
 //!   connections (those in use when they come back); [`Pool::terminate`] also closes the
@@ -68,6 +78,8 @@
 //! - [`Pool::close`] and [`Pool::terminate`] close idle connections at once;
 //!   [`Pool::is_closed`] is true from `close()` on.
 //! - Acquiring is strictly FIFO; Python aiopg's is close to it but not guaranteed.
+//! - A connection kept past its release (a clone, a cursor, a transaction) fails with a
+//!   usage error; Python aiopg's keeps working, on the connection its next user now has.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -75,7 +87,7 @@ mod builder;
 mod pool;
 
 pub use builder::{
-    create_pool, IntoConnectOptions, OnConnect, PoolBuilder, DEFAULT_ACQUIRE_TIMEOUT,
+    create_pool, IntoConnectOptions, OnConnect, PoolBuilder, Reuse, DEFAULT_ACQUIRE_TIMEOUT,
     DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, DEFAULT_TEST_AFTER_IDLE,
 };
 pub use pool::{Pool, PoolStats, PooledConnection, PooledCursor};

@@ -19,7 +19,7 @@ use aiopg_core::{Error, ErrorKind, Result, Row, TransactionStatus};
 use aiopg_cursor::{Cursor, CursorExt, CursorOptions};
 use aiopg_rt::{BoxFuture, Runtime};
 
-use crate::builder::{IntoConnectOptions, OnConnect, PoolBuilder, Settings};
+use crate::builder::{IntoConnectOptions, OnConnect, PoolBuilder, Reuse, Settings};
 
 /// The first pause between failed attempts to refill the pool to `min_size`.
 const REFILL_BACKOFF_START: Duration = Duration::from_millis(50);
@@ -55,6 +55,19 @@ fn close_now(runtime: &Arc<dyn Runtime>, conn: Connection) {
     }
 }
 
+/// Waits until every request issued on `conn` so far is answered (or it closes), so that
+/// `transaction_status()` is what the next statement sees.
+///
+/// An empty query, answered after everything queued before it, and cancel-safe like any
+/// request: dropped while it waits, it hands the socket to the next waiting caller. That is
+/// what [`Connection::settle`] does too, minus that last point: its future, dropped while it
+/// waits (an acquire given up, or timed out), leaves its task registered as the one to wake
+/// when it would hand over, and the connection can then sit unread until something else
+/// polls it (seen as a 10 s stall under the load test on smol).
+async fn settle(conn: &Connection) -> Result<()> {
+    conn.batch_execute("").await
+}
+
 fn pool_closed() -> Error {
     Error::new(
         ErrorKind::PoolClosed,
@@ -69,7 +82,39 @@ struct Entry {
     /// Index in `State::slots`.
     slot: usize,
     created: Instant,
-    last_used: Instant,
+    /// When `recycle` / `max_lifetime` replace it (worked out once: `acquire` and release
+    /// only compare).
+    retire_at: Option<Instant>,
+    /// `State::sweeps` when it last came back: how long it has been idle is counted in sweeps,
+    /// so that taking and giving back a connection reads no clock.
+    idle_since: u64,
+    /// Idle at least `test_on_acquire` (marked by the sweep): `acquire` checks it with a round
+    /// trip first.
+    needs_ping: bool,
+    /// Whether requests may still be in flight: the last release queued clean-up, or saw
+    /// requests it did not wait for. Only then does `acquire` ask the connection (its lock)
+    /// whether it has settled.
+    unsettled: bool,
+}
+
+impl Entry {
+    fn new(conn: Connection, slot: usize, now: Instant, sweeps: u64, settings: &Settings) -> Entry {
+        Entry {
+            conn,
+            slot,
+            created: now,
+            retire_at: settings.max_age().and_then(|age| now.checked_add(age)),
+            idle_since: sweeps,
+            needs_ping: false,
+            // `on_connect` may have left something in flight.
+            unsettled: true,
+        }
+    }
+
+    #[inline]
+    fn too_old(&self, now: Instant) -> bool {
+        self.retire_at.is_some_and(|at| now >= at)
+    }
 }
 
 /// One caller waiting in [`Pool::acquire`].
@@ -90,6 +135,34 @@ impl Waiter {
     }
 }
 
+/// When an [`Pool::acquire`] gives up: its timeout from the first time it has to wait.
+struct Deadline {
+    timeout: Option<Duration>,
+    at: Option<Option<Instant>>,
+}
+
+impl Deadline {
+    fn new(timeout: Option<Duration>) -> Deadline {
+        Deadline { timeout, at: None }
+    }
+
+    fn get(&mut self) -> Option<Instant> {
+        let timeout = self.timeout;
+        *self
+            .at
+            .get_or_insert_with(|| timeout.and_then(|t| Instant::now().checked_add(t)))
+    }
+}
+
+/// What a connection about to be handed out waits for first.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// The answers to requests still in flight ([`settle`]).
+    Settle,
+    /// A round trip, after the connection sat idle past `test_on_acquire`.
+    Ping,
+}
+
 /// Why a connection leaves the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Why {
@@ -103,7 +176,9 @@ enum Why {
 
 #[derive(Default)]
 struct State {
-    /// Idle connections; the most recently used at the back (acquired first).
+    /// Idle connections in the order they came back, the longest idle at the front (the
+    /// sweep keeps that order); [`State::take_idle`] takes from the end `Settings::reuse`
+    /// names.
     idle: VecDeque<Entry>,
     /// Callers waiting for a connection, oldest first. Non-empty only while `idle` is empty.
     waiters: VecDeque<Arc<Waiter>>,
@@ -116,6 +191,8 @@ struct State {
     connecting: usize,
     closing: bool,
     refilling: bool,
+    /// Rounds of the sweeper so far: the clock idle times are counted in.
+    sweeps: u64,
     closed_wakers: Vec<Waker>,
     // Statistics.
     acquires: u64,
@@ -144,6 +221,16 @@ impl State {
 
     fn in_use(&self) -> usize {
         self.size - self.idle.len() - self.connecting
+    }
+
+    /// The idle connection to hand out next: the longest idle one ([`Reuse::Fifo`]) or the
+    /// most recently given back ([`Reuse::Lifo`]).
+    #[inline]
+    fn take_idle(&mut self, reuse: Reuse) -> Option<Entry> {
+        match reuse {
+            Reuse::Fifo => self.idle.pop_front(),
+            Reuse::Lifo => self.idle.pop_back(),
+        }
     }
 }
 
@@ -179,15 +266,6 @@ impl Inner {
         // Every change under the lock is a few plain assignments: a panic cannot leave it
         // half-done, so a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn too_old(&self, entry: &Entry, now: Instant) -> bool {
-        let limit = match (self.settings.recycle, self.settings.max_lifetime) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return false,
-        };
-        now.saturating_duration_since(entry.created) >= limit
     }
 
     /// Hands `entry` to the oldest waiter, or makes it idle. The pool must be open.
@@ -239,7 +317,20 @@ impl Inner {
         }
     }
 
+    #[inline]
     fn run(self: &Arc<Self>, act: Actions) {
+        // Most changes (a connection taken or given back) leave nothing to do. The vectors
+        // only ever grow, so empty ones never allocated: forgetting them leaks nothing and
+        // skips their drop.
+        if act.wake.is_empty() && act.close.is_empty() && act.connect == 0 && !act.refill {
+            debug_assert!(act.wake.capacity() == 0 && act.close.capacity() == 0);
+            std::mem::forget(act);
+            return;
+        }
+        self.run_slow(act);
+    }
+
+    fn run_slow(self: &Arc<Self>, act: Actions) {
         for w in act.wake {
             w.wake();
         }
@@ -266,33 +357,41 @@ impl Inner {
 
     /// Takes back a lent connection: synchronous and non-blocking, from any thread.
     fn release(self: &Arc<Self>, mut entry: Entry, reset_done: bool) {
-        let now = Instant::now();
+        // First of all: from now on, the handles the user was given (clones, cursors,
+        // transactions) fail instead of reaching the connection's next user.
+        entry.conn.end_lease();
         let why = if entry.conn.is_closed() {
             Some(Why::Broken)
-        } else if self.too_old(&entry, now) {
+        } else if entry.retire_at.is_some() && entry.too_old(Instant::now()) {
             Some(Why::Recycled)
         } else {
             None
         };
+        // `Pool::release` waited for its clean-up, but whatever it left is checked anyway.
+        entry.unsettled = reset_done;
         if why.is_none() && !reset_done {
             // A request still in flight (a BEGIN whose caller gave up, say) may yet open a
             // transaction the status cannot show: roll back then too. The ROLLBACK is queued
             // ahead of anything the next user sends and driven by a task, so the connection
-            // can be reused at once; if there was no transaction, its warning is dropped.
+            // can be reused at once (the next `acquire` waits for its answer); if there was no
+            // transaction, its warning is dropped.
             if entry.conn.transaction_status() != TransactionStatus::Idle
                 || entry.conn.has_requests_in_flight()
             {
                 entry.conn.detach("ROLLBACK");
+                entry.unsettled = true;
             }
             if self.settings.reset_on_release {
                 entry.conn.detach(RESET_SQL);
                 drop(entry.conn.take_notifications());
+                entry.unsettled = true;
             }
         }
-        entry.last_used = now;
+        entry.needs_ping = false;
         let mut act = Actions::default();
         {
             let mut st = self.lock();
+            entry.idle_since = st.sweeps;
             match why {
                 _ if st.closing => self.drop_entry(&mut st, entry, Why::Retired, &mut act),
                 Some(why) => self.drop_entry(&mut st, entry, why, &mut act),
@@ -320,12 +419,7 @@ impl Inner {
                 Ok(conn) => {
                     st.created += 1;
                     let slot = st.add_slot(conn.clone());
-                    let entry = Entry {
-                        conn,
-                        slot,
-                        created: now,
-                        last_used: now,
-                    };
+                    let entry = Entry::new(conn, slot, now, st.sweeps, &self.settings);
                     self.put(&mut st, entry, &mut act);
                 }
                 Err(e) => {
@@ -406,13 +500,15 @@ impl Inner {
         }));
     }
 
-    /// Closes idle connections past `idle_timeout` (above `min_size`) or `max_lifetime`,
-    /// every `period`, until the pool closes or is dropped.
-    fn spawn_reaper(self: &Arc<Self>) {
-        let shortest = match (self.settings.idle_timeout, self.settings.max_lifetime) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return,
+    /// Every `period` until the pool closes or is dropped: closes idle connections past
+    /// `idle_timeout` (above `min_size`) or `max_lifetime`, and marks those idle past
+    /// `test_on_acquire` for a liveness check.
+    fn spawn_sweeper(self: &Arc<Self>) {
+        let st = &self.settings;
+        let ping_after = st.test_after_idle.filter(|t| !t.is_zero());
+        let limits = [st.idle_timeout, st.max_lifetime, ping_after];
+        let Some(shortest) = limits.into_iter().flatten().min() else {
+            return;
         };
         let period = (shortest / 2).clamp(Duration::from_millis(10), Duration::from_secs(30));
         let pool = Arc::downgrade(self);
@@ -423,14 +519,16 @@ impl Inner {
                 let Some(inner) = pool.upgrade() else {
                     return;
                 };
-                if !inner.reap() {
+                if !inner.sweep(period) {
                     return;
                 }
             }
         }));
     }
 
-    fn reap(self: &Arc<Self>) -> bool {
+    /// One round of [`spawn_sweeper`](Self::spawn_sweeper)'s work; false once the pool is
+    /// closing.
+    fn sweep(self: &Arc<Self>, period: Duration) -> bool {
         let now = Instant::now();
         let mut act = Actions::default();
         {
@@ -438,22 +536,29 @@ impl Inner {
             if st.closing {
                 return false;
             }
+            st.sweeps += 1;
+            let sweeps = st.sweeps;
             let idle = std::mem::take(&mut st.idle);
-            for entry in idle {
+            for mut entry in idle {
+                // At least this long: rounds are at least `period` apart, and it came back
+                // some time after round `idle_since`.
+                let rounds = sweeps.saturating_sub(entry.idle_since + 1);
+                let idle_for = period.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
                 let old = self
                     .settings
                     .max_lifetime
                     .is_some_and(|l| now.saturating_duration_since(entry.created) >= l);
-                let unused = self
-                    .settings
-                    .idle_timeout
-                    .is_some_and(|t| now.saturating_duration_since(entry.last_used) >= t)
+                let unused = self.settings.idle_timeout.is_some_and(|t| idle_for >= t)
                     && st.size > self.settings.min_size;
                 if old {
                     self.drop_entry(&mut st, entry, Why::Recycled, &mut act);
                 } else if unused {
                     self.drop_entry(&mut st, entry, Why::Retired, &mut act);
                 } else {
+                    if self.settings.test_after_idle.is_some_and(|t| idle_for >= t) {
+                        entry.needs_ping = true;
+                    }
+                    // In the order they came back, as before.
                     st.idle.push_back(entry);
                 }
             }
@@ -473,7 +578,7 @@ impl Inner {
                 return Err(pool_closed());
             }
             if st.waiters.is_empty() {
-                if let Some(entry) = st.idle.pop_back() {
+                if let Some(entry) = st.take_idle(self.settings.reuse) {
                     return Ok(entry);
                 }
             }
@@ -524,6 +629,18 @@ impl Inner {
             ),
             None,
         )
+    }
+
+    /// Runs `fut` (a check of a connection about to be handed out) until the acquire's
+    /// `deadline`; `None` if the time runs out first.
+    async fn within<F: Future>(&self, deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+        match deadline {
+            None => Some(fut.await),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                aiopg_rt::timeout(&*self.runtime, left, fut).await.ok()
+            }
+        }
     }
 
     /// A waiter gives up (its future was dropped): it leaves the queue, and a connection
@@ -677,12 +794,7 @@ impl Pool {
         let mut st = State::default();
         for conn in first {
             let slot = st.add_slot(conn.clone());
-            st.idle.push_back(Entry {
-                conn,
-                slot,
-                created: now,
-                last_used: now,
-            });
+            st.idle.push_back(Entry::new(conn, slot, now, 0, &settings));
             st.size += 1;
             st.created += 1;
         }
@@ -693,27 +805,35 @@ impl Pool {
             state: Mutex::new(st),
             wait_nanos: AtomicU64::new(0),
         });
-        inner.spawn_reaper();
+        inner.spawn_sweeper();
         Pool { inner }
     }
 
     /// Takes a connection from the pool (Python aiopg's `acquire`).
     ///
-    /// An idle connection is handed out at once; otherwise the caller waits its turn (first
+    /// An idle connection is handed out at once (the one given back longest ago, unless
+    /// [`PoolBuilder::reuse`] says otherwise); otherwise the caller waits its turn (first
     /// come, first served) while a new connection is opened if the pool is below
     /// `max_size`. The whole call, connecting included, is bounded by the pool's `timeout`:
     /// past it the call fails with [`ErrorKind::PoolTimeout`]. On a closed pool it fails
     /// with [`ErrorKind::PoolClosed`]. A connection that failed to open (or whose
     /// `on_connect` failed) fails the oldest waiter with that error.
     ///
+    /// The connection is handed out ready for the next statement. One whose server process
+    /// went away while it sat idle is replaced. One whose previous user left requests on the
+    /// wire (the `ROLLBACK` that releasing a transaction queues, a statement given up on) is
+    /// handed out once they are answered, so that
+    /// [`transaction_status()`](Connection::transaction_status) reports what the next
+    /// statement will see; one still busy when the timeout passes is discarded.
+    ///
     /// The connection returns to the pool when the guard is dropped. Dropping this future
     /// at any point loses nothing: a connection meant for it goes to the next caller.
     pub async fn acquire(&self) -> Result<PooledConnection> {
         let inner = &self.inner;
-        let start = Instant::now();
-        let deadline = inner.settings.timeout.and_then(|t| start.checked_add(t));
+        // The clock is first read when this call has to wait (for a connection, or a check):
+        // what comes before is a few non-blocking steps.
+        let mut deadline = Deadline::new(inner.settings.timeout);
         let mut counted = false;
-        let mut retried = false;
         loop {
             let popped = {
                 let mut st = inner.lock();
@@ -725,55 +845,76 @@ impl Pool {
                     counted = true;
                 }
                 if st.waiters.is_empty() {
-                    st.idle.pop_back()
+                    st.take_idle(inner.settings.reuse)
                 } else {
                     None
                 }
             };
-            let (entry, now) = match popped {
-                // The clock was read just before: no need to read it again.
-                Some(entry) if !retried => (entry, start),
-                Some(entry) => (entry, Instant::now()),
-                None => (inner.wait(deadline).await?, Instant::now()),
+            let entry = match popped {
+                Some(entry) => entry,
+                None => inner.wait(deadline.get()).await?,
             };
-            retried = true;
-            if entry.conn.is_closed() {
+            // Idle sockets are not read: a backend terminated (or a server restarted) while
+            // the connection sat idle left its FATAL error or end of stream unread. A
+            // non-blocking read finds it, without a round trip, and the connection is
+            // replaced instead of failing its user's first query.
+            if !entry.conn.check_idle() {
                 inner.discard(entry, Why::Broken);
                 continue;
             }
-            if inner.too_old(&entry, now) {
+            if entry.retire_at.is_some() && entry.too_old(Instant::now()) {
                 inner.discard(entry, Why::Recycled);
                 continue;
             }
-            let idle_for = now.saturating_duration_since(entry.last_used);
-            let mut guard = PooledConnection {
-                entry: Some(entry),
-                pool: inner.clone(),
-                reset_done: false,
+            let unsettled = entry.unsettled && entry.conn.has_requests_in_flight();
+            let stale = match inner.settings.test_after_idle {
+                Some(t) if t.is_zero() => true,
+                Some(_) => entry.needs_ping,
+                None => false,
             };
-            if inner
-                .settings
-                .test_after_idle
-                .is_some_and(|t| idle_for >= t)
-            {
-                let ping = guard.conn().simple_query("SELECT 1");
-                let alive = match deadline {
-                    Some(d) => {
-                        let left = d.saturating_duration_since(now);
-                        matches!(
-                            aiopg_rt::timeout(&*inner.runtime, left, ping).await,
-                            Ok(Ok(_))
-                        )
-                    }
-                    None => ping.await.is_ok(),
-                };
-                if !alive {
-                    let entry = guard.entry.take().expect("the guard holds its entry");
-                    inner.discard(entry, Why::Broken);
-                    continue;
+            // From here on, dropping this future gives the connection back through the guard.
+            let mut guard = PooledConnection::lend(entry, inner.clone());
+            // What the last user left on the wire (the ROLLBACK its release queued, a
+            // statement it gave up on) is answered first: until then `transaction_status()`
+            // reports the state before it, not the one the next statement sees. That answer
+            // also proves the connection alive.
+            let check = if unsettled {
+                Check::Settle
+            } else if stale {
+                Check::Ping
+            } else {
+                return Ok(guard);
+            };
+            let deadline = deadline.get();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // No time left to wait for the server, which is no verdict on the connection:
+                // it goes back as it is.
+                drop(guard);
+                return Err(inner.timed_out());
+            }
+            let answered = match check {
+                Check::Settle => inner.within(deadline, settle(guard.conn())).await,
+                Check::Ping => inner
+                    .within(deadline, guard.conn().simple_query("SELECT 1"))
+                    .await
+                    .map(|r| r.map(drop)),
+            };
+            match answered {
+                Some(Ok(())) => return Ok(guard),
+                // Closed, or the liveness check failed: replaced, and the next one is tried.
+                Some(Err(_)) => inner.discard(guard.take_entry(), Why::Broken),
+                None => {
+                    // Silent for all the time this caller had left.
+                    tracing::debug!(
+                        backend_pid = guard.conn().backend_pid(),
+                        ?check,
+                        "a pooled connection did not answer within the acquire timeout: \
+                         discarding it"
+                    );
+                    inner.discard(guard.take_entry(), Why::Broken);
+                    return Err(inner.timed_out());
                 }
             }
-            return Ok(guard);
         }
     }
 
@@ -784,10 +925,13 @@ impl Pool {
     /// pool goes back to its own pool.
     pub async fn release(&self, conn: PooledConnection) {
         let mut conn = conn;
+        // The pool's own handle does the clean-up; the user's handles go stale first, so that
+        // none of them can slip a statement in between the clean-up and the next user.
         let c = conn.conn().clone();
-        // Let requests still in flight land first (an empty query answers after them), so
-        // that the transaction status below is the server's real one.
-        if !c.is_closed() && c.has_requests_in_flight() && c.batch_execute("").await.is_err() {
+        c.end_lease();
+        // Let requests still in flight land first, so that the transaction status below is
+        // the server's real one.
+        if !c.is_closed() && c.has_requests_in_flight() && settle(&c).await.is_err() {
             c.close().await;
         }
         if !c.is_closed() && c.transaction_status() != TransactionStatus::Idle {
@@ -1012,26 +1156,59 @@ pub struct PoolStats {
 /// A connection lent by a [`Pool`]; derefs to [`Connection`] and goes back to the pool when
 /// dropped.
 ///
+/// Handed out ready for the next statement: whatever its previous user left on the wire (the
+/// `ROLLBACK` of a transaction left open, say) has been answered, so
+/// [`transaction_status()`](Connection::transaction_status) is what that statement will see,
+/// and a connection whose server process went away while it sat idle is never handed out.
+///
+/// The [`Connection`] it derefs to is a lease ([`Connection::lease`]) that ends when the guard
+/// goes back to the pool. Clones of it, and cursors and transactions opened on it, work while
+/// the guard is held; kept past that, every call on them fails with an
+/// [`ErrorKind::Usage`] error instead of sharing the socket with the connection's next user,
+/// and dropping them sends nothing (the pool's release does the clean-up: a transaction left
+/// open is rolled back).
+///
 /// Dropping it never blocks and works from any thread or runtime: a connection left inside a
 /// transaction gets a `ROLLBACK` queued ahead of anything its next user sends (driven by a
-/// task on the pool's runtime) and is reused at once; a closed one is discarded and its slot
-/// freed for a new connection. Clones of the inner [`Connection`] (or cursors opened on it)
-/// still work after the guard is dropped, but then share the socket with its next user: drop
-/// them first.
+/// task on the pool's runtime, and awaited by the next [`Pool::acquire`] before it hands the
+/// connection out); a closed one is discarded and its slot freed for a new connection.
+/// [`Pool::release`] is the form that waits for the clean-up.
 pub struct PooledConnection {
     entry: Option<Entry>,
+    /// The handle users get: a lease on `entry.conn`, ended when the guard goes back. The pool
+    /// keeps using `entry.conn` itself (for checks, `ROLLBACK` and reset), which never goes
+    /// stale.
+    leased: Connection,
     pool: Arc<Inner>,
     reset_done: bool,
 }
 
 impl PooledConnection {
+    /// Lends `entry` out: its connection gets a new lease.
+    #[inline]
+    fn lend(entry: Entry, pool: Arc<Inner>) -> PooledConnection {
+        PooledConnection {
+            leased: entry.conn.lease(),
+            entry: Some(entry),
+            pool,
+            reset_done: false,
+        }
+    }
+
+    /// The pool's own handle.
     fn conn(&self) -> &Connection {
         &self.entry.as_ref().expect("the guard holds its entry").conn
     }
 
-    /// The connection.
+    /// Takes the entry back out of a guard that is not handed out after all; the lease never
+    /// reached anyone.
+    fn take_entry(&mut self) -> Entry {
+        self.entry.take().expect("the guard holds its entry")
+    }
+
+    /// The connection (the leased handle: see the type's documentation).
     pub fn connection(&self) -> &Connection {
-        self.conn()
+        &self.leased
     }
 
     /// When the pool opened this connection.
@@ -1047,20 +1224,20 @@ impl Deref for PooledConnection {
     type Target = Connection;
 
     fn deref(&self) -> &Connection {
-        self.conn()
+        &self.leased
     }
 }
 
 impl AsRef<Connection> for PooledConnection {
     fn as_ref(&self) -> &Connection {
-        self.conn()
+        &self.leased
     }
 }
 
 impl fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledConnection")
-            .field("connection", &self.entry.as_ref().map(|e| &e.conn))
+            .field("connection", &self.leased)
             .finish()
     }
 }
