@@ -1,6 +1,7 @@
-//! `fetch-1m`: rows of (int4, text, float8, timestamptz) decoded into Rust values.
+//! `fetch-1m`: rows of (int4, text, float8, timestamptz) decoded into Rust values: the same
+//! tuple, `(i32, String, f64, chrono::DateTime<Utc>)`, for every contender.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use crate::child::{Amount, Job};
 
@@ -47,7 +48,7 @@ async fn aiopg(job: &Job) -> (u64, f64) {
     let start = Instant::now();
     // Every contender ends with the same thing: a Vec of decoded tuples, through its most
     // natural path (here `query_as`, which decodes rows as they arrive).
-    let values: Vec<(i32, String, f64, SystemTime)> =
+    let values: Vec<(i32, String, f64, chrono::DateTime<chrono::Utc>)> =
         conn.query_as(&sql, &[]).await.expect("query");
     check(values.len() as u64, n, values.last().map(|v| v.0));
     let r = (n, start.elapsed().as_secs_f64());
@@ -65,7 +66,7 @@ async fn tokio_postgres(job: &Job) -> (u64, f64) {
     let start = Instant::now();
     let rows = client.query(&stmt, &[]).await.expect("query");
     // Every contender ends with the same thing: a Vec of decoded tuples.
-    let values: Vec<(i32, String, f64, SystemTime)> = rows
+    let values: Vec<(i32, String, f64, chrono::DateTime<chrono::Utc>)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();

@@ -25,6 +25,24 @@
 //! queries always get their own answers. To stop a running statement on the server, use
 //! [`Connection::cancel`].
 //!
+//! # Row streams
+//!
+//! [`Connection::query_stream`] hands rows out as they arrive, in bounded memory: when its
+//! owner stops taking rows, the connection stops reading the socket. [`Connection::query_as`]
+//! decodes into typed rows the same way.
+//!
+//! # Timeouts
+//!
+//! [`Connection::with_timeout`] cancels a statement on the server only when it is the one the
+//! server is running; a request still queued behind other callers is withdrawn instead, so a
+//! timeout never stops a neighbour's statement. It returns within the timeout plus
+//! [`CANCEL_GRACE`].
+//!
+//! # Statements
+//!
+//! A [`Statement`] belongs to the connection that prepared it; using it on another is an
+//! [`ErrorKind::Usage`] error.
+//!
 //! # Runtimes
 //!
 //! This crate names no runtime: it uses [`aiopg_rt::Runtime`], chosen by the facade's
