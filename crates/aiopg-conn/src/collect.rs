@@ -108,8 +108,7 @@ impl BatchPart {
 #[derive(Debug)]
 pub(crate) struct StreamRows {
     columns: Arc<[Column]>,
-    /// Rows with their sizes on the wire.
-    rows: VecDeque<(Row, usize)>,
+    rows: VecDeque<Row>,
     /// Bytes of row data in `rows`.
     bytes: usize,
     pub(crate) affected: Option<u64>,
@@ -119,11 +118,16 @@ pub(crate) struct StreamRows {
 }
 
 impl StreamRows {
-    /// The next buffered row.
-    pub(crate) fn pop(&mut self) -> Option<Row> {
-        let (row, len) = self.rows.pop_front()?;
-        self.bytes -= len;
-        Some(row)
+    /// Moves every buffered row to `out` (which must be empty) in one go, so that the owner
+    /// takes them one by one without the connection's lock.
+    pub(crate) fn take_into(&mut self, out: &mut VecDeque<Row>) -> bool {
+        if self.rows.is_empty() {
+            return false;
+        }
+        debug_assert!(out.is_empty());
+        std::mem::swap(&mut self.rows, out);
+        self.bytes = 0;
+        true
     }
 }
 
@@ -273,10 +277,8 @@ impl Collector {
                 Ok(false)
             }
             Collector::Stream(s) => {
-                let len = frame.len();
-                let row = Row::from_frame(s.columns.clone(), frame)?;
-                s.bytes += len;
-                s.rows.push_back((row, len));
+                s.bytes += frame.len();
+                s.rows.push_back(Row::from_frame(s.columns.clone(), frame)?);
                 Ok(s.rows.len() == 1)
             }
             Collector::Simple(s) => match &s.columns {

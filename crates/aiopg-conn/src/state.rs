@@ -447,9 +447,16 @@ impl State {
         }
     }
 
-    /// Polls a streaming request for its next row, driving the socket meanwhile. `None` once
-    /// the stream ended; its command tag is then in the returned summary.
-    pub(crate) fn poll_row(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
+    /// Polls a streaming request for its next rows, driving the socket meanwhile: moves every
+    /// buffered row to `out` (empty on entry) and returns `Some(Ok(()))`, or the error that
+    /// ended the stream, or `None` once it ended; its command tag is then in
+    /// [`finish_stream`](Self::finish_stream).
+    pub(crate) fn poll_rows(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Row>,
+    ) -> Poll<Option<Result<()>>> {
         let Some(i) = self.index(id) else {
             return Poll::Ready(None);
         };
@@ -462,13 +469,13 @@ impl State {
                     collector: Collector::Stream(s),
                     ..
                 } => {
-                    if let Some(row) = s.pop() {
-                        return Poll::Ready(Some(Ok(row)));
+                    if s.take_into(out) {
+                        return Poll::Ready(Some(Ok(())));
                     }
                 }
                 Slot::Done(Ok(Output::Stream(s))) => {
-                    if let Some(row) = s.pop() {
-                        return Poll::Ready(Some(Ok(row)));
+                    if s.take_into(out) {
+                        return Poll::Ready(Some(Ok(())));
                     }
                     if let Some(e) = s.error.take() {
                         return Poll::Ready(Some(Err(e)));

@@ -1,6 +1,7 @@
 //! Row streams, and the query shapes users reach for (`query_one`, `query_opt`, `query_as`,
 //! `query_scalar`).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use crate::{Connection, Statement};
 
 /// The rows of one statement, decoded as they arrive: from [`Connection::query_stream`].
 ///
-/// Memory stays bounded whatever the result size: when the stream holds a few hundred rows
-/// (or 256 KiB of them) that its owner has not taken, the connection stops reading the
-/// socket until it does. Other requests on the connection wait behind the stream meanwhile
+/// Memory stays bounded whatever the result size: the stream takes the rows the connection
+/// has read in batches, and when 256 rows (or 256 KiB of them) wait in the connection beside
+/// the batch being handed out, the connection stops reading the socket until the owner takes
+/// them. Other requests on the connection wait behind the stream meanwhile
 /// (the server answers in order), so poll it to the end or drop it.
 ///
 /// # Cancel safety
@@ -32,6 +34,8 @@ use crate::{Connection, Statement};
 pub struct RowStream {
     conn: Connection,
     id: u64,
+    /// Rows taken from the connection in one go, handed out without its lock.
+    rows: VecDeque<Row>,
     columns: Arc<[Column]>,
     done: bool,
     rows_affected: Option<u64>,
@@ -71,20 +75,30 @@ impl Stream for RowStream {
 
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
-        if self.done {
+        let this = &mut *self;
+        if let Some(row) = this.rows.pop_front() {
+            return Poll::Ready(Some(Ok(row)));
+        }
+        if this.done {
             return Poll::Ready(None);
         }
-        let this = &mut *self;
         let mut st = this.conn.shared.lock();
-        let res = st.poll_row(this.id, cx);
-        if let Poll::Ready(None) = res {
-            let (affected, tag) = st.finish_stream(this.id);
-            drop(st);
-            this.done = true;
-            this.rows_affected = affected;
-            this.tag = tag;
+        match st.poll_rows(this.id, cx, &mut this.rows) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(()))) => {
+                drop(st);
+                Poll::Ready(this.rows.pop_front().map(Ok))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {
+                let (affected, tag) = st.finish_stream(this.id);
+                drop(st);
+                this.done = true;
+                this.rows_affected = affected;
+                this.tag = tag;
+                Poll::Ready(None)
+            }
         }
-        res
     }
 }
 
@@ -135,6 +149,7 @@ impl Connection {
         Ok(RowStream {
             conn: self.clone(),
             id,
+            rows: VecDeque::new(),
             columns,
             done: false,
             rows_affected: None,
