@@ -424,7 +424,7 @@ impl State {
         let Some(i) = self.index(id) else {
             return Poll::Ready(Err(Error::usage("polled a request that already finished")));
         };
-        let mut mine = self.queue[i].waker.take();
+        let mine = self.queue[i].waker.take();
         loop {
             let i = self.index(id).expect("an owned request stays queued");
             let entry = &mut self.queue[i];
@@ -437,11 +437,7 @@ impl State {
                 return Poll::Ready(out);
             }
             if self.drive(cx, id).is_pending() {
-                let i = self.index(id).expect("an owned request stays queued");
-                self.queue[i].waker = Some(match mine.take() {
-                    Some(w) if w.will_wake(cx.waker()) => w,
-                    _ => cx.waker().clone(),
-                });
+                self.park(id, cx, mine);
                 return Poll::Pending;
             }
         }
@@ -460,7 +456,7 @@ impl State {
         let Some(i) = self.index(id) else {
             return Poll::Ready(None);
         };
-        let mut mine = self.queue[i].waker.take();
+        let mine = self.queue[i].waker.take();
         loop {
             let i = self.index(id).expect("an owned request stays queued");
             let entry = &mut self.queue[i];
@@ -493,13 +489,20 @@ impl State {
                 _ => return Poll::Ready(None),
             }
             if self.drive(cx, id).is_pending() {
-                let i = self.index(id).expect("an owned request stays queued");
-                self.queue[i].waker = Some(match mine.take() {
-                    Some(w) if w.will_wake(cx.waker()) => w,
-                    _ => cx.waker().clone(),
-                });
+                self.park(id, cx, mine);
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// Leaves the owner's waker in request `id`'s entry after a poll that found nothing yet,
+    /// keeping the one it had when it wakes the same task.
+    fn park(&mut self, id: u64, cx: &Context<'_>, mine: Option<Waker>) {
+        if let Some(i) = self.index(id) {
+            self.queue[i].waker = Some(match mine {
+                Some(w) if w.will_wake(cx.waker()) => w,
+                _ => cx.waker().clone(),
+            });
         }
     }
 
