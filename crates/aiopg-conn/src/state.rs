@@ -243,14 +243,16 @@ impl State {
             }
         }
         let collector = res.and_then(|()| encode(self));
-        match collector {
+        let res = match collector {
             Ok(collector) => Ok(self.push(collector, len, closes)),
             Err(e) => {
                 self.write.truncate(len);
                 self.statements.requeue_closes(closes);
                 Err(e)
             }
-        }
+        };
+        debug_assert_eq!(self.check(), Ok(()));
+        res
     }
 
     /// Queues a request nobody waits for (clean-up: ROLLBACK, CLOSE of a cursor): its answer is
@@ -358,6 +360,7 @@ impl State {
             later.start += n;
             later.end += n;
         }
+        debug_assert_eq!(self.check(), Ok(()));
     }
 
     /// Where request `id` sits in the queue, if it is still there.
@@ -552,6 +555,7 @@ impl State {
             }
             // The Closes it carried still have to reach the server.
             self.statements.requeue_closes(entry.closes);
+            debug_assert_eq!(self.check(), Ok(()));
             self.leave(id);
             return;
         }
@@ -746,6 +750,7 @@ impl State {
             let before = self.write.len();
             let res = poll_write_front(stream, &mut self.write, limit, cx);
             self.sent += (before - self.write.len()) as u64;
+            debug_assert_eq!(self.check(), Ok(()));
             match res {
                 Poll::Ready(Ok(())) => {}
                 Poll::Pending => {
@@ -1082,8 +1087,8 @@ impl State {
     }
 
     /// Checks the bookkeeping that answers and take-backs rely on; `Err` says what broke.
-    /// Cheap enough for the model test to call after every step.
-    #[cfg(test)]
+    /// The model test calls it after every step; debug builds (every integration test
+    /// against the real server) assert it after every change to the queue or the buffer.
     pub(crate) fn check(&self) -> std::result::Result<(), String> {
         if self.answered > self.queue.len() {
             return Err(format!(
