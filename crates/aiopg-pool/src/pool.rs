@@ -55,19 +55,6 @@ fn close_now(runtime: &Arc<dyn Runtime>, conn: Connection) {
     }
 }
 
-/// Waits until every request issued on `conn` so far is answered (or it closes), so that
-/// `transaction_status()` is what the next statement sees.
-///
-/// An empty query, answered after everything queued before it, and cancel-safe like any
-/// request: dropped while it waits, it hands the socket to the next waiting caller. That is
-/// what [`Connection::settle`] does too, minus that last point: its future, dropped while it
-/// waits (an acquire given up, or timed out), leaves its task registered as the one to wake
-/// when it would hand over, and the connection can then sit unread until something else
-/// polls it (seen as a 10 s stall under the load test on smol).
-async fn settle(conn: &Connection) -> Result<()> {
-    conn.batch_execute("").await
-}
-
 fn pool_closed() -> Error {
     Error::new(
         ErrorKind::PoolClosed,
@@ -893,7 +880,7 @@ impl Pool {
                 return Err(inner.timed_out());
             }
             let answered = match check {
-                Check::Settle => inner.within(deadline, settle(guard.conn())).await,
+                Check::Settle => inner.within(deadline, guard.conn().settle()).await,
                 Check::Ping => inner
                     .within(deadline, guard.conn().simple_query("SELECT 1"))
                     .await
@@ -931,7 +918,7 @@ impl Pool {
         c.end_lease();
         // Let requests still in flight land first, so that the transaction status below is
         // the server's real one.
-        if !c.is_closed() && c.has_requests_in_flight() && settle(&c).await.is_err() {
+        if !c.is_closed() && c.has_requests_in_flight() && c.settle().await.is_err() {
             c.close().await;
         }
         if !c.is_closed() && c.transaction_status() != TransactionStatus::Idle {
