@@ -199,6 +199,7 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
         v.push(("aiopg", rt));
         if workload == "pipeline" {
             v.push(("aiopg-pipeline", rt));
+            v.push(("aiopg-tasks", rt));
         }
         if rt == "tokio" {
             let pooled = workload == "pool" || workload == "acquire";
@@ -210,6 +211,9 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
                 },
                 "tokio",
             ));
+            if workload == "pipeline" {
+                v.push(("tokio-postgres-tasks", "tokio"));
+            }
         }
         if workload != "pipeline" {
             // sqlx cannot have several queries in flight on one connection.

@@ -1,7 +1,8 @@
 //! `pipeline`: 64 prepared `SELECT $1::int4` in flight on one connection.
 //!
 //! `aiopg` and `tokio-postgres` keep 64 independent queries (each with its own Sync) in
-//! flight at all times. `aiopg-pipeline` sends batches of 64 through `Connection::pipeline`
+//! flight at all times, as futures of one task; the `-tasks` contenders do the same from 64
+//! spawned tasks sharing the connection. `aiopg-pipeline` sends batches of 64 through `Connection::pipeline`
 //! (one Sync per batch) and waits for each, which is what pgbench's pipeline mode
 //! (`\startpipeline` .. `\endpipeline`) does: the two are compared with each other.
 
@@ -17,6 +18,8 @@ pub fn run(job: &Job) -> (u64, f64) {
         "aiopg" => crate::run!(&rt, job, aiopg),
         "aiopg-pipeline" => crate::run!(&rt, job, aiopg_pipeline),
         "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
+        "aiopg-tasks" => crate::run!(&rt, job, aiopg_tasks),
+        "tokio-postgres-tasks" => crate::run!(&rt, job, tokio_postgres_tasks),
         other => panic!("pipeline: unknown contender {other}"),
     }
 }
@@ -95,6 +98,35 @@ async fn tokio_postgres(job: &Job) -> (u64, f64) {
         async move {
             let rows = client.query(stmt, &[&i]).await.expect("query");
             assert_eq!(rows[0].get::<_, i32>(0), i);
+        }
+    })
+    .await
+}
+
+async fn aiopg_tasks(job: &Job) -> (u64, f64) {
+    let conn = crate::aiopg_connect(job).await;
+    let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
+    let (c, st) = (conn.clone(), stmt.clone());
+    let r = crate::pool::run_tasks(job, move || {
+        let (conn, stmt) = (c.clone(), st.clone());
+        async move {
+            let rows = conn.query_prepared(&stmt, &[&7i32]).await.expect("query");
+            assert_eq!(rows[0].get::<i32>(0), 7);
+        }
+    })
+    .await;
+    conn.close().await;
+    r
+}
+
+async fn tokio_postgres_tasks(job: &Job) -> (u64, f64) {
+    let client = std::sync::Arc::new(crate::tokio_postgres_connect(job).await);
+    let stmt = client.prepare("SELECT $1::int4").await.expect("prepare");
+    crate::pool::run_tasks(job, move || {
+        let (client, stmt) = (client.clone(), stmt.clone());
+        async move {
+            let rows = client.query(&stmt, &[&7i32]).await.expect("query");
+            assert_eq!(rows[0].get::<_, i32>(0), 7);
         }
     })
     .await

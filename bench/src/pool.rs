@@ -24,7 +24,7 @@ pub fn run(job: &Job) -> (u64, f64) {
 }
 
 /// Spawns `TASKS` workers on the job's runtime, each running `op` until the amount is spent.
-async fn run_tasks<F, Fut>(job: &Job, op: F) -> (u64, f64)
+pub(crate) async fn run_tasks<F, Fut>(job: &Job, op: F) -> (u64, f64)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -130,6 +130,9 @@ impl Report {
         // pipeline, which does the same.
         let ours = if contender.starts_with("pgbench pipeline") {
             row.get("aiopg-pipeline/tokio")?
+        } else if contender.contains("-tasks/") {
+            // Queries from many tasks sharing one connection: against aiopg doing the same.
+            row.get(&format!("aiopg-tasks/{}", rt.unwrap_or("tokio")))?
         } else {
             row.get(&format!("aiopg/{}", rt.unwrap_or("tokio")))?
         };

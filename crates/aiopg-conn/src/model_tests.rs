@@ -48,6 +48,11 @@ struct Net {
     write_limit: usize,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
+    /// The server's next answer arrives the moment a read next registers its waker: the
+    /// read finds nothing, and the waker is woken before the poll returns (on a real runtime,
+    /// the reactor on another thread fires as soon as the waker is stored).
+    hold: bool,
+    held: VecDeque<u8>,
 }
 
 #[derive(Clone)]
@@ -67,6 +72,13 @@ impl futures_io::AsyncRead for Sock {
     ) -> Poll<io::Result<usize>> {
         let mut net = self.0.lock().unwrap();
         if net.s2c.is_empty() {
+            if !net.held.is_empty() {
+                let held = std::mem::take(&mut net.held);
+                net.s2c = held;
+                drop(net);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             net.read_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
@@ -245,9 +257,16 @@ impl Server {
             handled += 1;
         }
         if handled > 0 {
-            if let Some(w) = net.read_waker.take() {
+            if !net.held.is_empty() {
+                // Behind what is held, in order.
+                let out: Vec<u8> = net.s2c.drain(..).collect();
+                net.held.extend(out);
+            } else if let Some(w) = net.read_waker.take() {
                 w.wake();
+            } else if net.hold {
+                net.held = std::mem::take(&mut net.s2c);
             }
+            net.hold = false;
         }
         handled
     }
@@ -624,6 +643,11 @@ enum Action {
     RunTasks,
     /// The server sends a notification (between any two of its messages).
     Notify,
+    /// The server's next answer races with the next read's registration (see `Net::hold`).
+    Hold,
+    /// A caller's future moves to another task, which polls it: its waker changes, and the
+    /// old one wakes nothing that polls it.
+    Move(usize),
 }
 
 const CALLERS: usize = 4;
@@ -729,6 +753,16 @@ impl Model {
             }
             Action::Detach(v) => self.conn.detach(&format!("Q {v}")),
             Action::Notify => self.notify(),
+            Action::Hold => self.net.lock().unwrap().hold = true,
+            Action::Move(i) => {
+                let i = i % CALLERS;
+                if let Some(c) = self.callers[i].as_mut() {
+                    c.flag = Arc::new(Flag(AtomicBool::new(false)));
+                    if let Some(verdict) = c.poll() {
+                        self.finish(i, verdict)?;
+                    }
+                }
+            }
             Action::RunTasks => self.run_tasks(false),
         }
         self.adopt_tasks();
@@ -742,6 +776,10 @@ impl Model {
         body.extend_from_slice(b"chan\0");
         body.extend_from_slice(format!("n{}\0", self.sent).as_bytes());
         let mut net = self.net.lock().unwrap();
+        if !net.held.is_empty() {
+            put_msg(&mut net.held, b'A', &body);
+            return;
+        }
         put_msg(&mut net.s2c, b'A', &body);
         if let Some(w) = net.read_waker.take() {
             w.wake();
@@ -778,6 +816,15 @@ impl Model {
             net.write_limit = 1 << 20;
             if let Some(w) = net.write_waker.take() {
                 w.wake();
+            }
+            net.hold = false;
+            if !net.held.is_empty() {
+                let mut held = std::mem::take(&mut net.held);
+                held.extend(net.s2c.drain(..));
+                net.s2c = held;
+                if let Some(w) = net.read_waker.take() {
+                    w.wake();
+                }
             }
         }
         for _ in 0..100_000 {
@@ -923,6 +970,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => value().prop_map(Action::Detach),
         1 => Just(Action::RunTasks),
         1 => Just(Action::Notify),
+        2 => Just(Action::Hold),
+        1 => (0..CALLERS).prop_map(Action::Move),
     ]
 }
 
