@@ -183,6 +183,140 @@ impl Choice for SslMode {
 }
 choice_impls!(SslMode);
 
+/// `sslnegotiation`: how TLS is started (libpq 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum SslNegotiation {
+    /// Ask with an SSLRequest first, as every server understands (the default).
+    #[default]
+    Postgres,
+    /// Start the TLS handshake at once, with ALPN `postgresql` (PostgreSQL 17 and later);
+    /// only with `sslmode=require` or stronger.
+    Direct,
+}
+
+impl Choice for SslNegotiation {
+    const KEY: &'static str = "sslnegotiation";
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("postgres", SslNegotiation::Postgres),
+        ("direct", SslNegotiation::Direct),
+    ];
+}
+choice_impls!(SslNegotiation);
+
+/// An authentication method the server may ask for, as `require_auth` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// A cleartext password.
+    Password,
+    /// An MD5-hashed password.
+    Md5,
+    /// GSSAPI (Kerberos).
+    Gss,
+    /// SSPI (Windows).
+    Sspi,
+    /// SCRAM-SHA-256 (with or without channel binding).
+    ScramSha256,
+    /// No authentication at all (`trust`, or a client certificate alone).
+    None,
+}
+
+impl AuthMethod {
+    const NAMES: &'static [(&'static str, AuthMethod)] = &[
+        ("password", AuthMethod::Password),
+        ("md5", AuthMethod::Md5),
+        ("gss", AuthMethod::Gss),
+        ("sspi", AuthMethod::Sspi),
+        ("scram-sha-256", AuthMethod::ScramSha256),
+        ("none", AuthMethod::None),
+    ];
+
+    /// The `require_auth` spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+}
+
+/// `require_auth` (libpq 16): the authentication methods the client accepts from the server,
+/// or (written with `!`) the ones it refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequireAuth {
+    negated: bool,
+    methods: Vec<AuthMethod>,
+}
+
+impl RequireAuth {
+    /// Parses libpq's syntax: a comma-separated list of methods, all of them prefixed with
+    /// `!` or none of them.
+    pub fn parse(value: &str) -> Result<RequireAuth> {
+        Self::parse_in(value, Ctx::new("require_auth"))
+    }
+
+    fn parse_in(value: &str, ctx: Ctx<'_>) -> Result<RequireAuth> {
+        let mut negated = None;
+        let mut methods = Vec::new();
+        for word in value.split(',') {
+            let (neg, name) = match word.strip_prefix('!') {
+                Some(rest) => (true, rest),
+                None => (false, word),
+            };
+            if *negated.get_or_insert(neg) != neg {
+                return Err(ctx.err(
+                    "negative require_auth methods (`!md5`) cannot be mixed with positive ones",
+                ));
+            }
+            let method = AuthMethod::NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, m)| *m)
+                .ok_or_else(|| {
+                    let accepted: Vec<&str> = AuthMethod::NAMES.iter().map(|(n, _)| *n).collect();
+                    ctx.err(format!(
+                        "invalid method{} in `require_auth`; accepted methods: {} (each may                          be negated with `!`)",
+                        ctx.shown(name),
+                        accepted.join(", ")
+                    ))
+                })?;
+            if methods.contains(&method) {
+                return Err(ctx.err(format!(
+                    "require_auth method `{}` is listed more than once",
+                    method.as_str()
+                )));
+            }
+            methods.push(method);
+        }
+        Ok(RequireAuth {
+            negated: negated.unwrap_or(false),
+            methods,
+        })
+    }
+
+    /// Whether the server may authenticate the client with `method`.
+    pub fn allows(&self, method: AuthMethod) -> bool {
+        self.methods.contains(&method) != self.negated
+    }
+}
+
+impl fmt::Display for RequireAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, m) in self.methods.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if self.negated {
+                f.write_str("!")?;
+            }
+            f.write_str(m.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 /// `target_session_attrs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -328,7 +462,11 @@ pub struct Config {
     ssl_cert: Option<PathBuf>,
     ssl_key: Option<PathBuf>,
     ssl_password: Option<Password>,
+    ssl_crl: Option<PathBuf>,
+    ssl_sni: Option<bool>,
+    ssl_negotiation: Option<SslNegotiation>,
     channel_binding: Option<ChannelBinding>,
+    require_auth: Option<RequireAuth>,
     target_session_attrs: Option<TargetSessionAttrs>,
     load_balance_hosts: Option<LoadBalanceHosts>,
     passfile: Option<PathBuf>,
@@ -360,7 +498,11 @@ impl fmt::Debug for Config {
             .field("ssl_cert", &self.ssl_cert)
             .field("ssl_key", &self.ssl_key)
             .field("ssl_password", &self.ssl_password)
+            .field("ssl_crl", &self.ssl_crl)
+            .field("ssl_sni", &self.ssl_sni)
+            .field("ssl_negotiation", &self.ssl_negotiation)
             .field("channel_binding", &self.channel_binding)
+            .field("require_auth", &self.require_auth)
             .field("target_session_attrs", &self.target_session_attrs)
             .field("load_balance_hosts", &self.load_balance_hosts)
             .field("passfile", &self.passfile)
@@ -555,7 +697,16 @@ impl Config {
             "sslcert" => self.ssl_cert = path(),
             "sslkey" => self.ssl_key = path(),
             "sslpassword" => self.ssl_password = text().map(Password::from),
+            "sslcrl" => self.ssl_crl = path(),
+            "sslsni" => self.ssl_sni = parse::boolean(value, ctx)?,
+            "sslnegotiation" => self.ssl_negotiation = parse::choice(value, ctx)?,
             "channel_binding" => self.channel_binding = parse::choice(value, ctx)?,
+            "require_auth" => {
+                self.require_auth = match value {
+                    "" => None,
+                    v => Some(RequireAuth::parse_in(v, ctx)?),
+                }
+            }
             "target_session_attrs" => self.target_session_attrs = parse::choice(value, ctx)?,
             "load_balance_hosts" => self.load_balance_hosts = parse::choice(value, ctx)?,
             "passfile" => self.passfile = path(),
@@ -587,7 +738,11 @@ impl Config {
             "sslcert" => self.ssl_cert.is_some(),
             "sslkey" => self.ssl_key.is_some(),
             "sslpassword" => self.ssl_password.is_some(),
+            "sslcrl" => self.ssl_crl.is_some(),
+            "sslsni" => self.ssl_sni.is_some(),
+            "sslnegotiation" => self.ssl_negotiation.is_some(),
             "channel_binding" => self.channel_binding.is_some(),
+            "require_auth" => self.require_auth.is_some(),
             "target_session_attrs" => self.target_session_attrs.is_some(),
             "load_balance_hosts" => self.load_balance_hosts.is_some(),
             "passfile" => self.passfile.is_some(),
@@ -630,6 +785,17 @@ impl Config {
                     self.ports.len(),
                     hosts
                 ),
+            ));
+        }
+        if self.ssl_negotiation == Some(SslNegotiation::Direct)
+            && !matches!(
+                self.ssl_mode,
+                Some(SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+            )
+        {
+            return Err(Error::config(
+                name("sslnegotiation"),
+                "sslnegotiation=direct needs sslmode=require, verify-ca or verify-full: a                  server that does not speak TLS at once cannot fall back to plaintext",
             ));
         }
         if self.ssl_root_cert.as_deref() == Some(Path::new("system")) {
@@ -776,6 +942,31 @@ impl Config {
     pub fn ssl_password(&mut self, password: impl Into<Vec<u8>>) -> &mut Config {
         let password = password.into();
         self.ssl_password = (!password.is_empty()).then_some(Password(password));
+        self
+    }
+
+    /// Sets `sslcrl`: a file of revoked certificates (PEM) checked against the server's chain.
+    pub fn ssl_crl(&mut self, path: impl Into<PathBuf>) -> &mut Config {
+        self.ssl_crl = non_empty_path(path);
+        self
+    }
+
+    /// Sets `sslsni`: whether to send the host name in TLS's Server Name Indication (on by
+    /// default; never sent for an IP address).
+    pub fn ssl_sni(&mut self, on: bool) -> &mut Config {
+        self.ssl_sni = Some(on);
+        self
+    }
+
+    /// Sets `sslnegotiation`.
+    pub fn ssl_negotiation(&mut self, how: SslNegotiation) -> &mut Config {
+        self.ssl_negotiation = Some(how);
+        self
+    }
+
+    /// Sets `require_auth`.
+    pub fn require_auth(&mut self, methods: RequireAuth) -> &mut Config {
+        self.require_auth = Some(methods);
         self
     }
 
@@ -946,9 +1137,25 @@ impl Config {
     pub fn get_ssl_password(&self) -> Option<&Password> {
         self.ssl_password.as_ref()
     }
+    /// `sslcrl`: a file of revoked certificates.
+    pub fn get_ssl_crl(&self) -> Option<&Path> {
+        self.ssl_crl.as_deref()
+    }
+    /// `sslsni` (on when unset).
+    pub fn get_ssl_sni(&self) -> bool {
+        self.ssl_sni.unwrap_or(true)
+    }
+    /// `sslnegotiation` (`postgres` when unset).
+    pub fn get_ssl_negotiation(&self) -> SslNegotiation {
+        self.ssl_negotiation.unwrap_or_default()
+    }
     /// `channel_binding` (`prefer` when unset).
     pub fn get_channel_binding(&self) -> ChannelBinding {
         self.channel_binding.unwrap_or_default()
+    }
+    /// `require_auth`: the authentication methods accepted from the server (any when unset).
+    pub fn get_require_auth(&self) -> Option<&RequireAuth> {
+        self.require_auth.as_ref()
     }
     /// `target_session_attrs`.
     pub fn get_target_session_attrs(&self) -> TargetSessionAttrs {

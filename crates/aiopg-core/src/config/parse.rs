@@ -32,7 +32,11 @@ pub(super) const KEY_WORDS: &[&str] = &[
     "sslcert",
     "sslkey",
     "sslpassword",
+    "sslcrl",
+    "sslsni",
+    "sslnegotiation",
     "channel_binding",
+    "require_auth",
     "target_session_attrs",
     "load_balance_hosts",
     "passfile",
@@ -63,10 +67,7 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 
 /// Further libpq key words that aiopg does not support.
 const UNSUPPORTED_LIBPQ: &[&str] = &[
-    "sslcrl",
     "sslcrldir",
-    "sslsni",
-    "sslnegotiation",
     "sslcertmode",
     "sslkeylogfile",
     "ssl_min_protocol_version",
@@ -74,7 +75,6 @@ const UNSUPPORTED_LIBPQ: &[&str] = &[
     "min_protocol_version",
     "max_protocol_version",
     "requirepeer",
-    "require_auth",
     "gssencmode",
     "gsslib",
     "gssdelegation",

@@ -29,7 +29,7 @@ pub(super) fn render(config: &Config, include_password: bool) -> String {
     }
     let list = |items: Vec<String>| (!items.is_empty()).then(|| items.join(","));
 
-    let pairs: [(&str, Option<String>); 24] = [
+    let pairs: [(&str, Option<String>); 28] = [
         ("host", list(config.hosts.iter().map(host_text).collect())),
         (
             "hostaddr",
@@ -67,7 +67,11 @@ pub(super) fn render(config: &Config, include_password: bool) -> String {
         ("sslcert", path(&config.ssl_cert)),
         ("sslkey", path(&config.ssl_key)),
         ("sslpassword", secret(&config.ssl_password)),
+        ("sslcrl", path(&config.ssl_crl)),
+        ("sslsni", config.ssl_sni.map(|on| if on { "1" } else { "0" }.to_owned())),
+        ("sslnegotiation", choice(config.ssl_negotiation)),
         ("channel_binding", choice(config.channel_binding)),
+        ("require_auth", config.require_auth.as_ref().map(|r| r.to_string())),
         ("target_session_attrs", choice(config.target_session_attrs)),
         ("load_balance_hosts", choice(config.load_balance_hosts)),
         ("passfile", path(&config.passfile)),

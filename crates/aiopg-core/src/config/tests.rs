@@ -1150,9 +1150,19 @@ fn config() -> impl Strategy<Value = Config> {
         prop::option::of(
             text().prop_filter("sslrootcert=system needs verify-full", |s| s != "system"),
         ),
-        4,
+        5,
     );
     let secrets = prop::collection::vec(prop::option::of(text()), 2);
+    // `direct` needs a strong sslmode (checked on parsing); `require_auth` from a few lists.
+    let tls = (
+        prop::option::of(any::<bool>()),
+        prop::option::of(Just(SslNegotiation::Postgres)),
+        prop::option::of(prop_oneof![
+            Just("scram-sha-256"),
+            Just("!password,!md5"),
+            Just("password,md5,none"),
+        ]),
+    );
     let numbers = (
         prop::option::of(prop_oneof![Just(0u32), 2..=i32::MAX as u32]),
         prop::option::of(0..=i32::MAX as u32),
@@ -1166,8 +1176,8 @@ fn config() -> impl Strategy<Value = Config> {
         choice::<TargetSessionAttrs>(),
         choice::<LoadBalanceHosts>(),
     );
-    (lists(), strings, paths, secrets, numbers, choices).prop_map(
-        |((hosts, hostaddrs, ports), s, p, secrets, n, ch)| {
+    (lists(), strings, paths, secrets, numbers, (choices, tls)).prop_map(
+        |((hosts, hostaddrs, ports), s, p, secrets, n, (ch, tls))| {
             let path = |i: usize| p[i].clone().map(PathBuf::from);
             let secret = |i: usize| secrets[i].clone().map(Password::from);
             Config {
@@ -1187,7 +1197,11 @@ fn config() -> impl Strategy<Value = Config> {
                 ssl_cert: path(1),
                 ssl_key: path(2),
                 ssl_password: secret(1),
+                ssl_crl: path(4),
+                ssl_sni: tls.0,
+                ssl_negotiation: tls.1,
                 channel_binding: ch.1,
+                require_auth: tls.2.map(|r| RequireAuth::parse(r).unwrap()),
                 target_session_attrs: ch.2,
                 load_balance_hosts: ch.3,
                 passfile: path(3),
@@ -1242,4 +1256,53 @@ proptest! {
         let _ = Config::parse(&s);
         let _ = Config::parse(&format!("postgresql://{s}"));
     }
+}
+
+#[test]
+fn tls_key_words_parse_and_render() {
+    let c = parse("sslmode=require sslcrl=/crl.pem sslsni=0 sslnegotiation=direct require_auth=scram-sha-256");
+    assert_eq!(c.get_ssl_crl(), Some(Path::new("/crl.pem")));
+    assert!(!c.get_ssl_sni());
+    assert_eq!(c.get_ssl_negotiation(), SslNegotiation::Direct);
+    let ra = c.get_require_auth().expect("require_auth set");
+    assert!(ra.allows(AuthMethod::ScramSha256));
+    assert!(!ra.allows(AuthMethod::Password));
+    assert!(!ra.allows(AuthMethod::None));
+    assert_eq!(
+        c.to_string(),
+        "sslmode=require sslcrl=/crl.pem sslsni=0 sslnegotiation=direct require_auth=scram-sha-256"
+    );
+    let d = parse("");
+    assert!(d.get_ssl_sni());
+    assert_eq!(d.get_ssl_negotiation(), SslNegotiation::Postgres);
+    assert!(d.get_require_auth().is_none());
+}
+
+#[test]
+fn require_auth_negation_and_bad_lists() {
+    let ra = RequireAuth::parse("!password,!md5").unwrap();
+    assert!(!ra.allows(AuthMethod::Password));
+    assert!(!ra.allows(AuthMethod::Md5));
+    assert!(ra.allows(AuthMethod::ScramSha256));
+    assert!(ra.allows(AuthMethod::None));
+    assert_eq!(ra.to_string(), "!password,!md5");
+    let e = parse_err("require_auth=password,!md5");
+    assert!(e.contains("cannot be mixed"), "{e}");
+    let e = parse_err("require_auth=kerberos");
+    assert!(e.contains("accepted methods") && e.contains("scram-sha-256"), "{e}");
+    let e = parse_err("require_auth=md5,md5");
+    assert!(e.contains("more than once"), "{e}");
+}
+
+#[test]
+fn direct_negotiation_needs_a_strong_sslmode() {
+    for mode in ["disable", "allow", "prefer"] {
+        let e = Config::parse(&format!("sslmode={mode} sslnegotiation=direct"))
+            .expect_err("direct with a weak sslmode");
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("sslnegotiation"), "{e}");
+    }
+    let e = Config::parse("sslnegotiation=direct").expect_err("direct with sslmode unset");
+    assert!(e.to_string().contains("sslnegotiation"), "{e}");
+    assert!(Config::parse("sslmode=verify-full sslnegotiation=direct").is_ok());
 }
