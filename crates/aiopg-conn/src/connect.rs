@@ -7,11 +7,16 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use aiopg_core::config::{Host, SslMode, TargetSessionAttrs};
+use aiopg_core::config::{
+    AuthMethod, ChannelBinding as ChannelBindingMode, Host, SslMode, SslNegotiation,
+    TargetSessionAttrs,
+};
 use aiopg_core::error::{elide, DbError};
 use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
 use aiopg_rt::{BoxStream, Runtime, TcpOptions};
@@ -20,6 +25,7 @@ use crate::connection::{Connection, Identity, Shared};
 use crate::io::{read_message, write_all, ReadBuf};
 use crate::state::State;
 use crate::statement::StatementCache;
+use crate::tls::{self, TlsSetup};
 
 /// aiopg's default statement timeout, as Python aiopg's `DEFAULT_TIMEOUT` (60 seconds).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -193,17 +199,6 @@ async fn connect_any(
     connect_timeout: Option<Duration>,
     cache_size: usize,
 ) -> Result<Connection> {
-    if matches!(
-        config.get_ssl_mode(),
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-    ) {
-        return Err(Error::new(
-            ErrorKind::Tls,
-            "sslmode requires TLS, which this build of aiopg does not support yet; \
-             use sslmode=disable or prefer",
-            None,
-        ));
-    }
     let hosts: Vec<Host> = if config.get_hosts().is_empty() {
         vec![Host::Tcp("localhost".into())]
     } else {
@@ -312,7 +307,7 @@ async fn connect_host(
     };
     let mut last = None;
     for target in targets {
-        match connect_target(config, runtime, host, &target, port, cache_size).await {
+        match connect_sslmode(config, runtime, host, hostaddr, &target, port, cache_size).await {
             Ok(c) => return Ok(c),
             // Authentication and server errors would repeat on every address of the host.
             Err(e) if matches!(e.kind(), ErrorKind::Auth | ErrorKind::Db) => return Err(e),
@@ -348,6 +343,169 @@ async fn open(config: &Config, runtime: &Arc<dyn Runtime>, target: &Target) -> R
     })
 }
 
+/// One TLS attempt: the settings, and whether plaintext is refused when the server says no.
+struct TlsAttempt {
+    setup: TlsSetup,
+    required: bool,
+}
+
+/// True when the server itself turned the attempt down during start-up (an ErrorResponse, as
+/// pg_hba.conf's `hostssl`/`hostnossl` lines give), which libpq answers in `allow` and
+/// `prefer` by trying again the other way.
+fn rejected(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Auth | ErrorKind::Db)
+}
+
+/// Connects to one address with libpq's `sslmode` semantics: `disable` plaintext only;
+/// `allow` plaintext, then TLS if the server refuses; `prefer` TLS if the server agrees
+/// (plaintext when it says no, or refuses the TLS session); `require` and stronger TLS only.
+/// TLS is never used over a Unix socket.
+async fn connect_sslmode(
+    config: &Config,
+    runtime: &Arc<dyn Runtime>,
+    host: &Host,
+    hostaddr: Option<std::net::IpAddr>,
+    target: &Target,
+    port: u16,
+    cache_size: usize,
+) -> Result<Connection> {
+    let mode = config.get_ssl_mode();
+    let strong = matches!(
+        mode,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    );
+    let name = match (host, target) {
+        (_, Target::Unix(_)) => {
+            if strong {
+                return Err(Error::new(
+                    ErrorKind::Tls,
+                    format!(
+                        "sslmode={mode} cannot be met over a Unix socket: TLS is not used on \
+                         local sockets; connect over TCP (host=localhost) or use sslmode=prefer"
+                    ),
+                    None,
+                ));
+            }
+            return connect_target(config, runtime, host, target, port, cache_size, None)
+                .await
+                .map_err(|(e, _)| e);
+        }
+        (Host::Tcp(n), _) if !n.is_empty() => n.clone(),
+        _ => hostaddr.map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let attempt = |required| -> Result<TlsAttempt> {
+        Ok(TlsAttempt {
+            setup: tls::setup(config, &name)?,
+            required,
+        })
+    };
+    let plain = || connect_target(config, runtime, host, target, port, cache_size, None);
+    match mode {
+        SslMode::Disable => plain().await.map_err(|(e, _)| e),
+        SslMode::Allow => match plain().await {
+            Err((e, _)) if rejected(&e) => {
+                tracing::debug!(error = %e, "sslmode=allow: plaintext refused, trying TLS");
+                let t = attempt(true)?;
+                connect_target(config, runtime, host, target, port, cache_size, Some(&t))
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+            r => r.map_err(|(e, _)| e),
+        },
+        SslMode::Prefer => {
+            let t = attempt(false)?;
+            match connect_target(config, runtime, host, target, port, cache_size, Some(&t)).await {
+                Err((e, true)) if rejected(&e) || e.kind() == ErrorKind::Tls => {
+                    tracing::debug!(error = %e, "sslmode=prefer: TLS refused, trying plaintext");
+                    plain().await.map_err(|(e, _)| e)
+                }
+                r => r.map_err(|(e, _)| e),
+            }
+        }
+        _ => {
+            let t = attempt(true)?;
+            connect_target(config, runtime, host, target, port, cache_size, Some(&t))
+                .await
+                .map_err(|(e, _)| e)
+        }
+    }
+}
+
+/// Reads exactly one byte: the server's answer to SSLRequest.
+async fn read_one_byte(stream: &mut BoxStream) -> Result<u8> {
+    use futures_io::AsyncRead;
+    let mut b = [0u8; 1];
+    let n = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_read(cx, &mut b))
+        .await
+        .map_err(|e| Error::io("reading the server's answer to SSLRequest", e))?;
+    if n == 0 {
+        return Err(Error::new(
+            ErrorKind::Closed,
+            "the server closed the connection instead of answering SSLRequest",
+            None,
+        ));
+    }
+    Ok(b[0])
+}
+
+/// After the server's `S`, nothing may be waiting before the TLS handshake: bytes there were
+/// sent in the clear and would be taken as part of the encrypted session (CVE-2021-23222).
+fn refuse_early_bytes(stream: &mut BoxStream) -> Result<()> {
+    use futures_io::AsyncRead;
+    let mut b = [0u8; 1];
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(&mut *stream).poll_read(&mut cx, &mut b) {
+        std::task::Poll::Ready(Ok(n)) if n > 0 => Err(Error::protocol(
+            "the server sent unencrypted data after agreeing to TLS (a man-in-the-middle \
+             attack?); the connection was closed",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Starts TLS on a fresh socket: SSLRequest and its one-byte answer (or, with
+/// `sslnegotiation=direct`, the handshake at once). Returns the stream to go on with, the
+/// channel-binding data, and whether TLS is on.
+async fn start_tls(
+    config: &Config,
+    mut stream: BoxStream,
+    t: &TlsAttempt,
+) -> Result<(BoxStream, Option<Vec<u8>>, bool)> {
+    if config.get_ssl_negotiation() == SslNegotiation::Direct {
+        let (s, end_point) = tls::handshake(&t.setup, stream).await?;
+        return Ok((s, end_point, true));
+    }
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    write_all(&mut stream, &mut buf).await?;
+    match read_one_byte(&mut stream).await? {
+        b'S' => {
+            refuse_early_bytes(&mut stream)?;
+            let (s, end_point) = tls::handshake(&t.setup, stream).await?;
+            Ok((s, end_point, true))
+        }
+        b'N' if !t.required => Ok((stream, None, false)),
+        b'N' => Err(Error::new(
+            ErrorKind::Tls,
+            format!(
+                "the server does not support TLS (it answered the SSLRequest with N), but \
+                 sslmode={} requires it",
+                t.setup.mode
+            ),
+            None,
+        )),
+        b'E' => Err(Error::new(
+            ErrorKind::Tls,
+            "the server answered the SSLRequest with an error (it predates TLS support)",
+            None,
+        )),
+        other => Err(Error::protocol(format!(
+            "the server answered the SSLRequest with byte {other:#04x}, neither S nor N"
+        ))),
+    }
+}
+
+/// Opens one connection; TLS as `tls` says. On failure also tells whether TLS was on.
 async fn connect_target(
     config: &Config,
     runtime: &Arc<dyn Runtime>,
@@ -355,6 +513,33 @@ async fn connect_target(
     target: &Target,
     port: u16,
     cache_size: usize,
+    tls: Option<&TlsAttempt>,
+) -> std::result::Result<Connection, (Error, bool)> {
+    let mut tls_on = false;
+    connect_target_inner(
+        config,
+        runtime,
+        host,
+        target,
+        port,
+        cache_size,
+        tls,
+        &mut tls_on,
+    )
+    .await
+    .map_err(|e| (e, tls_on))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connect_target_inner(
+    config: &Config,
+    runtime: &Arc<dyn Runtime>,
+    host: &Host,
+    target: &Target,
+    port: u16,
+    cache_size: usize,
+    tls: Option<&TlsAttempt>,
+    tls_on: &mut bool,
 ) -> Result<Connection> {
     let user = config
         .get_user()
@@ -390,11 +575,23 @@ async fn connect_target(
             ),
         ));
     }
-    let mut stream = open(config, runtime, target).await?;
+    let stream = open(config, runtime, target).await?;
+    let (mut stream, end_point) = match tls {
+        Some(t) => {
+            let (s, end_point, on) = start_tls(config, stream, t).await?;
+            *tls_on = on;
+            (s, end_point)
+        }
+        None => (stream, None),
+    };
     let mut rb = ReadBuf::new();
     write_all(&mut stream, &mut buf).await?;
 
-    authenticate(config, host, port, user, &mut stream, &mut rb).await?;
+    let binding = Binding {
+        tls: *tls_on,
+        end_point,
+    };
+    authenticate(config, host, port, user, &mut stream, &mut rb, &binding).await?;
 
     // After authentication: key data and parameters until ReadyForQuery.
     let mut backend_pid = 0;
@@ -432,6 +629,11 @@ async fn connect_target(
             Target::Unix(_) => None,
         },
         port,
+        tls: if *tls_on {
+            tls.map(|t| t.setup.clone())
+        } else {
+            None
+        },
     };
     let state = State::new(stream, rb, server_params, StatementCache::new(cache_size));
     let conn = Connection::from_shared(Arc::new(Shared::new(
@@ -460,6 +662,28 @@ fn db_error(body: &postgres_protocol::message::backend::ErrorResponseBody) -> Re
     )
 }
 
+/// What the connection offers SCRAM for channel binding.
+struct Binding {
+    tls: bool,
+    /// `tls-server-end-point` data, when the certificate's algorithm defines a hash.
+    end_point: Option<Vec<u8>>,
+}
+
+/// libpq's wording when `channel_binding=require` meets a request without binding.
+const BINDING_REQUIRED: &str = "channel binding required but not supported by server's authentication request (channel_binding=require); no credential was sent";
+
+/// Checks `require_auth` before answering a request for `method` (`what` describes it).
+fn check_required(config: &Config, method: AuthMethod, what: &str) -> Result<()> {
+    match config.get_require_auth() {
+        Some(r) if !r.allows(method) => Err(Error::auth(format!(
+            "authentication method requirement \"{r}\" failed: server requested {what}; no \
+             credential was sent"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn authenticate(
     config: &Config,
     host: &Host,
@@ -467,7 +691,11 @@ async fn authenticate(
     user: &str,
     stream: &mut BoxStream,
     rb: &mut ReadBuf,
+    binding: &Binding,
 ) -> Result<()> {
+    let require_binding = config.get_channel_binding() == ChannelBindingMode::Require;
+    // Whether the server asked for any authentication before AuthenticationOk.
+    let mut asked = false;
     let password = || {
         config.password_for(host, port).ok_or_else(|| {
             Error::auth(format!(
@@ -480,14 +708,35 @@ async fn authenticate(
     let mut buf = BytesMut::new();
     loop {
         match read_message(stream, rb).await? {
-            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationOk => {
+                if !asked {
+                    if require_binding {
+                        return Err(Error::auth(
+                            "channel binding required, but server authenticated client without \
+                             channel binding (channel_binding=require)",
+                        ));
+                    }
+                    check_required(config, AuthMethod::None, "no authentication")?;
+                }
+                return Ok(());
+            }
             Message::AuthenticationCleartextPassword => {
+                asked = true;
+                if require_binding {
+                    return Err(Error::auth(BINDING_REQUIRED));
+                }
+                check_required(config, AuthMethod::Password, "a cleartext password")?;
                 let pw = password()?;
                 frontend::password_message(pw.expose(), &mut buf)
                     .map_err(|e| Error::encode(e.to_string(), None))?;
                 write_all(stream, &mut buf).await?;
             }
             Message::AuthenticationMd5Password(body) => {
+                asked = true;
+                if require_binding {
+                    return Err(Error::auth(BINDING_REQUIRED));
+                }
+                check_required(config, AuthMethod::Md5, "a hashed password")?;
                 let pw = password()?;
                 let hash = postgres_protocol::authentication::md5_hash(
                     user.as_bytes(),
@@ -499,21 +748,50 @@ async fn authenticate(
                 write_all(stream, &mut buf).await?;
             }
             Message::AuthenticationSasl(body) => {
+                asked = true;
                 let mut mechanisms = body.mechanisms();
-                let mut scram = false;
+                let (mut scram, mut plus) = (false, false);
                 while let Some(m) = mechanisms
                     .next()
                     .map_err(|e| Error::protocol(e.to_string()))?
                 {
                     scram |= m == SCRAM_SHA_256;
+                    plus |= m == SCRAM_SHA_256_PLUS;
                 }
-                if !scram {
-                    return Err(Error::auth(
-                        "the server offers no SASL mechanism aiopg supports (SCRAM-SHA-256)",
-                    ));
-                }
+                check_required(config, AuthMethod::ScramSha256, "SASL authentication")?;
+                let use_binding = config.get_channel_binding() != ChannelBindingMode::Disable;
+                let (mechanism, cb) =
+                    match (&binding.end_point, plus && binding.tls) {
+                        (Some(hash), true) if use_binding => (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(hash.clone()),
+                        ),
+                        _ if require_binding => {
+                            return Err(Error::auth(if !binding.tls {
+                                "channel binding is required, but TLS is not in use \
+                             (channel_binding=require); no credential was sent"
+                            } else if !plus {
+                                "channel binding is required, but the server did not offer an \
+                             authentication method that supports channel binding \
+                             (SCRAM-SHA-256-PLUS); no credential was sent"
+                            } else {
+                                "channel binding is required, but the server's certificate uses a \
+                             signature algorithm with no tls-server-end-point hash (such as \
+                             Ed25519); no credential was sent"
+                            }))
+                        }
+                        // TLS, but the server did not offer binding: say that we could have (a
+                        // server that did offer it then knows the offer was stripped).
+                        _ if scram && binding.tls && !plus && use_binding => {
+                            (SCRAM_SHA_256, ChannelBinding::unrequested())
+                        }
+                        _ if scram => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                        _ => return Err(Error::auth(
+                            "the server offers no SASL mechanism aiopg supports (SCRAM-SHA-256)",
+                        )),
+                    };
                 let pw = password()?;
-                scram_exchange(pw.expose(), stream, rb).await?;
+                scram_exchange(pw.expose(), mechanism, cb, stream, rb).await?;
             }
             Message::ErrorResponse(e) => return Err(db_error(&e)?),
             Message::NoticeResponse(_) => {}
@@ -532,11 +810,16 @@ async fn authenticate(
     }
 }
 
-async fn scram_exchange(password: &[u8], stream: &mut BoxStream, rb: &mut ReadBuf) -> Result<()> {
-    // Without TLS there is no channel to bind to.
-    let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+async fn scram_exchange(
+    password: &[u8],
+    mechanism: &str,
+    binding: ChannelBinding,
+    stream: &mut BoxStream,
+    rb: &mut ReadBuf,
+) -> Result<()> {
+    let mut scram = ScramSha256::new(password, binding);
     let mut buf = BytesMut::new();
-    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut buf)
+    frontend::sasl_initial_response(mechanism, scram.message(), &mut buf)
         .map_err(|e| Error::encode(e.to_string(), None))?;
     write_all(stream, &mut buf).await?;
     match read_message(stream, rb).await? {
@@ -615,6 +898,14 @@ pub(crate) async fn cancel(shared: &Shared) -> Result<()> {
     let runtime = &shared.runtime;
     let send = async {
         let mut stream = open(&id.config, runtime, &target).await?;
+        if let Some(setup) = &id.tls {
+            // The cancel goes the way the connection went: over TLS.
+            let t = TlsAttempt {
+                setup: setup.clone(),
+                required: true,
+            };
+            stream = start_tls(&id.config, stream, &t).await?.0;
+        }
         let mut buf = BytesMut::new();
         frontend::cancel_request(id.backend_pid, id.secret_key, &mut buf);
         write_all(&mut stream, &mut buf).await?;

@@ -101,6 +101,8 @@ pub(crate) struct Identity {
     pub(crate) host: aiopg_core::config::Host,
     pub(crate) addr: Option<std::net::SocketAddr>,
     pub(crate) port: u16,
+    /// The TLS settings the connection used, so that its cancel requests use them too.
+    pub(crate) tls: Option<crate::tls::TlsSetup>,
 }
 
 pub(crate) struct Shared {

@@ -61,6 +61,7 @@ mod pipeline;
 mod state;
 mod statement;
 mod stream;
+mod tls;
 mod transaction;
 mod typeinfo;
 

@@ -685,6 +685,7 @@ impl Model {
             host: aiopg_core::config::Host::Tcp("127.0.0.1".into()),
             addr: None,
             port: 5432,
+            tls: None,
         };
         let shared = Shared::new(state, runtime.clone(), identity, None);
         Model {

@@ -68,10 +68,18 @@ pub(super) fn render(config: &Config, include_password: bool) -> String {
         ("sslkey", path(&config.ssl_key)),
         ("sslpassword", secret(&config.ssl_password)),
         ("sslcrl", path(&config.ssl_crl)),
-        ("sslsni", config.ssl_sni.map(|on| if on { "1" } else { "0" }.to_owned())),
+        (
+            "sslsni",
+            config
+                .ssl_sni
+                .map(|on| if on { "1" } else { "0" }.to_owned()),
+        ),
         ("sslnegotiation", choice(config.ssl_negotiation)),
         ("channel_binding", choice(config.channel_binding)),
-        ("require_auth", config.require_auth.as_ref().map(|r| r.to_string())),
+        (
+            "require_auth",
+            config.require_auth.as_ref().map(|r| r.to_string()),
+        ),
         ("target_session_attrs", choice(config.target_session_attrs)),
         ("load_balance_hosts", choice(config.load_balance_hosts)),
         ("passfile", path(&config.passfile)),

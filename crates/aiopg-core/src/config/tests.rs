@@ -1260,7 +1260,9 @@ proptest! {
 
 #[test]
 fn tls_key_words_parse_and_render() {
-    let c = parse("sslmode=require sslcrl=/crl.pem sslsni=0 sslnegotiation=direct require_auth=scram-sha-256");
+    let c = parse(
+        "sslmode=require sslcrl=/crl.pem sslsni=0 sslnegotiation=direct require_auth=scram-sha-256",
+    );
     assert_eq!(c.get_ssl_crl(), Some(Path::new("/crl.pem")));
     assert!(!c.get_ssl_sni());
     assert_eq!(c.get_ssl_negotiation(), SslNegotiation::Direct);
@@ -1289,7 +1291,10 @@ fn require_auth_negation_and_bad_lists() {
     let e = parse_err("require_auth=password,!md5");
     assert!(e.contains("cannot be mixed"), "{e}");
     let e = parse_err("require_auth=kerberos");
-    assert!(e.contains("accepted methods") && e.contains("scram-sha-256"), "{e}");
+    assert!(
+        e.contains("accepted methods") && e.contains("scram-sha-256"),
+        "{e}"
+    );
     let e = parse_err("require_auth=md5,md5");
     assert!(e.contains("more than once"), "{e}");
 }
