@@ -1163,3 +1163,95 @@ fn others(dir: &Path) -> Vec<Cluster> {
     found.sort_by(|a, b| a.state_dir.cmp(&b.state_dir));
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{hba_conf, ROLES};
+
+    #[derive(Clone, Copy, Debug)]
+    enum Via {
+        Socket,
+        Tls,
+        Plain,
+    }
+
+    /// The method of the first pg_hba.conf line that a connection from 127.0.0.1 (or
+    /// the socket) as `user` to database postgres matches, as the server picks it.
+    fn method_for(hba: &str, user: &str, via: Via) -> String {
+        for line in hba.lines().filter(|l| !l.starts_with('#')) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (kind, db, who) = (fields[0], fields[1], fields[2]);
+            let kind_matches = match via {
+                Via::Socket => kind == "local",
+                Via::Tls => kind == "host" || kind == "hostssl",
+                Via::Plain => kind == "host" || kind == "hostnossl",
+            };
+            let addr_matches = kind == "local" || fields[3] == "127.0.0.1/32";
+            if kind_matches && addr_matches && db == "all" && (who == "all" || who == user) {
+                return fields.last().unwrap_or(&"").to_string();
+            }
+        }
+        "no line (refused)".into()
+    }
+
+    #[test]
+    fn each_role_gets_in_only_the_way_it_should() {
+        let hba = hba_conf();
+        let cases = [
+            ("aiopg_trust", ["trust", "trust", "trust"]),
+            ("aiopg_password", ["password", "password", "password"]),
+            ("aiopg_md5", ["md5", "md5", "md5"]),
+            (
+                "aiopg_scram",
+                ["scram-sha-256", "scram-sha-256", "scram-sha-256"],
+            ),
+            ("aiopg_tls", ["reject", "scram-sha-256", "reject"]),
+            ("aiopg_plain", ["scram-sha-256", "reject", "scram-sha-256"]),
+            ("aiopg_tls_md5", ["reject", "md5", "reject"]),
+            ("aiopg_tls_password", ["reject", "password", "reject"]),
+            ("aiopg_cert", ["reject", "cert", "reject"]),
+            ("postgres", ["trust", "trust", "trust"]),
+        ];
+        for (user, [socket, tls, plain]) in cases {
+            for (via, want) in [(Via::Socket, socket), (Via::Tls, tls), (Via::Plain, plain)] {
+                assert_eq!(
+                    method_for(&hba, user, via),
+                    want,
+                    "{user} via {via:?}\n{hba}"
+                );
+            }
+        }
+        // Every role is covered above.
+        for role in ROLES {
+            assert!(
+                cases.iter().any(|(user, _)| *user == role.name),
+                "{}",
+                role.name
+            );
+        }
+    }
+
+    #[test]
+    fn roles_from_before_tls_keep_their_lines() {
+        let hba = hba_conf();
+        for (name, method) in [
+            ("aiopg_trust", "trust"),
+            ("aiopg_password", "password"),
+            ("aiopg_md5", "md5"),
+            ("aiopg_scram", "scram-sha-256"),
+        ] {
+            let lines: Vec<&str> = hba
+                .lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some(name))
+                .collect();
+            assert_eq!(
+                lines,
+                [
+                    format!("local all {name} {method}"),
+                    format!("host all {name} 127.0.0.1/32 {method}"),
+                    format!("host all {name} ::1/128 {method}"),
+                ]
+            );
+        }
+    }
+}
