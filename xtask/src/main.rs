@@ -19,6 +19,7 @@ macro_rules! errln {
 
 mod codegen;
 mod pg;
+mod pki;
 mod run;
 mod sys;
 mod tasks;
@@ -57,8 +58,15 @@ commands:
 Clusters live in $TMPDIR/aiopg-pg-*; `pg start`'s state file is
 target/aiopg-pg/state. Roles: postgres (superuser, trust), aiopg_trust (trust),
 aiopg_password/aiopg-pw-password (password), aiopg_md5/aiopg-pw-md5 (md5),
-aiopg_scram/aiopg-pw-scram (scram-sha-256); database aiopg_test.
-Needs PostgreSQL's server binaries (Debian: apt-get install postgresql).
+aiopg_scram/aiopg-pw-scram (scram-sha-256); TLS only: aiopg_tls/aiopg-pw-tls
+(scram-sha-256), aiopg_tls_md5/aiopg-pw-tls-md5 (md5),
+aiopg_tls_password/aiopg-pw-tls-password (password), aiopg_cert (client
+certificate); without TLS only: aiopg_plain/aiopg-pw-plain (scram-sha-256);
+database aiopg_test. The server speaks TLS with a throwaway PKI made at start
+in the cluster's tls/ folder (tests get it as AIOPG_TEST_TLS_DIR; the server
+certificate names DNS:localhost only).
+Needs PostgreSQL's server binaries (Debian: apt-get install postgresql) and
+openssl (apt-get install openssl).
 ";
 
 fn main() {

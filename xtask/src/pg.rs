@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::pki;
 use crate::sys;
 use crate::Result;
 
@@ -70,7 +71,7 @@ pub fn sharedir() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn which_dir(program: &str) -> Option<PathBuf> {
+pub(crate) fn which_dir(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).find(|dir| dir.join(program).is_file())
 }
@@ -78,9 +79,9 @@ fn which_dir(program: &str) -> Option<PathBuf> {
 // ---------------------------------------------------------------------------
 // Throwaway clusters.
 //
-// A cluster lives in a fresh temporary folder (`$TMPDIR/aiopg-pg-…`, holding `data/`
-// and the Unix socket folder `sock/`) and is described by a `state` file (key=value
-// lines) in a folder under `target/aiopg-pg/`:
+// A cluster lives in a fresh temporary folder (`$TMPDIR/aiopg-pg-…`, holding `data/`,
+// the Unix socket folder `sock/` and the throwaway PKI `tls/`) and is described by a
+// `state` file (key=value lines) in a folder under `target/aiopg-pg/`:
 //
 // - `target/aiopg-pg/state`: the one `cargo xtask pg start|stop|status` manages;
 // - `target/aiopg-pg/run-<pid>/state`: a private one of a `test-all-runtimes`/`demo` run;
@@ -96,12 +97,84 @@ const TIMEOUT_ARG: &str = "30";
 /// The superuser (`initdb -U postgres --auth=trust`).
 pub const SUPERUSER: &str = "postgres";
 
-/// Login roles, one per authentication method: (name, password, pg_hba.conf method).
-pub const ROLES: &[(&str, Option<&str>, &str)] = &[
-    ("aiopg_trust", None, "trust"),
-    ("aiopg_password", Some("aiopg-pw-password"), "password"),
-    ("aiopg_md5", Some("aiopg-pw-md5"), "md5"),
-    ("aiopg_scram", Some("aiopg-pw-scram"), "scram-sha-256"),
+/// Which connections a role's pg_hba.conf lines let in (the rest are rejected, rather
+/// than falling through to the catch-all `trust` lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The Unix socket and TCP, with or without TLS (`local` and `host` lines).
+    Any,
+    /// TCP with TLS only (`hostssl`).
+    TlsOnly,
+    /// The Unix socket and TCP without TLS (`local` and `hostnossl`).
+    PlainOnly,
+}
+
+/// A login role and how pg_hba.conf lets it in.
+pub struct Role {
+    pub name: &'static str,
+    pub password: Option<&'static str>,
+    /// The pg_hba.conf method; `md5` roles get an MD5-hashed password, others SCRAM.
+    pub method: &'static str,
+    pub transport: Transport,
+}
+
+const fn role(
+    name: &'static str,
+    password: Option<&'static str>,
+    method: &'static str,
+    transport: Transport,
+) -> Role {
+    Role {
+        name,
+        password,
+        method,
+        transport,
+    }
+}
+
+/// Login roles: one per authentication method, and the TLS ones (a client that must
+/// use TLS, one that must not, MD5 and cleartext passwords over TLS, and certificate
+/// login as the CN of the client certificates of [`pki`]).
+pub const ROLES: &[Role] = &[
+    role("aiopg_trust", None, "trust", Transport::Any),
+    role(
+        "aiopg_password",
+        Some("aiopg-pw-password"),
+        "password",
+        Transport::Any,
+    ),
+    role("aiopg_md5", Some("aiopg-pw-md5"), "md5", Transport::Any),
+    role(
+        "aiopg_scram",
+        Some("aiopg-pw-scram"),
+        "scram-sha-256",
+        Transport::Any,
+    ),
+    role(
+        "aiopg_tls",
+        Some("aiopg-pw-tls"),
+        "scram-sha-256",
+        Transport::TlsOnly,
+    ),
+    role(
+        "aiopg_plain",
+        Some("aiopg-pw-plain"),
+        "scram-sha-256",
+        Transport::PlainOnly,
+    ),
+    role(
+        "aiopg_tls_md5",
+        Some("aiopg-pw-tls-md5"),
+        "md5",
+        Transport::TlsOnly,
+    ),
+    role(
+        "aiopg_tls_password",
+        Some("aiopg-pw-tls-password"),
+        "password",
+        Transport::TlsOnly,
+    ),
+    role(pki::CLIENT_CN, None, "cert", Transport::TlsOnly),
 ];
 
 /// The folder of the cluster `cargo xtask pg` manages; others live in subfolders.
@@ -177,7 +250,7 @@ jit = off
 pub struct Cluster {
     /// Where the `state` file lives.
     pub state_dir: PathBuf,
-    /// The temporary folder holding `data/` and `sock/`; deleted on stop.
+    /// The temporary folder holding `data/`, `sock/` and `tls/`; deleted on stop.
     pub base: PathBuf,
     pub datadir: PathBuf,
     pub socket_dir: PathBuf,
@@ -210,6 +283,11 @@ impl Cluster {
 
     pub fn log_file(&self) -> PathBuf {
         self.datadir.join("postgres.log")
+    }
+
+    /// The folder of the cluster's certificates and keys (see [`pki`]).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.base.join(pki::DIR_NAME)
     }
 
     fn state_file(state_dir: &Path) -> PathBuf {
@@ -263,6 +341,7 @@ impl Cluster {
         let _ = writeln!(text, "pid={}", self.pid);
         let _ = writeln!(text, "base={}", self.base.display());
         let _ = writeln!(text, "log={}", self.log_file().display());
+        let _ = writeln!(text, "tls_dir={}", self.tls_dir().display());
         if let Some(owner) = self.owner {
             let _ = writeln!(text, "owner={owner}");
         }
@@ -358,6 +437,8 @@ impl Cluster {
                     .map_err(|e| format!("chown postgres {}: {e}", dir.display()))?;
             }
         }
+        // Before initdb: a missing openssl fails the start early.
+        pki::generate(&self.tls_dir(), user)?;
 
         let initdb = self.bindir.join("initdb");
         runner.run(
@@ -430,16 +511,30 @@ impl Cluster {
         self.create_roles()
     }
 
+    /// aiopg.conf: the port, where to listen, TLS, then the profile's settings.
     fn settings(&self) -> String {
+        let tls = self.tls_dir();
         format!(
             "# written by cargo xtask ({} profile)\n\
              port = {}\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = {}\n\
+             # TLS with the throwaway PKI in {}; client certificates are checked\n\
+             # against the CA and its CRL (`cert` logins).\n\
+             ssl = on\n\
+             ssl_cert_file = {}\n\
+             ssl_key_file = {}\n\
+             ssl_ca_file = {}\n\
+             ssl_crl_file = {}\n\
              {}",
             self.profile.name(),
             self.port,
             conf_quote(&self.socket_dir),
+            tls.display(),
+            conf_quote(&tls.join(pki::SERVER_CERT)),
+            conf_quote(&tls.join(pki::SERVER_KEY)),
+            conf_quote(&tls.join(pki::CA_CERT)),
+            conf_quote(&tls.join(pki::CA_CRL)),
             self.profile.settings()
         )
     }
@@ -501,9 +596,15 @@ impl Cluster {
     /// Creates the login roles and the `aiopg_test` database.
     fn create_roles(&self) -> Result<()> {
         let mut sql = String::from("\\set ON_ERROR_STOP 1\n");
-        let names: Vec<&str> = ROLES.iter().map(|r| r.0).collect();
+        let names: Vec<&str> = ROLES.iter().map(|r| r.name).collect();
         let all = names.join(", ");
-        for (name, password, method) in ROLES {
+        for Role {
+            name,
+            password,
+            method,
+            ..
+        } in ROLES
+        {
             // The stored hash decides what the server can check: an md5 role needs an
             // MD5-hashed password, or the server silently upgrades md5 auth to SCRAM.
             let encryption = if *method == "md5" {
@@ -526,17 +627,24 @@ impl Cluster {
             }
         }
         sql.push_str("RESET password_encryption;\n");
-        let _ = writeln!(
-            sql,
-            "DO $$ BEGIN
-  IF (SELECT rolpassword NOT LIKE 'md5%' FROM pg_authid WHERE rolname = 'aiopg_md5') THEN
-    RAISE EXCEPTION 'aiopg_md5 password is not MD5-hashed';
-  END IF;
-  IF (SELECT rolpassword NOT LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'aiopg_scram') THEN
-    RAISE EXCEPTION 'aiopg_scram password is not SCRAM-hashed';
-  END IF;
-END $$;"
-        );
+        // Each md5 and scram-sha-256 role's password must be stored the way its method
+        // checks it.
+        sql.push_str("DO $$ BEGIN\n");
+        for Role { name, method, .. } in ROLES {
+            let (pattern, what) = match *method {
+                "md5" => ("md5%", "MD5"),
+                "scram-sha-256" => ("SCRAM-SHA-256$%", "SCRAM"),
+                _ => continue,
+            };
+            let _ = writeln!(
+                sql,
+                "  IF (SELECT rolpassword IS NULL OR rolpassword NOT LIKE '{pattern}' \
+                 FROM pg_authid WHERE rolname = '{name}') THEN
+    RAISE EXCEPTION '{name} password is not {what}-hashed';
+  END IF;"
+            );
+        }
+        sql.push_str("END $$;\n");
         let _ = writeln!(
             sql,
             "GRANT CONNECT, TEMPORARY ON DATABASE postgres TO {all};"
@@ -801,15 +909,38 @@ fn postgres_ids() -> Result<(u32, u32)> {
     }
 }
 
+/// One role's lines, then catch-all `trust` lines for everyone else (the superuser).
+/// The first matching line decides, so each role's lines end with `reject` lines for the
+/// connections its [`Transport`] refuses: without them those would reach `trust`.
 fn hba_conf() -> String {
     let mut text = String::from(
         "# written by cargo xtask: one role per authentication method, catch-all trust last\n\
          # TYPE  DATABASE  USER  ADDRESS  METHOD\n",
     );
-    for (name, _, method) in ROLES {
-        let _ = writeln!(text, "local all {name} {method}");
-        let _ = writeln!(text, "host all {name} 127.0.0.1/32 {method}");
-        let _ = writeln!(text, "host all {name} ::1/128 {method}");
+    const TCP: [&str; 2] = ["127.0.0.1/32", "::1/128"];
+    for Role {
+        name,
+        method,
+        transport,
+        ..
+    } in ROLES
+    {
+        // (Unix socket method, TCP line type, TCP line type to reject). The socket
+        // never carries TLS.
+        let (local, tcp, refused) = match transport {
+            Transport::Any => (*method, "host", None),
+            Transport::TlsOnly => ("reject", "hostssl", Some("hostnossl")),
+            Transport::PlainOnly => (*method, "hostnossl", Some("hostssl")),
+        };
+        let _ = writeln!(text, "local all {name} {local}");
+        for addr in TCP {
+            let _ = writeln!(text, "{tcp} all {name} {addr} {method}");
+        }
+        if let Some(refused) = refused {
+            for addr in TCP {
+                let _ = writeln!(text, "{refused} all {name} {addr} reject");
+            }
+        }
     }
     text.push_str(
         "local all all trust\n\
@@ -979,13 +1110,44 @@ fn describe(c: &Cluster) {
     errln!("  TCP:        {}", c.dsn());
     errln!("  socket:     {}", c.socket_dsn());
     errln!("  roles:      superuser {SUPERUSER} (trust), database aiopg_test");
-    for (name, password, method) in ROLES {
+    for Role {
+        name,
+        password,
+        method,
+        transport,
+    } in ROLES
+    {
+        let only = match transport {
+            Transport::Any => "",
+            Transport::TlsOnly => ", TLS only",
+            Transport::PlainOnly => ", without TLS only",
+        };
         match password {
-            Some(pw) => errln!("              {name} / {pw} ({method})"),
-            None => errln!("              {name} ({method})"),
+            Some(pw) => errln!("              {name} / {pw} ({method}{only})"),
+            None => errln!("              {name} ({method}{only})"),
         }
     }
+    let tls = c.tls_dir();
+    if tls.is_dir() {
+        errln!(
+            "  TLS:        {} (verify-full needs host=localhost: the server certificate \
+             names no IP)",
+            tls.display()
+        );
+    } else {
+        errln!(
+            "  TLS:        none ({} is missing: the cluster predates TLS support; \
+             `cargo xtask pg stop` and start again)",
+            tls.display()
+        );
+    }
     errln!("  for tests:  export AIOPG_TEST_DSN='{}'", c.dsn());
+    if tls.is_dir() {
+        errln!(
+            "              export AIOPG_TEST_TLS_DIR='{}'",
+            tls.display()
+        );
+    }
 }
 
 /// Clusters recorded in subfolders (bench, per-run).
@@ -1000,4 +1162,96 @@ fn others(dir: &Path) -> Vec<Cluster> {
         .collect();
     found.sort_by(|a, b| a.state_dir.cmp(&b.state_dir));
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hba_conf, ROLES};
+
+    #[derive(Clone, Copy, Debug)]
+    enum Via {
+        Socket,
+        Tls,
+        Plain,
+    }
+
+    /// The method of the first pg_hba.conf line that a connection from 127.0.0.1 (or
+    /// the socket) as `user` to database postgres matches, as the server picks it.
+    fn method_for(hba: &str, user: &str, via: Via) -> String {
+        for line in hba.lines().filter(|l| !l.starts_with('#')) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (kind, db, who) = (fields[0], fields[1], fields[2]);
+            let kind_matches = match via {
+                Via::Socket => kind == "local",
+                Via::Tls => kind == "host" || kind == "hostssl",
+                Via::Plain => kind == "host" || kind == "hostnossl",
+            };
+            let addr_matches = kind == "local" || fields[3] == "127.0.0.1/32";
+            if kind_matches && addr_matches && db == "all" && (who == "all" || who == user) {
+                return fields.last().unwrap_or(&"").to_string();
+            }
+        }
+        "no line (refused)".into()
+    }
+
+    #[test]
+    fn each_role_gets_in_only_the_way_it_should() {
+        let hba = hba_conf();
+        let cases = [
+            ("aiopg_trust", ["trust", "trust", "trust"]),
+            ("aiopg_password", ["password", "password", "password"]),
+            ("aiopg_md5", ["md5", "md5", "md5"]),
+            (
+                "aiopg_scram",
+                ["scram-sha-256", "scram-sha-256", "scram-sha-256"],
+            ),
+            ("aiopg_tls", ["reject", "scram-sha-256", "reject"]),
+            ("aiopg_plain", ["scram-sha-256", "reject", "scram-sha-256"]),
+            ("aiopg_tls_md5", ["reject", "md5", "reject"]),
+            ("aiopg_tls_password", ["reject", "password", "reject"]),
+            ("aiopg_cert", ["reject", "cert", "reject"]),
+            ("postgres", ["trust", "trust", "trust"]),
+        ];
+        for (user, [socket, tls, plain]) in cases {
+            for (via, want) in [(Via::Socket, socket), (Via::Tls, tls), (Via::Plain, plain)] {
+                assert_eq!(
+                    method_for(&hba, user, via),
+                    want,
+                    "{user} via {via:?}\n{hba}"
+                );
+            }
+        }
+        // Every role is covered above.
+        for role in ROLES {
+            assert!(
+                cases.iter().any(|(user, _)| *user == role.name),
+                "{}",
+                role.name
+            );
+        }
+    }
+
+    #[test]
+    fn roles_from_before_tls_keep_their_lines() {
+        let hba = hba_conf();
+        for (name, method) in [
+            ("aiopg_trust", "trust"),
+            ("aiopg_password", "password"),
+            ("aiopg_md5", "md5"),
+            ("aiopg_scram", "scram-sha-256"),
+        ] {
+            let lines: Vec<&str> = hba
+                .lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some(name))
+                .collect();
+            assert_eq!(
+                lines,
+                [
+                    format!("local all {name} {method}"),
+                    format!("host all {name} 127.0.0.1/32 {method}"),
+                    format!("host all {name} ::1/128 {method}"),
+                ]
+            );
+        }
+    }
 }

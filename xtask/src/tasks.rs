@@ -85,6 +85,13 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
                 "AIOPG_TEST_PG_BINDIR".into(),
                 cluster.bindir.display().to_string(),
             ));
+            // The cluster's CA, server and client certificates and keys, for the TLS
+            // tests (xtask/src/pki.rs lists the files). Not set against AIOPG_TEST_DSN's
+            // server, whose certificates xtask does not know.
+            env.push((
+                "AIOPG_TEST_TLS_DIR".into(),
+                cluster.tls_dir().display().to_string(),
+            ));
         }
     }
 
