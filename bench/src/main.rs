@@ -153,6 +153,13 @@ fn main() {
         eprintln!("AIOPG_BENCH_DSN is not set: run the benchmarks with `cargo xtask bench`");
         std::process::exit(2)
     });
+    // The peers connect in plaintext (tokio-postgres with NoTls, sqlx without TLS): so does
+    // aiopg, unless the DSN asks otherwise (its default, prefer, would use the cluster's TLS).
+    let dsn = if dsn_value(&dsn, "sslmode").is_none() {
+        format!("{dsn} sslmode=disable")
+    } else {
+        dsn
+    };
     if layouts != [Layout::Unpinned] {
         pin_server();
     }

@@ -2,6 +2,7 @@
 //! `cargo xtask test-all-runtimes`.
 
 mod support;
+mod tls_fake;
 
 mod connect;
 mod cursor;
@@ -15,5 +16,6 @@ mod pool;
 mod pool_faults;
 mod pool_handout;
 mod query;
+mod tls;
 mod transaction;
 mod types;
