@@ -10,6 +10,7 @@ mod engine;
 mod failure;
 mod from_row;
 mod hostile_server;
+mod hosts;
 mod mogrify;
 mod pipeline;
 mod pool;

@@ -14,8 +14,8 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use aiopg_core::config::{
-    AuthMethod, ChannelBinding as ChannelBindingMode, Host, SslMode, SslNegotiation,
-    TargetSessionAttrs,
+    AuthMethod, ChannelBinding as ChannelBindingMode, Host, LoadBalanceHosts, SslMode,
+    SslNegotiation, TargetSessionAttrs,
 };
 use aiopg_core::error::{elide, DbError};
 use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
@@ -204,39 +204,46 @@ async fn connect_any(
     } else {
         config.get_hosts().to_vec()
     };
+    let mut order: Vec<usize> = (0..hosts.len()).collect();
+    let random = config.get_load_balance_hosts() == LoadBalanceHosts::Random;
+    if random {
+        shuffle(&mut order);
+    }
+    // prefer-standby is libpq's two passes: a standby anywhere, else any server.
+    let want = config.get_target_session_attrs();
+    let passes: &[TargetSessionAttrs] = if want == TargetSessionAttrs::PreferStandby {
+        &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
+    } else {
+        std::slice::from_ref(&want)
+    };
     let mut failures: Vec<(String, Error)> = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        let port = config.port_for(i);
-        let attempt = connect_host(
-            config,
-            &runtime,
-            host,
-            config.hostaddr_for(i),
-            port,
-            cache_size,
-        );
-        let res = match connect_timeout {
-            Some(t) => match aiopg_rt::timeout(&*runtime, t, attempt).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::timeout(format!(
-                    "connecting took longer than connect_timeout ({} s); check that the \
-                     server is up and reachable",
-                    t.as_secs_f64()
-                ))),
-            },
-            None => attempt.await,
-        };
-        match res {
-            Ok(conn) => return Ok(conn),
-            Err(e) => {
-                let name = match host {
-                    Host::Tcp(h) => format!("{}:{port}", elide(h)),
-                    Host::Unix(d) => {
-                        format!("{}/.s.PGSQL.{port}", elide(&d.display().to_string()))
-                    }
-                };
-                tracing::debug!(host = %name, error = %e, "connection attempt failed");
-                failures.push((name, e));
+    for &pass in passes {
+        for &i in &order {
+            let host = &hosts[i];
+            let port = config.port_for(i);
+            let attempt = Attempt {
+                config,
+                runtime: &runtime,
+                host,
+                hostaddr: config.hostaddr_for(i),
+                port,
+                cache_size,
+                connect_timeout,
+                want: pass,
+                shuffle: random,
+            };
+            match connect_host(&attempt).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => {
+                    let name = match host {
+                        Host::Tcp(h) => format!("{}:{port}", elide(h)),
+                        Host::Unix(d) => {
+                            format!("{}/.s.PGSQL.{port}", elide(&d.display().to_string()))
+                        }
+                    };
+                    tracing::debug!(host = %name, error = %e, "connection attempt failed");
+                    failures.push((name, e));
+                }
             }
         }
     }
@@ -260,6 +267,35 @@ async fn connect_any(
     ))
 }
 
+/// A random permutation (Fisher-Yates), from the standard library's randomly keyed hasher:
+/// spreading connections needs no cryptographic randomness.
+fn shuffle<T>(items: &mut [T]) {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    for i in (1..items.len()).rev() {
+        let mut h = state.build_hasher();
+        h.write_usize(i);
+        let j = (h.finish() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// One host to try, and how.
+struct Attempt<'a> {
+    config: &'a Config,
+    runtime: &'a Arc<dyn Runtime>,
+    host: &'a Host,
+    hostaddr: Option<std::net::IpAddr>,
+    port: u16,
+    cache_size: usize,
+    /// Bounds each address's attempt, as libpq's `connect_timeout` does.
+    connect_timeout: Option<Duration>,
+    /// What the server must be (one pass of `prefer-standby` asks for a standby).
+    want: TargetSessionAttrs,
+    /// `load_balance_hosts=random`: the host's addresses are tried in random order too.
+    shuffle: bool,
+}
+
 /// Adds the host an error happened on, keeping its kind and cause, unless the message
 /// already names it.
 fn with_host(e: Error, host: &str) -> Error {
@@ -271,19 +307,13 @@ fn with_host(e: Error, host: &str) -> Error {
     }
 }
 
-async fn connect_host(
-    config: &Config,
-    runtime: &Arc<dyn Runtime>,
-    host: &Host,
-    hostaddr: Option<std::net::IpAddr>,
-    port: u16,
-    cache_size: usize,
-) -> Result<Connection> {
-    let targets = match host {
+async fn connect_host(a: &Attempt<'_>) -> Result<Connection> {
+    let (config, runtime, host, port) = (a.config, a.runtime, a.host, a.port);
+    let mut targets = match host {
         // `hostaddr` skips name resolution; the host name still serves pgpass and TLS.
-        _ if hostaddr.is_some() => {
+        _ if a.hostaddr.is_some() => {
             vec![Target::Tcp(SocketAddr::new(
-                hostaddr.expect("checked"),
+                a.hostaddr.expect("checked"),
                 port,
             ))]
         }
@@ -305,12 +335,49 @@ async fn connect_host(
             addrs.into_iter().map(Target::Tcp).collect()
         }
     };
+    if a.shuffle {
+        shuffle(&mut targets);
+    }
     let mut last = None;
     for target in targets {
-        match connect_sslmode(config, runtime, host, hostaddr, &target, port, cache_size).await {
+        let attempt = async {
+            let conn = connect_sslmode(
+                config,
+                runtime,
+                host,
+                a.hostaddr,
+                &target,
+                port,
+                a.cache_size,
+            )
+            .await?;
+            check_session_attrs(&conn, a.want).await?;
+            Ok(conn)
+        };
+        // Each address gets the whole timeout, as in libpq.
+        let res = match a.connect_timeout {
+            Some(t) => match aiopg_rt::timeout(&**runtime, t, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::timeout(format!(
+                    "connecting to {target} took longer than connect_timeout ({} s); check \
+                     that the server is up and reachable",
+                    t.as_secs_f64()
+                ))),
+            },
+            None => attempt.await,
+        };
+        match res {
             Ok(c) => return Ok(c),
-            // Authentication and server errors would repeat on every address of the host.
-            Err(e) if matches!(e.kind(), ErrorKind::Auth | ErrorKind::Db) => return Err(e),
+            // Authentication and server errors would repeat on every address of the host, and
+            // a server of the wrong kind sends libpq on to the next host.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Auth | ErrorKind::Db | ErrorKind::WrongServer
+                ) =>
+            {
+                return Err(e)
+            }
             Err(e) => last = Some(e),
         }
     }
@@ -642,7 +709,6 @@ async fn connect_target_inner(
         identity,
         Some(DEFAULT_TIMEOUT),
     )));
-    check_session_attrs(&conn, config.get_target_session_attrs()).await?;
     tracing::debug!(backend_pid, runtime = runtime.name(), "connected");
     Ok(conn)
 }
@@ -845,43 +911,57 @@ async fn scram_exchange(
     }
 }
 
-/// Checks `target_session_attrs` on a fresh connection.
+/// Checks `target_session_attrs` on a fresh connection, as libpq: a server is read-only when
+/// `default_transaction_read_only` or `in_hot_standby` is on, and a standby when
+/// `in_hot_standby` is on. Servers before 14 report neither at start-up and are asked. A
+/// mismatch closes the connection (Terminate) with a `WrongServer` error.
 async fn check_session_attrs(conn: &Connection, want: TargetSessionAttrs) -> Result<()> {
-    if want == TargetSessionAttrs::Any {
+    if matches!(
+        want,
+        TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby
+    ) {
         return Ok(());
     }
-    // Servers from 14 on report both settings at start-up; older ones are asked.
-    let mut read_only = conn.parameter_status("default_transaction_read_only");
-    let mut standby = conn.parameter_status("in_hot_standby");
-    if read_only.is_none() || standby.is_none() {
-        let rows = conn
-            .simple_query("SHOW transaction_read_only; SELECT pg_catalog.pg_is_in_recovery()")
-            .await?;
-        let mut values = rows.iter().filter_map(|m| match m {
-            crate::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        });
-        read_only = values.next();
-        standby = values
-            .next()
-            .map(|v| if v == "t" { "on".into() } else { "off".into() });
-    }
-    let read_only = read_only.as_deref() == Some("on");
-    let standby = standby.as_deref() == Some("on");
-    let ok = match want {
-        TargetSessionAttrs::ReadWrite => !read_only,
-        TargetSessionAttrs::ReadOnly => read_only,
-        TargetSessionAttrs::Primary => !standby,
-        TargetSessionAttrs::Standby => standby,
-        _ => true,
+    let standby = match conn.parameter_status("in_hot_standby") {
+        Some(v) => v == "on",
+        None => {
+            let rows = conn
+                .simple_query("SELECT pg_catalog.pg_is_in_recovery()")
+                .await?;
+            rows.iter()
+                .any(|m| matches!(m, crate::SimpleQueryMessage::Row(r) if r.get(0) == Some("t")))
+        }
+    };
+    let read_only = || async {
+        if standby {
+            return Ok::<bool, Error>(true);
+        }
+        Ok(
+            match conn.parameter_status("default_transaction_read_only") {
+                Some(v) => v == "on",
+                None => {
+                    let rows = conn.simple_query("SHOW transaction_read_only").await?;
+                    rows.iter().any(|m| {
+                    matches!(m, crate::SimpleQueryMessage::Row(r) if r.get(0) == Some("on"))
+                })
+                }
+            },
+        )
+    };
+    let (ok, what) = match want {
+        TargetSessionAttrs::ReadWrite => (!read_only().await?, "the server is read-only"),
+        TargetSessionAttrs::ReadOnly => (read_only().await?, "the server is not read-only"),
+        TargetSessionAttrs::Primary => (!standby, "the server is in hot standby mode"),
+        TargetSessionAttrs::Standby => (standby, "the server is not in hot standby mode"),
+        _ => (true, ""),
     };
     if ok {
         Ok(())
     } else {
         conn.close().await;
         Err(Error::new(
-            ErrorKind::Config,
-            format!("the server does not match target_session_attrs={want:?}"),
+            ErrorKind::WrongServer,
+            format!("{what}, and target_session_attrs={want} was asked for"),
             None,
         ))
     }

@@ -59,6 +59,9 @@ pub enum ErrorKind {
     /// A statement returned another number of rows than the call expects (`query_one` got
     /// none or several).
     RowCount,
+    /// The server is not the kind `target_session_attrs` asks for (a standby where a
+    /// read-write or primary server is wanted, or the other way round).
+    WrongServer,
 }
 
 impl ErrorKind {
@@ -79,6 +82,7 @@ impl ErrorKind {
             ErrorKind::Usage => "invalid use",
             ErrorKind::Aborted => "not run",
             ErrorKind::RowCount => "unexpected number of rows",
+            ErrorKind::WrongServer => "server does not match target_session_attrs",
         }
     }
 }
