@@ -56,6 +56,7 @@ pub struct ConnectOptions {
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
     statement_cache_size: usize,
+    transaction_pooling: bool,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -64,6 +65,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("config", &self.config)
             .field("runtime", &self.runtime.as_ref().map(|r| r.name()))
             .field("statement_cache_size", &self.statement_cache_size)
+            .field("transaction_pooling", &self.transaction_pooling)
             .finish()
     }
 }
@@ -83,6 +85,7 @@ impl ConnectOptions {
             connect_timeout: None,
             timeout: Some(DEFAULT_TIMEOUT),
             statement_cache_size: DEFAULT_STATEMENT_CACHE_SIZE,
+            transaction_pooling: false,
         }
     }
 
@@ -134,6 +137,21 @@ impl ConnectOptions {
         self
     }
 
+    /// For a server reached through a transaction pooler (PgBouncer's
+    /// `pool_mode = transaction`, before its prepared-statement support): turns the statement
+    /// cache off, so that no named statement is used across transactions (each statement is
+    /// parsed as the unnamed one in the request that runs it), and refuses with a `Usage`
+    /// error what the pooler cannot carry from one transaction to the next: `LISTEN`, a
+    /// session `SET` (use `SET LOCAL`, or `options='-c ...'` in the DSN), SQL `PREPARE` and
+    /// `WITH HOLD` cursors.
+    pub fn transaction_pooling(mut self, on: bool) -> Self {
+        self.transaction_pooling = on;
+        if on {
+            self.statement_cache_size = 0;
+        }
+        self
+    }
+
     /// The connection settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -157,8 +175,17 @@ impl ConnectOptions {
             })?,
         };
         let timeout = self.connect_timeout.or(self.config.get_connect_timeout());
-        let conn = connect_any(&self.config, runtime, timeout, self.statement_cache_size).await?;
+        let cache = if self.transaction_pooling {
+            0
+        } else {
+            self.statement_cache_size
+        };
+        let conn = connect_any(&self.config, runtime, timeout, cache).await?;
         conn.set_timeout(self.timeout);
+        conn.shared.transaction_pooling.store(
+            self.transaction_pooling,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(conn)
     }
 }

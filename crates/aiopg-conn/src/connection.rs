@@ -112,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) timeout: Mutex<Option<Duration>>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) identity: Identity,
+    /// Behind a transaction pooler: statements that leave session state are refused.
+    pub(crate) transaction_pooling: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -127,7 +129,21 @@ impl Shared {
             timeout: Mutex::new(timeout),
             runtime,
             identity,
+            transaction_pooling: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Refuses `sql` when the connection is behind a transaction pooler and `sql` would
+    /// leave session state (see `pooling.rs`).
+    #[inline]
+    pub(crate) fn check_pooling(&self, sql: &str) -> Result<()> {
+        if self
+            .transaction_pooling
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            crate::pooling::check(sql)?;
+        }
+        Ok(())
     }
 
     #[inline]
@@ -350,6 +366,7 @@ impl Connection {
     /// statement under one Sync); with parameters two (the unnamed statement is described
     /// first, for their types). Values come back in binary, as from [`query`](Self::query).
     pub async fn query_unprepared(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
+        self.shared.check_pooling(sql)?;
         if !params.is_empty() {
             let stmt = self.prepare_unnamed(sql).await?;
             let out = self.execute_inner(&stmt, params).await?;
@@ -406,6 +423,7 @@ impl Connection {
     /// Runs one or more SQL statements, separated by semicolons, through the simple query
     /// protocol (no parameters; values come back as text).
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>> {
+        self.shared.check_pooling(sql)?;
         let req = self.start(|st| {
             protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w))?;
             Ok(Collector::simple())

@@ -58,6 +58,7 @@ mod io;
 #[cfg(test)]
 mod model_tests;
 mod pipeline;
+mod pooling;
 mod state;
 mod statement;
 mod stream;

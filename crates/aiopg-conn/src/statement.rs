@@ -274,6 +274,7 @@ impl Connection {
     /// Dropping the future leaves nothing behind: a Parse not yet sent is taken back, and a
     /// statement the server prepared for nobody is closed with the next request.
     pub async fn prepare(&self, sql: &str) -> Result<Statement> {
+        self.shared.check_pooling(sql)?;
         if let Some(stmt) = self.shared.lock().statements.get(sql) {
             return Ok(stmt);
         }
