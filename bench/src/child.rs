@@ -21,6 +21,10 @@ pub struct Job {
     pub amount: Amount,
     pub dsn: String,
     pub url: String,
+    /// The DSN tokio-postgres takes (its parser knows fewer key words than libpq's).
+    pub tp_dsn: String,
+    /// For the `-tls` workloads: the cluster's CA certificate, which every client checks.
+    pub tls_ca: Option<String>,
 }
 
 /// Runs operations until the amount is spent; returns (operations, seconds).
@@ -83,6 +87,7 @@ pub fn run(job: Job) {
         "stream-5m" => crate::stream::run(&job),
         "insert-batch" => crate::insert::run(&job),
         "pool" | "acquire" => crate::pool::run(&job),
+        "connect" => crate::connect::run(&job),
         other => panic!("unknown workload {other}"),
     };
     println!("RESULT ops={ops} secs={secs} rss_kb={}", peak_rss_kb());

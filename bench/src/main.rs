@@ -11,6 +11,7 @@
 //! (pgbench, psql) and `AIOPG_BENCH_PG_PID` (the postmaster, to pin).
 
 mod child;
+mod connect;
 mod fetch;
 mod insert;
 mod latency;
@@ -28,8 +29,12 @@ use report::{Report, Sample};
 const RUNTIMES: [&str; 3] = ["tokio", "async-std", "smol"];
 const WORKLOADS: &[&str] = &[
     "latency",
+    "latency-tls",
+    "connect",
+    "connect-tls",
     "pipeline",
     "fetch-1m",
+    "fetch-1m-tls",
     "stream-5m",
     "insert-batch",
     "pool",
@@ -419,13 +424,48 @@ fn child_main(args: &[String]) {
         _ => usage(),
     };
     let dsn = std::env::var("AIOPG_BENCH_DSN").unwrap_or_else(|_| usage());
+    // `<workload>-tls`: the same workload, every client over TLS checking the cluster's CA.
+    let (workload, tls_ca) = match workload.strip_suffix("-tls") {
+        Some(base) => {
+            let dir = std::env::var("AIOPG_BENCH_TLS_DIR").unwrap_or_else(|_| {
+                eprintln!(
+                    "AIOPG_BENCH_TLS_DIR is not set: run the benchmarks with `cargo xtask bench`"
+                );
+                std::process::exit(2)
+            });
+            (base.to_string(), Some(format!("{dir}/ca.crt")))
+        }
+        None => (workload, None),
+    };
+    let (job_dsn, url, tp_dsn) = match &tls_ca {
+        // The certificate names `localhost`; the server listens on 127.0.0.1. aiopg checks
+        // chain and name (verify-full); tokio-postgres' rustls connector does the same; sqlx
+        // reaches 127.0.0.1 and checks the chain (verify-ca), as it cannot pin an address.
+        Some(ca) => {
+            let plain: Vec<&str> = dsn
+                .split_whitespace()
+                .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("sslmode="))
+                .collect();
+            let rest = plain.join(" ");
+            (
+                format!(
+                    "host=localhost hostaddr=127.0.0.1 {rest} sslmode=verify-full sslrootcert={ca}"
+                ),
+                format!("{}?sslmode=verify-ca&sslrootcert={ca}", dsn_to_url(&dsn)),
+                format!("host=localhost hostaddr=127.0.0.1 {rest} sslmode=require"),
+            )
+        }
+        None => (dsn.clone(), dsn_to_url(&dsn), dsn.clone()),
+    };
     child::run(Job {
         workload,
         contender,
         runtime,
         amount,
-        url: dsn_to_url(&dsn),
-        dsn,
+        url,
+        dsn: job_dsn,
+        tp_dsn,
+        tls_ca,
     });
 }
 
@@ -634,9 +674,37 @@ pub async fn aiopg_connect(job: &Job) -> aiopg::Connection {
 }
 
 pub async fn tokio_postgres_connect(job: &Job) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&job.dsn, tokio_postgres::NoTls)
-        .await
-        .expect("tokio-postgres connect");
-    tokio::spawn(connection);
-    client
+    match &job.tls_ca {
+        None => {
+            let (client, connection) = tokio_postgres::connect(&job.tp_dsn, tokio_postgres::NoTls)
+                .await
+                .expect("tokio-postgres connect");
+            tokio::spawn(connection);
+            client
+        }
+        Some(ca) => {
+            let (client, connection) = tokio_postgres::connect(&job.tp_dsn, tokio_postgres_tls(ca))
+                .await
+                .expect("tokio-postgres connect (TLS)");
+            tokio::spawn(connection);
+            client
+        }
+    }
+}
+
+/// tokio-postgres' rustls connector (ring), trusting the cluster's CA.
+pub fn tokio_postgres_tls(ca: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("add CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }

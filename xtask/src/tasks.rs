@@ -298,7 +298,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<i32> {
         .args(passthrough(args))
         .env("AIOPG_BENCH_DSN", cluster.dsn())
         .env("AIOPG_BENCH_PG_BINDIR", &cluster.bindir)
-        .env("AIOPG_BENCH_PG_PID", cluster.pid.to_string());
+        .env("AIOPG_BENCH_PG_PID", cluster.pid.to_string())
+        .env("AIOPG_BENCH_TLS_DIR", cluster.tls_dir());
     let outcome = run::run(&mut cmd, false);
     guard.stop();
     let outcome = outcome?;

@@ -142,6 +142,9 @@ pub(crate) struct State {
     closed: Option<CloseReason>,
     /// Set when an answer was read: requests held back behind it go out on the next drive.
     flush_due: bool,
+    /// The stream took every byte but has not flushed them all (TLS records waiting for a
+    /// full socket): the next drive flushes even with nothing new to write.
+    unflushed: bool,
     /// Routing stopped with frames left in the read buffer: a stream's buffer is full.
     paused: bool,
     /// The request holding the connection exclusively: its owner is still adding messages to
@@ -193,6 +196,7 @@ impl State {
             answered: 0,
             closed: None,
             flush_due: false,
+            unflushed: false,
             paused: false,
             exclusive: None,
             reader: None,
@@ -745,12 +749,14 @@ impl State {
             None => self.write.len(),
         };
         let stream = self.stream.as_mut().expect("checked above");
-        if send_now && limit > 0 {
+        if (send_now && limit > 0) || self.unflushed {
             self.flush_due = false;
             let before = self.write.len();
-            let res = poll_write_front(stream, &mut self.write, limit, cx);
+            let take = if send_now { limit } else { 0 };
+            let res = poll_write_front(stream, &mut self.write, take, cx);
             self.sent += (before - self.write.len()) as u64;
             debug_assert_eq!(self.check(), Ok(()));
+            self.unflushed = res.is_pending();
             match res {
                 Poll::Ready(Ok(())) => {}
                 Poll::Pending => {
