@@ -19,7 +19,9 @@ macro_rules! errln {
 
 mod codegen;
 mod pg;
+mod pgbouncer;
 mod pki;
+mod replica;
 mod run;
 mod sys;
 mod tasks;
