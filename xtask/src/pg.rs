@@ -1579,7 +1579,54 @@ fn others(dir: &Path) -> Vec<Cluster> {
 
 #[cfg(test)]
 mod tests {
-    use super::{hba_conf, ROLES};
+    use super::{hba_conf, server_conf, Profile, StartFlags, ROLES};
+    use std::path::Path;
+
+    #[test]
+    fn start_flags() {
+        let parse = |args: &[&str]| {
+            StartFlags::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(parse(&[]).unwrap(), StartFlags::default());
+        let both = parse(&["--standby", "--pgbouncer"]).unwrap();
+        assert!(both.standby && both.pgbouncer && !both.failover);
+        let all = parse(&["--all"]).unwrap();
+        assert!(all.standby && all.pgbouncer && all.failover);
+        let err = parse(&["--stanby"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--stanby") && err.contains("--standby"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_servers_can_stream_to_standbys() {
+        let conf = server_conf(
+            Profile::Test,
+            5544,
+            Path::new("/tmp/b/standby/sock"),
+            Path::new("/tmp/b/tls"),
+            "standby",
+        );
+        // Later lines win: the last setting of each name counts.
+        let last = |name: &str| {
+            conf.lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().to_string())
+                .next_back()
+        };
+        assert_eq!(last("port").as_deref(), Some("5544"));
+        assert_eq!(
+            last("unix_socket_directories").as_deref(),
+            Some("'/tmp/b/standby/sock'")
+        );
+        assert_eq!(last("cluster_name").as_deref(), Some("'aiopg-standby'"));
+        assert_eq!(last("wal_level").as_deref(), Some("replica"));
+        assert_eq!(last("hot_standby").as_deref(), Some("on"));
+        let senders: u32 = last("max_wal_senders").unwrap().parse().unwrap();
+        assert!(senders >= 5, "{conf}");
+    }
 
     #[derive(Clone, Copy, Debug)]
     enum Via {

@@ -13,18 +13,37 @@
 //! - `failover-<label>/{primary,standby}/{data,sock}` and `pair.state`: a
 //!   [`FailoverPair`], a primary of its own (a copy of the cluster's primary started as
 //!   a new primary) with a streaming standby of it. Tests may stop, promote and restart
-//!   these servers as they like; `test-all-runtimes` makes a fresh pair for each
-//!   runtime's test process and deletes it afterwards, and `xtask pg failover-reset
-//!   <dir>` (run by a test through `AIOPG_TEST_XTASK`) rebuilds one on the same ports.
+//!   these servers as they like: `test-all-runtimes` makes a fresh pair for each
+//!   runtime's test process and deletes it afterwards, so each runtime starts from a
+//!   primary and a streaming standby; a test process that fails over more than once
+//!   rebuilds it with `"$AIOPG_TEST_XTASK" pg failover-reset "$AIOPG_TEST_FAILOVER_DIR"`
+//!   (same ports, about 2 s).
 //!
 //! Stopping the cluster stops every server found in its base folder, promoted,
-//! restarted or not ([`stop_all_under`]), before the folder is deleted.
+//! restarted or stopped ([`stop_all_under`]), before the folder is deleted.
 //!
-//! Tests drive the servers with `pg_ctl` ([`pg_ctl_hint`] prints the command lines):
-//! `AIOPG_TEST_PG_CTL` is its absolute path and `AIOPG_TEST_PG_RUNAS` is `postgres` when
-//! the servers run as that user (xtask runs as root), empty otherwise; with RUNAS set a
-//! test runs `runuser -u postgres -- <pg_ctl> …`, from a folder that user can enter
-//! (`/`).
+//! What tests get (besides the primary's `AIOPG_TEST_DSN`/`HOST`/`PORT`/`SOCKET_DIR`):
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `AIOPG_TEST_STANDBY_PORT`, `_SOCKET_DIR`, `_DATADIR` | the shared hot standby (read only) |
+//! | `AIOPG_TEST_PRIMARY_DATADIR` | the shared primary's data folder (do not stop it) |
+//! | `AIOPG_TEST_FAILOVER_PRIMARY_PORT`, `_DATADIR` | this process's pair: its primary |
+//! | `AIOPG_TEST_FAILOVER_STANDBY_PORT`, `_DATADIR` | this process's pair: its standby |
+//! | `AIOPG_TEST_FAILOVER_DIR` | the pair's folder, for `pg failover-reset` |
+//! | `AIOPG_TEST_XTASK` | this xtask binary |
+//! | `AIOPG_TEST_PG_CTL` | the absolute path of `pg_ctl` |
+//! | `AIOPG_TEST_PG_RUNAS` | `postgres` when the servers run as that user, else empty |
+//!
+//! Every server listens on 127.0.0.1 and its socket folder, and lets the superuser
+//! `postgres` in without a password. Tests drive the pair with `pg_ctl`
+//! ([`pg_ctl_hint`] prints the command lines): with `AIOPG_TEST_PG_RUNAS` set a test
+//! runs `runuser -u postgres -- "$AIOPG_TEST_PG_CTL" …` (xtask runs as root), else
+//! `"$AIOPG_TEST_PG_CTL" …`, from a folder that user can enter (`/`):
+//!
+//! - promote: `pg_ctl promote -w -D "$AIOPG_TEST_FAILOVER_STANDBY_DATADIR"`;
+//! - stop: `pg_ctl stop -m fast -w -D "$AIOPG_TEST_FAILOVER_PRIMARY_DATADIR"`;
+//! - start again: `pg_ctl start -w -D <datadir> -l <datadir>/postgres.log`.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -521,4 +540,92 @@ pub fn pg_ctl_hint(pg_ctl: &Path, runas: &str) -> String {
          {prefix}{pg_ctl} start -w -D <datadir> -l <datadir>/{}",
         pg::LOG_NAME
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{find_datadirs, pg_ctl_hint, PairState};
+    use crate::pg::Profile;
+    use std::path::{Path, PathBuf};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("aiopg-xtask-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn pair_state_round_trips() {
+        let dir = scratch("pair-state");
+        let state = PairState {
+            bindir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            profile: Profile::Test,
+            tls_dir: PathBuf::from("/tmp/b/tls"),
+            source_socket_dir: PathBuf::from("/tmp/b/sock"),
+            source_port: 5544,
+            primary_port: Some(6001),
+            standby_port: None,
+        };
+        state.save(&dir).unwrap();
+        let back = PairState::load(&dir).unwrap();
+        assert_eq!(back.bindir, state.bindir);
+        assert_eq!(back.profile, Profile::Test);
+        assert_eq!(back.tls_dir, state.tls_dir);
+        assert_eq!(back.source_socket_dir, state.source_socket_dir);
+        assert_eq!(back.source_port, 5544);
+        assert_eq!(back.primary_port, Some(6001));
+        assert_eq!(back.standby_port, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_pair_state_says_what_it_is() {
+        let dir = scratch("no-pair");
+        let err = PairState::load(&dir).err().unwrap().to_string();
+        assert!(err.contains("pair.state"), "{err}");
+        assert!(err.contains("not a failover pair"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn data_folders_are_found_three_levels_down() {
+        let base = scratch("datadirs");
+        let dirs = [
+            "data",
+            "standby/data",
+            "failover-tokio/primary/data",
+            "failover-tokio/standby/data",
+        ];
+        for d in dirs {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+            std::fs::write(base.join(d).join("PG_VERSION"), "15\n").unwrap();
+        }
+        // Not a data folder, and one too deep to be ours.
+        std::fs::create_dir_all(base.join("tls/openssl-work")).unwrap();
+        std::fs::create_dir_all(base.join("a/b/c/data")).unwrap();
+        std::fs::write(base.join("a/b/c/data/PG_VERSION"), "15\n").unwrap();
+        let mut found = Vec::new();
+        find_datadirs(&base, 3, &mut found);
+        found.sort();
+        let mut want: Vec<PathBuf> = dirs.iter().map(|d| base.join(d)).collect();
+        want.sort();
+        assert_eq!(found, want);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn pg_ctl_lines_run_as_the_servers_user() {
+        let pg_ctl = Path::new("/usr/lib/postgresql/15/bin/pg_ctl");
+        let as_postgres = pg_ctl_hint(pg_ctl, "postgres");
+        assert!(as_postgres
+            .lines()
+            .all(|l| l.starts_with("runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl ")));
+        assert!(as_postgres.contains(" promote -w -D <standby datadir>"));
+        let direct = pg_ctl_hint(pg_ctl, "");
+        assert!(direct
+            .lines()
+            .all(|l| l.starts_with("/usr/lib/postgresql/15/bin/pg_ctl ")));
+    }
 }

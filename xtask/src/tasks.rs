@@ -3,8 +3,10 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use crate::pg::{self, Cluster, Guard, Profile};
+use crate::replica::FailoverPair;
 use crate::run::{self, Counts};
 use crate::sys;
 use crate::Result;
@@ -12,6 +14,15 @@ use crate::Result;
 /// The runtimes aiopg supports, by their cargo feature names.
 pub const RUNTIMES: [&str; 3] = ["tokio", "async-std", "smol"];
 const ALL_RUNTIME_FEATURES: &str = "tokio,async-std,smol";
+
+/// Set to 1, `test-all-runtimes` makes no failover pairs (saving a few seconds per
+/// runtime in filtered runs); tests needing one skip or fail for want of
+/// AIOPG_TEST_FAILOVER_*.
+const NO_FAILOVER: &str = "AIOPG_TEST_NO_FAILOVER";
+
+fn no_failover_pairs() -> bool {
+    std::env::var(NO_FAILOVER).is_ok_and(|v| v.trim() == "1")
+}
 
 /// A state folder private to this xtask process.
 fn run_state_dir(root: &Path) -> PathBuf {
@@ -45,6 +56,7 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
 
     let mut env: Vec<(String, String)> = Vec::new();
     let mut guard = None;
+    let mut ours = None;
     match std::env::var("AIOPG_TEST_DSN")
         .ok()
         .filter(|d| !d.trim().is_empty())
@@ -60,43 +72,56 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
         }
         None => {
             errln!("xtask: starting a PostgreSQL cluster");
-            let (cluster, started) = Cluster::start(
+            let clock = Instant::now();
+            let (mut cluster, started) = Cluster::start(
                 &run_state_dir(root),
                 Profile::Test,
                 Some(std::process::id()),
             )?;
             guard = Some(Guard::new(&cluster, started));
             errln!(
-                "xtask: cluster ready: {} (socket {}, log {})",
+                "xtask: cluster ready in {:.1}s: {} (socket {}, log {})",
+                clock.elapsed().as_secs_f64(),
                 cluster.dsn(),
                 cluster.socket_dir.display(),
                 cluster.log_file().display()
             );
-            env.push(("AIOPG_TEST_DSN".into(), cluster.dsn()));
-            env.push(("AIOPG_TEST_HOST".into(), "127.0.0.1".into()));
-            env.push(("AIOPG_TEST_PORT".into(), cluster.port.to_string()));
-            env.push((
-                "AIOPG_TEST_SOCKET_DIR".into(),
-                cluster.socket_dir.display().to_string(),
-            ));
+            // On failure the guard stops what was started.
+            let clock = Instant::now();
+            cluster.add_standby()?;
+            if let Some(standby) = &cluster.standby {
+                errln!(
+                    "xtask: standby ready in {:.1}s: port {} (log {})",
+                    clock.elapsed().as_secs_f64(),
+                    standby.port,
+                    standby.log_file().display()
+                );
+            }
+            let clock = Instant::now();
+            cluster.add_pgbouncer()?;
+            if let Some(bouncer) = &cluster.pgbouncer {
+                errln!(
+                    "xtask: pgbouncer ready in {:.1}s: port {} (log {})",
+                    clock.elapsed().as_secs_f64(),
+                    bouncer.port,
+                    bouncer.log_file().display()
+                );
+            }
+            // The primary, its TLS files, the server binaries and pg_ctl, the standby,
+            // PgBouncer (see Cluster::test_env).
+            env.extend(cluster.test_env());
             env.push(("AIOPG_TEST_CLUSTER".into(), "xtask".into()));
-            // For tests that run a private cluster of their own (tests/integration/pool_faults.rs).
-            env.push((
-                "AIOPG_TEST_PG_BINDIR".into(),
-                cluster.bindir.display().to_string(),
-            ));
-            // The cluster's CA, server and client certificates and keys, for the TLS
-            // tests (xtask/src/pki.rs lists the files). Not set against AIOPG_TEST_DSN's
-            // server, whose certificates xtask does not know.
-            env.push((
-                "AIOPG_TEST_TLS_DIR".into(),
-                cluster.tls_dir().display().to_string(),
-            ));
+            // For `"$AIOPG_TEST_XTASK" pg failover-reset "$AIOPG_TEST_FAILOVER_DIR"`.
+            if let Some(xtask) = pg::xtask_exe() {
+                env.push(("AIOPG_TEST_XTASK".into(), xtask.display().to_string()));
+            }
+            ours = Some(cluster);
         }
     }
 
     let mut suite = Suite {
         root,
+        cluster: ours,
         env,
         totals: Counts::default(),
         failures: Vec::new(),
@@ -122,6 +147,9 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
 
 struct Suite<'a> {
     root: &'a Path,
+    /// The cluster xtask started (none against AIOPG_TEST_DSN's server): each runtime's
+    /// test process gets a failover pair of its own beside it.
+    cluster: Option<Cluster>,
     env: Vec<(String, String)>,
     totals: Counts,
     failures: Vec<String>,
@@ -161,7 +189,46 @@ impl Suite<'_> {
             cmd.env("AIOPG_TEST_RUNTIME", runtime)
                 .args(["--no-fail-fast", "--", "--test-threads=2"])
                 .args(test_args);
+            let pair = self.failover_pair(runtime);
+            if let Some(pair) = &pair {
+                cmd.envs(pair.env());
+            }
             self.step(&format!("integration tests on {runtime}"), &mut cmd);
+            if let (Some(pair), Some(cluster)) = (&pair, &self.cluster) {
+                if let Err(e) = pair.destroy(&cluster.bindir) {
+                    errln!("xtask: deleting the failover pair of {runtime}: {e}");
+                }
+            }
+        }
+    }
+
+    /// A fresh failover pair for one runtime's test process, whose failover tests may
+    /// stop, promote and restart its servers (see xtask/src/replica.rs); none against
+    /// AIOPG_TEST_DSN's server. A failure is recorded, and the tests still run (those
+    /// needing the pair fail for want of AIOPG_TEST_FAILOVER_*).
+    fn failover_pair(&mut self, runtime: &str) -> Option<FailoverPair> {
+        let cluster = self.cluster.as_ref()?;
+        if no_failover_pairs() {
+            errln!("xtask: {NO_FAILOVER}=1: no failover pair for {runtime}");
+            return None;
+        }
+        let clock = Instant::now();
+        match FailoverPair::create(cluster, runtime) {
+            Ok(pair) => {
+                errln!(
+                    "xtask: failover pair for {runtime} ready in {:.1}s: primary port {}, \
+                     standby port {}",
+                    clock.elapsed().as_secs_f64(),
+                    pair.primary.port,
+                    pair.standby.port
+                );
+                Some(pair)
+            }
+            Err(e) => {
+                self.failures
+                    .push(format!("starting the failover pair for {runtime}: {e}"));
+                None
+            }
         }
     }
 
