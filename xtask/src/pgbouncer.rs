@@ -108,6 +108,8 @@ pub fn start(cluster: &Cluster, program: &Path) -> Result<Bouncer> {
     for attempt in 1..=attempts {
         let port = pg::free_port()?;
         write_owned(&ini, &ini_text(&dir, port, cluster.port), user)?;
+        // This attempt's log only: its lines tell whether the port was taken.
+        write_owned(&log, "", user)?;
         // -d: daemonize once the configuration is loaded (it writes the pid file).
         let started = runner.run("pgbouncer", program, [OsStr::new("-d"), ini.as_os_str()]);
         let ready = started.and_then(|_| wait_listening(&dir, port));
@@ -120,7 +122,8 @@ pub fn start(cluster: &Cluster, program: &Path) -> Result<Bouncer> {
             Err(e) => {
                 let tail = log_tail(&log, 20);
                 stop(&dir);
-                if tail.contains("in use") && attempt < attempts {
+                let taken = tail.contains("in use") || e.to_string().contains("in use");
+                if taken && attempt < attempts {
                     errln!("xtask: port {port} was taken, trying another for pgbouncer");
                     continue;
                 }
@@ -136,28 +139,30 @@ pub fn start(cluster: &Cluster, program: &Path) -> Result<Bouncer> {
     Err("pgbouncer found no free port".into())
 }
 
-/// Polls until the pid file names a live process and the port accepts connections.
+/// Polls until PgBouncer has logged the end of its start-up (`process up`), listening
+/// on the TCP port: it keeps running on its Unix socket alone when the port is taken,
+/// and another program may then answer on the port.
 fn wait_listening(dir: &Path, port: u16) -> Result<()> {
     let deadline = Instant::now() + TIMEOUT;
+    let log = dir.join(LOG_FILE);
     loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("cannot listen on 127.0.0.1") {
+            return Err(format!("port {port}: address already in use").into());
+        }
         let alive = pid(dir).is_some();
-        if alive
-            && TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))
-                .is_ok()
-        {
+        if alive && text.contains("process up") {
+            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))
+                .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?;
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "not listening on 127.0.0.1:{port} after {}s",
-                TIMEOUT.as_secs()
-            )
-            .into());
+            return Err(format!("not up on 127.0.0.1:{port} after {}s", TIMEOUT.as_secs()).into());
         }
         if !alive && dir.join(PID_FILE).exists() {
             return Err("it exited".into());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -278,8 +283,26 @@ fn ini_text(dir: &Path, port: u16, primary_port: u16) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{auth_file_text, ini_text};
+    use super::{auth_file_text, ini_text, wait_listening, LOG_FILE};
     use std::path::Path;
+
+    #[test]
+    fn a_taken_port_is_told_from_the_log() {
+        // PgBouncer keeps running on its Unix socket when the TCP port is taken.
+        let dir =
+            std::env::temp_dir().join(format!("aiopg-xtask-test-bouncer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(LOG_FILE),
+            "LOG kernel file descriptor limit: 1024\n\
+             WARNING cannot listen on 127.0.0.1:6543: bind(): Address already in use\n\
+             LOG process up: PgBouncer 1.18.0\n",
+        )
+        .unwrap();
+        let err = wait_listening(&dir, 6543).unwrap_err().to_string();
+        assert!(err.contains("in use"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn auth_file_lists_the_roles_pgbouncer_can_log_in_as() {

@@ -17,7 +17,8 @@
 //!   runtime's test process and deletes it afterwards, so each runtime starts from a
 //!   primary and a streaming standby; a test process that fails over more than once
 //!   rebuilds it with `"$AIOPG_TEST_XTASK" pg failover-reset "$AIOPG_TEST_FAILOVER_DIR"`
-//!   (same ports, about 2 s).
+//!   (same ports, about 2 s). The pair is one per process: its failover tests take
+//!   turns (a process-wide lock), each starting from a reset pair or leaving it reset.
 //!
 //! Stopping the cluster stops every server found in its base folder, promoted,
 //! restarted or stopped ([`stop_all_under`]), before the folder is deleted.
@@ -362,12 +363,6 @@ impl FailoverPair {
     /// cluster's primary on the same ports (`cargo xtask pg failover-reset <dir>`).
     pub fn reset(dir: &Path) -> Result<FailoverPair> {
         let state = PairState::load(dir)?;
-        let runner = PgRunner {
-            user: server_user()?,
-        };
-        for server in ["primary", "standby"] {
-            stop_server(&runner, &state.bindir, &dir.join(server).join("data"), 0);
-        }
         FailoverPair::build(dir, state)
             .map_err(|e| format!("resetting the failover pair in {}: {e}", dir.display()).into())
     }
