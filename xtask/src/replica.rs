@@ -164,8 +164,8 @@ pub fn start_standby(cluster: &Cluster) -> Result<Server> {
 }
 
 /// `pg_basebackup` of `source` into `<dir>/data`, then started as `kind` on a free
-/// port (or `fixed`) with its socket in `<dir>/sock`. `dir` must not hold a running
-/// server; whatever it holds is replaced.
+/// port (or `fixed`) with its socket in `<dir>/sock`. Whatever `dir` holds is
+/// replaced (a server still running there, left by a failed start, is stopped).
 fn copy_and_start(
     source: &Source,
     dir: &Path,
@@ -176,9 +176,7 @@ fn copy_and_start(
     let user = server_user()?;
     let runner = PgRunner { user };
     let mut server = Server::at(dir, 0, 0);
-    if server.is_running() {
-        return Err(format!("a server already runs in {}", server.datadir.display()).into());
-    }
+    stop_all_under(&runner, source.bindir, dir, Path::new(""));
     remove_dir(dir)?;
     create_owned_dir(dir, user)?;
     create_owned_dir(&server.socket_dir, user)?;
