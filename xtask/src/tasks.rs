@@ -3,7 +3,9 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::pg::{self, Cluster, Guard, Profile};
 use crate::replica::FailoverPair;
@@ -122,6 +124,7 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
     let mut suite = Suite {
         root,
         cluster: ours,
+        pairs: PairMaker::default(),
         env,
         totals: Counts::default(),
         failures: Vec::new(),
@@ -150,6 +153,7 @@ struct Suite<'a> {
     /// The cluster xtask started (none against AIOPG_TEST_DSN's server): each runtime's
     /// test process gets a failover pair of its own beside it.
     cluster: Option<Cluster>,
+    pairs: PairMaker,
     env: Vec<(String, String)>,
     totals: Counts,
     failures: Vec<String>,
@@ -160,6 +164,21 @@ impl Suite<'_> {
         if sys::caught().is_some() {
             return;
         }
+        // Made while the unit tests and the build run (they use no server), so that
+        // the runtimes do not wait for them.
+        if let Some(cluster) = &self.cluster {
+            if no_failover_pairs() {
+                errln!("xtask: {NO_FAILOVER}=1: no failover pairs");
+            } else {
+                self.pairs = PairMaker::start(cluster);
+            }
+        }
+        self.run_steps(test_args);
+        // Before the cluster is stopped: no server may start in its folder after.
+        self.pairs.finish();
+    }
+
+    fn run_steps(&mut self, test_args: &[String]) {
         outln!("== unit tests ==");
         let mut unit = self.cargo();
         unit.args(["test", "--workspace"]);
@@ -202,23 +221,22 @@ impl Suite<'_> {
         }
     }
 
-    /// A fresh failover pair for one runtime's test process, whose failover tests may
+    /// The fresh failover pair of one runtime's test process, whose failover tests may
     /// stop, promote and restart its servers (see xtask/src/replica.rs); none against
-    /// AIOPG_TEST_DSN's server. A failure is recorded, and the tests still run (those
-    /// needing the pair fail for want of AIOPG_TEST_FAILOVER_*).
+    /// AIOPG_TEST_DSN's server or with AIOPG_TEST_NO_FAILOVER=1. A failure is
+    /// recorded, and the tests still run (those needing the pair fail or skip for want
+    /// of AIOPG_TEST_FAILOVER_*).
     fn failover_pair(&mut self, runtime: &str) -> Option<FailoverPair> {
-        let cluster = self.cluster.as_ref()?;
-        if no_failover_pairs() {
-            errln!("xtask: {NO_FAILOVER}=1: no failover pair for {runtime}");
-            return None;
-        }
         let clock = Instant::now();
-        match FailoverPair::create(cluster, runtime) {
-            Ok(pair) => {
+        let made = self.pairs.take(runtime)?;
+        let waited = clock.elapsed();
+        match made {
+            Ok((pair, took)) => {
                 errln!(
-                    "xtask: failover pair for {runtime} ready in {:.1}s: primary port {}, \
-                     standby port {}",
-                    clock.elapsed().as_secs_f64(),
+                    "xtask: failover pair for {runtime} (made in {:.1}s in the background, \
+                     waited {:.1}s for it): primary port {}, standby port {}",
+                    took.as_secs_f64(),
+                    waited.as_secs_f64(),
                     pair.primary.port,
                     pair.standby.port
                 );
@@ -269,6 +287,93 @@ impl Suite<'_> {
             Err(e) => self.failures.push(format!("{what}: {e}")),
         }
         false
+    }
+}
+
+/// One failover pair's making: the pair and how long it took, or what failed.
+type Made = std::result::Result<(FailoverPair, Duration), String>;
+
+/// Makes a failover pair per runtime in a background thread (see
+/// [`Suite::failover_pair`]), handing each over as soon as it is made. Dropping it
+/// waits for the thread, so that no server starts in the cluster's folder once that
+/// is being stopped.
+#[derive(Default)]
+struct PairMaker {
+    thread: Option<JoinHandle<()>>,
+    received: Option<Receiver<(&'static str, Made)>>,
+    /// Pairs received while waiting for another runtime's.
+    made: Vec<(&'static str, Made)>,
+}
+
+impl PairMaker {
+    /// Starts making the pairs, in [`RUNTIMES`] order; stops early on a termination
+    /// signal.
+    fn start(cluster: &Cluster) -> PairMaker {
+        let cluster = cluster.clone();
+        let (send, received) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for runtime in RUNTIMES {
+                if sys::caught().is_some() {
+                    break;
+                }
+                let clock = Instant::now();
+                let pair = FailoverPair::create(&cluster, runtime)
+                    .map(|pair| (pair, clock.elapsed()))
+                    .map_err(|e| e.to_string());
+                if send.send((runtime, pair)).is_err() {
+                    break;
+                }
+            }
+        });
+        PairMaker {
+            thread: Some(thread),
+            received: Some(received),
+            made: Vec::new(),
+        }
+    }
+
+    /// The pair made for `runtime`, waiting for it; `None` when none was asked for or
+    /// the thread stopped before it (interrupted).
+    fn take(&mut self, runtime: &str) -> Option<Made> {
+        loop {
+            if let Some(at) = self.made.iter().position(|(r, _)| *r == runtime) {
+                return Some(self.made.remove(at).1);
+            }
+            let next = self.received.as_ref()?.recv();
+            match next {
+                Ok(made) => self.made.push(made),
+                Err(_) => {
+                    // The thread is done (or panicked) without this runtime's pair.
+                    self.received = None;
+                    if self.join_thread() {
+                        return None;
+                    }
+                    return Some(Err("the thread making it panicked".into()));
+                }
+            }
+        }
+    }
+
+    /// Waits for the thread, if it runs; false when it panicked.
+    fn join_thread(&mut self) -> bool {
+        match self.thread.take() {
+            Some(thread) => thread.join().is_ok(),
+            None => true,
+        }
+    }
+
+    /// Waits for the thread (pairs not taken are stopped with the cluster).
+    fn finish(&mut self) {
+        self.received = None;
+        if !self.join_thread() {
+            errln!("xtask: the thread making the failover pairs panicked");
+        }
+    }
+}
+
+impl Drop for PairMaker {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
