@@ -207,9 +207,14 @@ fn pid(dir: &Path) -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    // A stale pid file may name an unrelated process by now.
+    // A stale pid file may name an unrelated process by now, or an exited one not
+    // reaped yet (state Z after the command name in /proc/<pid>/stat).
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (comm.trim() == "pgbouncer" && sys::alive(pid)).then_some(pid)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    (comm.trim() == "pgbouncer" && !zombie && sys::alive(pid)).then_some(pid)
 }
 
 /// Stops the PgBouncer whose folder is `dir`, if it runs (SIGTERM: immediate

@@ -14,7 +14,8 @@
 //!   [`FailoverPair`], a primary of its own (a copy of the cluster's primary started as
 //!   a new primary) with a streaming standby of it. Tests may stop, promote and restart
 //!   these servers as they like: `test-all-runtimes` makes a fresh pair for each
-//!   runtime's test process and deletes it afterwards, so each runtime starts from a
+//!   runtime's test process (all three in the background while the unit tests and the
+//!   build run) and deletes it after that process, so each runtime starts from a
 //!   primary and a streaming standby; a test process that fails over more than once
 //!   rebuilds it with `"$AIOPG_TEST_XTASK" pg failover-reset "$AIOPG_TEST_FAILOVER_DIR"`
 //!   (same ports, about 2 s). The pair is one per process: its failover tests take
