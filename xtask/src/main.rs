@@ -19,7 +19,9 @@ macro_rules! errln {
 
 mod codegen;
 mod pg;
+mod pgbouncer;
 mod pki;
+mod replica;
 mod run;
 mod sys;
 mod tasks;
@@ -40,15 +42,30 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   codegen [--check]     regenerate SqlState from PostgreSQL's errcodes.txt
-  pg start              start a throwaway PostgreSQL cluster (or reuse the running
-                        one) and print its DSN; details and roles go to stderr
+  pg start [--standby] [--pgbouncer] [--failover] [--all]
+                        start a throwaway PostgreSQL cluster (or reuse the running
+                        one) and print its DSN; details, roles and the AIOPG_TEST_*
+                        variables go to stderr. --standby: a streaming hot standby
+                        of it; --pgbouncer: a PgBouncer in transaction pooling mode
+                        in front of it; --failover: a failover pair (a primary of
+                        its own and its standby) that tests may stop and promote
   pg status             print whether it runs and its DSN (exit 3 when not running)
-  pg stop               stop it and delete its data folder
+  pg stop               stop it (its standby, PgBouncer and failover pairs too,
+                        whatever state they are in) and delete its data folder
+  pg failover-reset <dir>
+                        stop a failover pair and make it anew on the same ports
+                        (tests run it as $AIOPG_TEST_XTASK pg failover-reset
+                        $AIOPG_TEST_FAILOVER_DIR)
   test-all-runtimes [-- <test args>]
                         start a private cluster, run the unit tests once and the
                         integration tests on tokio, async-std and smol, stop the
-                        cluster; ends with `N passed, M failed`. With AIOPG_TEST_DSN
-                        set, tests against that server instead of starting one.
+                        cluster; ends with `N passed, M failed`. The cluster has a
+                        streaming standby and a PgBouncer (AIOPG_TEST_STANDBY_PORT,
+                        AIOPG_TEST_PGBOUNCER_PORT; needs the pgbouncer package), and
+                        each runtime's tests get a fresh failover pair
+                        (AIOPG_TEST_FAILOVER_*; none with AIOPG_TEST_NO_FAILOVER=1).
+                        With AIOPG_TEST_DSN set, tests against that server instead
+                        of starting one (no standby, PgBouncer nor pair).
                         <test args> go to the test binaries (e.g. a name filter).
   demo                  run examples/quickstart on each runtime against a cluster
   bench [args..]        run aiopg-bench (release) against a benchmark-tuned cluster
@@ -65,8 +82,15 @@ certificate); without TLS only: aiopg_plain/aiopg-pw-plain (scram-sha-256);
 database aiopg_test. The server speaks TLS with a throwaway PKI made at start
 in the cluster's tls/ folder (tests get it as AIOPG_TEST_TLS_DIR; the server
 certificate names DNS:localhost only).
-Needs PostgreSQL's server binaries (Debian: apt-get install postgresql) and
-openssl (apt-get install openssl).
+Tests promote, stop and start the failover pair's servers with pg_ctl
+(AIOPG_TEST_PG_CTL), as `runuser -u postgres -- <pg_ctl> ...` when
+AIOPG_TEST_PG_RUNAS is `postgres` (xtask runs as root), directly when it is
+empty: `promote -w -D <standby datadir>`, `stop -m fast -w -D <datadir>`,
+`start -w -D <datadir> -l <datadir>/postgres.log`. The cluster's own primary
+and standby are shared by every test process: never stop or promote them.
+Needs PostgreSQL's server binaries (Debian: apt-get install postgresql),
+openssl (apt-get install openssl) and, for test-all-runtimes and
+--pgbouncer, pgbouncer (apt-get install pgbouncer).
 ";
 
 fn main() {

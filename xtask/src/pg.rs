@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::pgbouncer;
 use crate::pki;
+use crate::replica;
 use crate::sys;
 use crate::Result;
 
@@ -93,6 +95,9 @@ pub(crate) fn which_dir(program: &str) -> Option<PathBuf> {
 /// How long the server gets to accept connections, and to stop.
 const TIMEOUT: Duration = Duration::from_secs(30);
 const TIMEOUT_ARG: &str = "30";
+
+/// Each server's log, in its data folder.
+pub(crate) const LOG_NAME: &str = "postgres.log";
 
 /// The superuser (`initdb -U postgres --auth=trust`).
 pub const SUPERUSER: &str = "postgres";
@@ -195,14 +200,14 @@ pub enum Profile {
 }
 
 impl Profile {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Profile::Test => "test",
             Profile::Bench => "bench",
         }
     }
 
-    fn parse(s: &str) -> Option<Profile> {
+    pub(crate) fn parse(s: &str) -> Option<Profile> {
         match s {
             "test" => Some(Profile::Test),
             "bench" => Some(Profile::Bench),
@@ -228,6 +233,11 @@ synchronous_commit = off
 full_page_writes = off
 password_encryption = 'scram-sha-256'
 log_line_prefix = '%m [%p] %q%u@%d '
+# streaming standbys (xtask/src/replica.rs): base backups and WAL senders
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
 "
     };
 }
@@ -261,6 +271,10 @@ pub struct Cluster {
     /// The xtask process the cluster belongs to; `None` for `cargo xtask pg start`.
     pub owner: Option<u32>,
     pub profile: Profile,
+    /// The primary's hot standby, when started ([`Cluster::add_standby`]).
+    pub standby: Option<replica::Server>,
+    /// The PgBouncer in front of the primary, when started ([`Cluster::add_pgbouncer`]).
+    pub pgbouncer: Option<pgbouncer::Bouncer>,
 }
 
 impl Cluster {
@@ -282,7 +296,7 @@ impl Cluster {
     }
 
     pub fn log_file(&self) -> PathBuf {
-        self.datadir.join("postgres.log")
+        self.datadir.join(LOG_NAME)
     }
 
     /// The folder of the cluster's certificates and keys (see [`pki`]).
@@ -319,9 +333,19 @@ impl Cluster {
             .ok()
             .and_then(|p| Profile::parse(&p))
             .unwrap_or(Profile::Test);
+        let base = PathBuf::from(get("base")?);
+        let port_of = |key: &str| get(key).ok().and_then(|v| v.parse::<u16>().ok());
+        let standby = port_of("standby_port").map(|port| {
+            let pid = get("standby_pid")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            replica::standby_of(&base, port, pid)
+        });
+        let pgbouncer = port_of("pgbouncer_port").map(|port| pgbouncer::Bouncer::of(&base, port));
         Ok(Some(Cluster {
             state_dir: state_dir.to_path_buf(),
-            base: PathBuf::from(get("base")?),
+            base,
             datadir: PathBuf::from(get("datadir")?),
             socket_dir: PathBuf::from(get("socket_dir")?),
             bindir: PathBuf::from(get("bindir")?),
@@ -329,6 +353,8 @@ impl Cluster {
             pid: number("pid")?,
             owner,
             profile,
+            standby,
+            pgbouncer,
         }))
     }
 
@@ -347,6 +373,16 @@ impl Cluster {
         }
         let _ = writeln!(text, "profile={}", self.profile.name());
         let _ = writeln!(text, "dsn={}", self.dsn());
+        if let Some(standby) = &self.standby {
+            let _ = writeln!(text, "standby_port={}", standby.port);
+            let _ = writeln!(text, "standby_pid={}", standby.pid);
+            let _ = writeln!(text, "standby_datadir={}", standby.datadir.display());
+            let _ = writeln!(text, "standby_dsn={}", standby.dsn());
+        }
+        if let Some(bouncer) = &self.pgbouncer {
+            let _ = writeln!(text, "pgbouncer_port={}", bouncer.port);
+            let _ = writeln!(text, "pgbouncer_dsn={}", bouncer.dsn());
+        }
         std::fs::create_dir_all(&self.state_dir)
             .map_err(|e| format!("creating {}: {e}", self.state_dir.display()))?;
         let path = Cluster::state_file(&self.state_dir);
@@ -415,6 +451,8 @@ impl Cluster {
             pid: 0,
             owner,
             profile,
+            standby: None,
+            pgbouncer: None,
         };
         // Recorded before anything runs, so that an interrupted start can be cleaned up.
         cluster.save()?;
@@ -464,48 +502,14 @@ impl Cluster {
             .map_err(|e| format!("writing {}: {e}", conf.display()))?;
         self.write_file("pg_hba.conf", &hba_conf(), user)?;
 
-        let pg_ctl = self.bindir.join("pg_ctl");
-        let log = self.log_file();
-        let attempts = 5;
-        for attempt in 1..=attempts {
-            self.port = free_port()?;
+        let (bindir, datadir) = (self.bindir.clone(), self.datadir.clone());
+        let (port, pid) = start_server(&runner, &bindir, &datadir, None, |port| {
+            self.port = port;
             self.write_file("aiopg.conf", &self.settings(), user)?;
-            self.save()?;
-            let started = runner.run(
-                "pg_ctl start",
-                &pg_ctl,
-                [
-                    OsStr::new("start"),
-                    OsStr::new("-D"),
-                    self.datadir.as_os_str(),
-                    OsStr::new("-l"),
-                    log.as_os_str(),
-                    OsStr::new("-w"),
-                    OsStr::new("-t"),
-                    OsStr::new(TIMEOUT_ARG),
-                    OsStr::new("-s"),
-                ],
-            );
-            match started {
-                Ok(_) => break,
-                Err(e) => {
-                    let tail = log_tail(&log, 20);
-                    let port_taken =
-                        tail.contains("could not bind") || tail.contains("already in use");
-                    if port_taken && attempt < attempts {
-                        errln!("xtask: port {} was taken, trying another", self.port);
-                        continue;
-                    }
-                    return Err(format!("{e}\n--- {} ---\n{tail}", log.display()).into());
-                }
-            }
-        }
-        self.pid = postmaster_pid(&self.datadir).ok_or_else(|| {
-            format!(
-                "the server started but left no postmaster.pid ({})",
-                log.display()
-            )
+            self.save()
         })?;
+        self.port = port;
+        self.pid = pid;
         self.save()?;
         self.wait_ready()?;
         self.create_roles()
@@ -513,84 +517,28 @@ impl Cluster {
 
     /// aiopg.conf: the port, where to listen, TLS, then the profile's settings.
     fn settings(&self) -> String {
-        let tls = self.tls_dir();
-        format!(
-            "# written by cargo xtask ({} profile)\n\
-             port = {}\n\
-             listen_addresses = '127.0.0.1'\n\
-             unix_socket_directories = {}\n\
-             # TLS with the throwaway PKI in {}; client certificates are checked\n\
-             # against the CA and its CRL (`cert` logins).\n\
-             ssl = on\n\
-             ssl_cert_file = {}\n\
-             ssl_key_file = {}\n\
-             ssl_ca_file = {}\n\
-             ssl_crl_file = {}\n\
-             {}",
-            self.profile.name(),
+        server_conf(
+            self.profile,
             self.port,
-            conf_quote(&self.socket_dir),
-            tls.display(),
-            conf_quote(&tls.join(pki::SERVER_CERT)),
-            conf_quote(&tls.join(pki::SERVER_KEY)),
-            conf_quote(&tls.join(pki::CA_CERT)),
-            conf_quote(&tls.join(pki::CA_CRL)),
-            self.profile.settings()
+            &self.socket_dir,
+            &self.tls_dir(),
+            "primary",
         )
     }
 
     fn write_file(&self, name: &str, text: &str, user: Option<(u32, u32)>) -> Result<()> {
-        let path = self.datadir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(|e| format!("chown postgres {}: {e}", path.display()))?;
-        }
-        Ok(())
+        write_owned(&self.datadir.join(name), text, user)
     }
 
     /// Polls until the server answers on its socket and its TCP port (bounded).
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + TIMEOUT;
-        let pg_isready = self.bindir.join("pg_isready");
-        let port = self.port.to_string();
-        loop {
-            let socket_ok = if pg_isready.is_file() {
-                pg_command(&pg_isready)
-                    .args([
-                        "-q", "-t", "2", "-U", SUPERUSER, "-d", "postgres", "-p", &port, "-h",
-                    ])
-                    .arg(&self.socket_dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            } else {
-                self.socket_dir
-                    .join(format!(".s.PGSQL.{}", self.port))
-                    .exists()
-            };
-            let tcp_ok = socket_ok
-                && TcpStream::connect_timeout(
-                    &([127, 0, 0, 1], self.port).into(),
-                    Duration::from_secs(2),
-                )
-                .is_ok();
-            if tcp_ok {
-                return Ok(());
-            }
-            if !sys::alive(self.pid) || Instant::now() > deadline {
-                let log = self.log_file();
-                return Err(format!(
-                    "the server did not become ready within {}s\n--- {} ---\n{}",
-                    TIMEOUT.as_secs(),
-                    log.display(),
-                    log_tail(&log, 20)
-                )
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_ready(
+            &self.bindir,
+            &self.socket_dir,
+            self.port,
+            self.pid,
+            &self.log_file(),
+        )
     }
 
     /// Creates the login roles and the `aiopg_test` database.
@@ -682,15 +630,86 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the primary's hot standby unless it has one (see [`replica`]); records it.
+    pub fn add_standby(&mut self) -> Result<()> {
+        if self
+            .standby
+            .as_ref()
+            .is_some_and(replica::Server::is_running)
+        {
+            return Ok(());
+        }
+        if self.profile != Profile::Test {
+            return Err(format!(
+                "the {} profile keeps no WAL for a standby (wal_level = minimal)",
+                self.profile.name()
+            )
+            .into());
+        }
+        self.standby = None;
+        let standby = replica::start_standby(self)?;
+        self.standby = Some(standby);
+        self.save()
+    }
+
+    /// Starts a PgBouncer in front of the primary unless it has one (see
+    /// [`pgbouncer`]); records it. Fails when no pgbouncer binary is found.
+    pub fn add_pgbouncer(&mut self) -> Result<()> {
+        if self
+            .pgbouncer
+            .as_ref()
+            .is_some_and(pgbouncer::Bouncer::is_running)
+        {
+            return Ok(());
+        }
+        let program = pgbouncer::find().ok_or_else(pgbouncer::missing)?;
+        self.pgbouncer = Some(pgbouncer::start(self, &program)?);
+        self.save()
+    }
+
+    /// The `AIOPG_TEST_*` variables describing the cluster to tests: the primary, its
+    /// TLS files and server binaries, and the standby and PgBouncer when running.
+    pub fn test_env(&self) -> Vec<(String, String)> {
+        let path = |p: &Path| p.display().to_string();
+        let mut env: Vec<(String, String)> = vec![
+            ("AIOPG_TEST_DSN".into(), self.dsn()),
+            ("AIOPG_TEST_HOST".into(), "127.0.0.1".into()),
+            ("AIOPG_TEST_PORT".into(), self.port.to_string()),
+            ("AIOPG_TEST_SOCKET_DIR".into(), path(&self.socket_dir)),
+            // For tests that run a private cluster of their own
+            // (tests/integration/pool_faults.rs).
+            ("AIOPG_TEST_PG_BINDIR".into(), path(&self.bindir)),
+            // For tests that promote, stop and start servers (see [`replica`]).
+            (
+                "AIOPG_TEST_PG_CTL".into(),
+                path(&self.bindir.join("pg_ctl")),
+            ),
+            ("AIOPG_TEST_PG_RUNAS".into(), runas().into()),
+            ("AIOPG_TEST_PRIMARY_DATADIR".into(), path(&self.datadir)),
+        ];
+        // The cluster's CA, server and client certificates and keys, for the TLS tests
+        // (xtask/src/pki.rs lists the files).
+        let tls = self.tls_dir();
+        if tls.is_dir() {
+            env.push(("AIOPG_TEST_TLS_DIR".into(), path(&tls)));
+        }
+        if let Some(standby) = &self.standby {
+            env.push(("AIOPG_TEST_STANDBY_PORT".into(), standby.port.to_string()));
+            env.push((
+                "AIOPG_TEST_STANDBY_SOCKET_DIR".into(),
+                path(&standby.socket_dir),
+            ));
+            env.push(("AIOPG_TEST_STANDBY_DATADIR".into(), path(&standby.datadir)));
+        }
+        if let Some(bouncer) = &self.pgbouncer {
+            env.push(("AIOPG_TEST_PGBOUNCER_PORT".into(), bouncer.port.to_string()));
+        }
+        env
+    }
+
     /// `psql` from the server's bindir, else from PATH.
     pub fn psql(&self) -> Result<PathBuf> {
-        let local = self.bindir.join("psql");
-        if local.is_file() {
-            return Ok(local);
-        }
-        which_dir("psql")
-            .map(|d| d.join("psql"))
-            .ok_or_else(|| "psql not found: install the postgresql-client package".into())
+        psql_in(&self.bindir)
     }
 
     /// Stops the server (immediate shutdown), deletes its folder and its state file.
@@ -702,37 +721,11 @@ impl Cluster {
             None
         };
         let runner = PgRunner { user };
-        let pid = postmaster_pid(&self.datadir).or((self.pid != 0).then_some(self.pid));
-        let mut stopped = true;
-        if self.datadir.join("postmaster.pid").exists() {
-            stopped = runner
-                .run(
-                    "pg_ctl stop",
-                    &self.bindir.join("pg_ctl"),
-                    [
-                        OsStr::new("stop"),
-                        OsStr::new("-D"),
-                        self.datadir.as_os_str(),
-                        OsStr::new("-m"),
-                        OsStr::new("immediate"),
-                        OsStr::new("-w"),
-                        OsStr::new("-t"),
-                        OsStr::new(TIMEOUT_ARG),
-                        OsStr::new("-s"),
-                    ],
-                )
-                .is_ok();
-        }
-        if let Some(pid) = pid {
-            if !stopped && postmaster_pid(&self.datadir) == Some(pid) && sys::alive(pid) {
-                errln!("xtask: pg_ctl stop failed, killing postmaster {pid}");
-                sys::send(pid as i32, sys::SIGKILL);
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while sys::alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
+        // First what runs beside the primary in its folder (PgBouncer, the standby,
+        // failover pairs), whatever state tests left them in.
+        pgbouncer::stop_under(&self.base);
+        replica::stop_all_under(&runner, &self.bindir, &self.base, &self.datadir);
+        stop_server(&runner, &self.bindir, &self.datadir, self.pid);
         // Refuse to delete anything xtask did not create.
         let ours = self
             .base
@@ -795,12 +788,12 @@ impl Drop for Guard {
 
 /// Runs commands as the `postgres` user when xtask runs as root (the server refuses
 /// to run as root), as the current user otherwise.
-struct PgRunner {
-    user: Option<(u32, u32)>,
+pub(crate) struct PgRunner {
+    pub(crate) user: Option<(u32, u32)>,
 }
 
 impl PgRunner {
-    fn command<I, S>(&self, program: &Path, args: I) -> Command
+    pub(crate) fn command<I, S>(&self, program: &Path, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -830,7 +823,7 @@ impl PgRunner {
         cmd
     }
 
-    fn run<I, S>(&self, what: &str, program: &Path, args: I) -> Result<Output>
+    pub(crate) fn run<I, S>(&self, what: &str, program: &Path, args: I) -> Result<Output>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -846,8 +839,228 @@ impl PgRunner {
     }
 }
 
+/// Starts the server in `datadir` with `pg_ctl start -w`, logging to its
+/// `postgres.log`: `write_conf(port)` writes its configuration for the port to try
+/// (a fresh free one each attempt, or `fixed`, tried once). Returns the port and the
+/// postmaster's pid.
+pub(crate) fn start_server(
+    runner: &PgRunner,
+    bindir: &Path,
+    datadir: &Path,
+    fixed: Option<u16>,
+    mut write_conf: impl FnMut(u16) -> Result<()>,
+) -> Result<(u16, u32)> {
+    let pg_ctl = bindir.join("pg_ctl");
+    let log = datadir.join(LOG_NAME);
+    let attempts = if fixed.is_some() { 1 } else { 5 };
+    let mut port = 0;
+    for attempt in 1..=attempts {
+        port = match fixed {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        write_conf(port)?;
+        let started = runner.run(
+            "pg_ctl start",
+            &pg_ctl,
+            [
+                OsStr::new("start"),
+                OsStr::new("-D"),
+                datadir.as_os_str(),
+                OsStr::new("-l"),
+                log.as_os_str(),
+                OsStr::new("-w"),
+                OsStr::new("-t"),
+                OsStr::new(TIMEOUT_ARG),
+                OsStr::new("-s"),
+            ],
+        );
+        match started {
+            Ok(_) => break,
+            Err(e) => {
+                let tail = log_tail(&log, 20);
+                let port_taken = tail.contains("could not bind") || tail.contains("already in use");
+                if port_taken && attempt < attempts {
+                    errln!("xtask: port {port} was taken, trying another");
+                    continue;
+                }
+                let hint = if port_taken && fixed.is_some() {
+                    format!("\nport {port} is taken by another program: stop it and retry")
+                } else {
+                    String::new()
+                };
+                return Err(format!("{e}\n--- {} ---\n{tail}{hint}", log.display()).into());
+            }
+        }
+    }
+    let pid = postmaster_pid(datadir).ok_or_else(|| {
+        format!(
+            "the server started but left no postmaster.pid ({})",
+            log.display()
+        )
+    })?;
+    Ok((port, pid))
+}
+
+/// Polls until the server answers on its socket and its TCP port (bounded).
+pub(crate) fn wait_ready(
+    bindir: &Path,
+    socket_dir: &Path,
+    port: u16,
+    pid: u32,
+    log: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + TIMEOUT;
+    let pg_isready = bindir.join("pg_isready");
+    let port_arg = port.to_string();
+    loop {
+        let socket_ok = if pg_isready.is_file() {
+            pg_command(&pg_isready)
+                .args([
+                    "-q", "-t", "2", "-U", SUPERUSER, "-d", "postgres", "-p", &port_arg, "-h",
+                ])
+                .arg(socket_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        } else {
+            socket_dir.join(format!(".s.PGSQL.{port}")).exists()
+        };
+        let tcp_ok = socket_ok
+            && TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))
+                .is_ok();
+        if tcp_ok {
+            return Ok(());
+        }
+        if !sys::alive(pid) || Instant::now() > deadline {
+            return Err(format!(
+                "the server on port {port} did not become ready within {}s\n--- {} ---\n{}",
+                TIMEOUT.as_secs(),
+                log.display(),
+                log_tail(log, 20)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops the server in `datadir` (immediate shutdown), killing its postmaster when
+/// pg_ctl fails; `recorded_pid` (0: none) stands in for a missing postmaster.pid.
+/// Reports problems rather than failing: what follows deletes the folder anyway.
+pub(crate) fn stop_server(runner: &PgRunner, bindir: &Path, datadir: &Path, recorded_pid: u32) {
+    let pid = postmaster_pid(datadir).or((recorded_pid != 0).then_some(recorded_pid));
+    let mut stopped = true;
+    if datadir.join("postmaster.pid").exists() {
+        stopped = runner
+            .run(
+                "pg_ctl stop",
+                &bindir.join("pg_ctl"),
+                [
+                    OsStr::new("stop"),
+                    OsStr::new("-D"),
+                    datadir.as_os_str(),
+                    OsStr::new("-m"),
+                    OsStr::new("immediate"),
+                    OsStr::new("-w"),
+                    OsStr::new("-t"),
+                    OsStr::new(TIMEOUT_ARG),
+                    OsStr::new("-s"),
+                ],
+            )
+            .is_ok();
+    }
+    if let Some(pid) = pid {
+        if !stopped && postmaster_pid(datadir) == Some(pid) && sys::alive(pid) {
+            errln!("xtask: pg_ctl stop failed, killing postmaster {pid}");
+            sys::send(pid as i32, sys::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sys::alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Runs one SQL text with psql as the superuser over the server's socket; returns its
+/// unaligned, tuples-only output, trimmed.
+pub(crate) fn psql_query(bindir: &Path, socket_dir: &Path, port: u16, sql: &str) -> Result<String> {
+    let psql = psql_in(bindir)?;
+    let out = pg_command(&psql)
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            SUPERUSER,
+        ])
+        .args(["-d", "postgres", "-p"])
+        .arg(port.to_string())
+        .arg("-h")
+        .arg(socket_dir)
+        .arg("-c")
+        .arg(sql)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", psql.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "psql on port {port} `{sql}` failed ({}):\n{}",
+            out.status,
+            output_text(&out)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `psql` from `bindir`, else from PATH.
+pub(crate) fn psql_in(bindir: &Path) -> Result<PathBuf> {
+    let local = bindir.join("psql");
+    if local.is_file() {
+        return Ok(local);
+    }
+    which_dir("psql")
+        .map(|d| d.join("psql"))
+        .ok_or_else(|| "psql not found: install the postgresql-client package".into())
+}
+
+/// Writes `text` to `path`, owned by `user` when given (root runs the servers as it).
+pub(crate) fn write_owned(path: &Path, text: &str, user: Option<(u32, u32)>) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    chown(path, user)
+}
+
+/// Creates the folder `path` (and its parents), owned by `user` when given.
+pub(crate) fn create_owned_dir(path: &Path, user: Option<(u32, u32)>) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    chown(path, user)
+}
+
+fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<()> {
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("chown postgres {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The uid and gid the servers run as: the `postgres` user's when xtask runs as root,
+/// none (the current user) otherwise.
+pub(crate) fn server_user() -> Result<Option<(u32, u32)>> {
+    if sys::is_root() {
+        postgres_ids().map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// A command for a PostgreSQL tool, shielded from the caller's libpq settings.
-fn pg_command(program: &Path) -> Command {
+pub(crate) fn pg_command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     for var in [
         "PGDATA",
@@ -868,7 +1081,7 @@ fn pg_command(program: &Path) -> Command {
     cmd
 }
 
-fn find_runuser() -> Option<PathBuf> {
+pub(crate) fn find_runuser() -> Option<PathBuf> {
     which_dir("runuser").map(|d| d.join("runuser")).or_else(|| {
         ["/usr/sbin/runuser", "/sbin/runuser"]
             .iter()
@@ -953,6 +1166,42 @@ fn hba_conf() -> String {
     text
 }
 
+/// aiopg.conf for one server of a cluster: its port and socket folder, where to listen,
+/// TLS with the cluster's PKI in `tls`, then the profile's settings. `name` becomes
+/// `cluster_name` (`aiopg-<name>`, shown in `ps`).
+pub(crate) fn server_conf(
+    profile: Profile,
+    port: u16,
+    socket_dir: &Path,
+    tls: &Path,
+    name: &str,
+) -> String {
+    format!(
+        "# written by cargo xtask ({} profile)\n\
+         port = {}\n\
+         listen_addresses = '127.0.0.1'\n\
+         unix_socket_directories = {}\n\
+         cluster_name = 'aiopg-{name}'\n\
+         # TLS with the throwaway PKI in {}; client certificates are checked\n\
+         # against the CA and its CRL (`cert` logins).\n\
+         ssl = on\n\
+         ssl_cert_file = {}\n\
+         ssl_key_file = {}\n\
+         ssl_ca_file = {}\n\
+         ssl_crl_file = {}\n\
+         {}",
+        profile.name(),
+        port,
+        conf_quote(socket_dir),
+        tls.display(),
+        conf_quote(&tls.join(pki::SERVER_CERT)),
+        conf_quote(&tls.join(pki::SERVER_KEY)),
+        conf_quote(&tls.join(pki::CA_CERT)),
+        conf_quote(&tls.join(pki::CA_CRL)),
+        profile.settings()
+    )
+}
+
 /// A new, empty folder in the temporary directory (short paths keep the Unix socket
 /// path under its 107-byte limit).
 fn fresh_temp_dir(label: &str) -> Result<PathBuf> {
@@ -978,14 +1227,14 @@ fn fresh_temp_dir(label: &str) -> Result<PathBuf> {
 
 /// A TCP port that was free a moment ago (the server may still lose a race for it:
 /// the caller retries).
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("finding a free port: {e}"))?;
     Ok(listener.local_addr()?.port())
 }
 
 /// The pid on the first line of `postmaster.pid`.
-fn postmaster_pid(datadir: &Path) -> Option<u32> {
+pub(crate) fn postmaster_pid(datadir: &Path) -> Option<u32> {
     std::fs::read_to_string(datadir.join("postmaster.pid"))
         .ok()?
         .lines()
@@ -995,13 +1244,13 @@ fn postmaster_pid(datadir: &Path) -> Option<u32> {
         .ok()
 }
 
-fn log_tail(path: &Path, lines: usize) -> String {
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn output_text(out: &Output) -> String {
+pub(crate) fn output_text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -1024,14 +1273,46 @@ pub fn command(root: &Path, args: &[String]) -> Result<i32> {
     let dir = state_root(root);
     match args.first().map(String::as_str) {
         Some("start") => {
-            let (cluster, started) = Cluster::start(&dir, Profile::Test, None)?;
+            let flags = StartFlags::parse(&args[1..])?;
+            let (mut cluster, started) = Cluster::start(&dir, Profile::Test, None)?;
             if started {
                 errln!("xtask: started a PostgreSQL cluster");
             } else {
                 errln!("xtask: a cluster is already running; reusing it");
             }
+            let pair = match flags.start_extras(&mut cluster) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    if started {
+                        errln!("xtask: stopping the cluster just started");
+                        if let Err(stop_err) = cluster.stop() {
+                            errln!("xtask: stopping the cluster: {stop_err}");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             describe(&cluster);
+            if let Some(pair) = &pair {
+                describe_pair(pair);
+            }
             outln!("{}", cluster.dsn());
+            Ok(0)
+        }
+        Some("failover-reset") => {
+            let Some(pair_dir) = args.get(1) else {
+                return Err("usage: cargo xtask pg failover-reset <dir> \
+                            (the pair's AIOPG_TEST_FAILOVER_DIR)"
+                    .into());
+            };
+            let started = Instant::now();
+            let pair = replica::FailoverPair::reset(Path::new(pair_dir))?;
+            errln!(
+                "xtask: failover pair reset in {:.1}s: primary port {}, standby port {}",
+                started.elapsed().as_secs_f64(),
+                pair.primary.port,
+                pair.standby.port
+            );
             Ok(0)
         }
         Some("stop") => {
@@ -1094,7 +1375,11 @@ pub fn command(root: &Path, args: &[String]) -> Result<i32> {
                 }
             }
         }
-        _ => Err("usage: cargo xtask pg start|stop|status".into()),
+        _ => Err(
+            "usage: cargo xtask pg start [--standby] [--pgbouncer] [--failover] | stop | \
+                  status | failover-reset <dir>"
+                .into(),
+        ),
     }
 }
 
@@ -1141,12 +1426,140 @@ fn describe(c: &Cluster) {
             tls.display()
         );
     }
-    errln!("  for tests:  export AIOPG_TEST_DSN='{}'", c.dsn());
-    if tls.is_dir() {
+    if let Some(standby) = &c.standby {
+        let state = if standby.is_running() {
+            "running"
+        } else {
+            "not running"
+        };
+        errln!("  standby:    {} ({state})", standby.dsn());
+        errln!("              socket {}", standby.socket_dir.display());
+        errln!("              data {}", standby.datadir.display());
+    }
+    if let Some(bouncer) = &c.pgbouncer {
+        let state = if bouncer.is_running() {
+            "running"
+        } else {
+            "not running"
+        };
         errln!(
-            "              export AIOPG_TEST_TLS_DIR='{}'",
-            tls.display()
+            "  pgbouncer:  {} ({state}, transaction pooling)",
+            bouncer.dsn()
         );
+        errln!(
+            "              admin console: psql -h 127.0.0.1 -p {} -U {SUPERUSER} pgbouncer",
+            bouncer.port
+        );
+        errln!("              log {}", bouncer.log_file().display());
+    }
+    let mut first = true;
+    for (var, value) in c.test_env() {
+        let label = if first {
+            "  for tests:"
+        } else {
+            "            "
+        };
+        first = false;
+        errln!("{label}  export {var}='{value}'");
+    }
+    if c.standby.is_some() {
+        errln!("  pg_ctl:     (tests: promote, stop or start a server; never the shared ones)");
+        for line in replica::pg_ctl_hint(&c.bindir.join("pg_ctl"), runas()).lines() {
+            errln!("              {line}");
+        }
+    }
+}
+
+/// `pg start --failover`'s pair.
+fn describe_pair(pair: &replica::FailoverPair) {
+    errln!(
+        "  failover:   primary {} (data {})",
+        pair.primary.dsn(),
+        pair.primary.datadir.display()
+    );
+    errln!(
+        "              standby {} (data {})",
+        pair.standby.dsn(),
+        pair.standby.datadir.display()
+    );
+    for (var, value) in pair.env() {
+        errln!("              export {var}='{value}'");
+    }
+    if let Some(xtask) = xtask_exe() {
+        errln!(
+            "              export AIOPG_TEST_XTASK='{}'",
+            xtask.display()
+        );
+        errln!(
+            "              reset: {} pg failover-reset {}",
+            xtask.display(),
+            pair.dir.display()
+        );
+    }
+}
+
+/// This xtask binary, which tests run for `pg failover-reset` (`AIOPG_TEST_XTASK`).
+pub fn xtask_exe() -> Option<PathBuf> {
+    std::env::current_exe().ok()
+}
+
+/// `AIOPG_TEST_PG_RUNAS`: the user the servers run as when that is not the current
+/// user (xtask runs as root), else empty.
+pub fn runas() -> &'static str {
+    if sys::is_root() {
+        SUPERUSER
+    } else {
+        ""
+    }
+}
+
+/// `pg start`'s options: what to start beside the primary.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct StartFlags {
+    standby: bool,
+    pgbouncer: bool,
+    failover: bool,
+}
+
+impl StartFlags {
+    fn parse(args: &[String]) -> Result<StartFlags> {
+        let mut flags = StartFlags::default();
+        for arg in args {
+            match arg.as_str() {
+                "--standby" => flags.standby = true,
+                "--pgbouncer" => flags.pgbouncer = true,
+                "--failover" => flags.failover = true,
+                "--all" => {
+                    flags = StartFlags {
+                        standby: true,
+                        pgbouncer: true,
+                        failover: true,
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "pg start: unknown option `{other}` (options: --standby, \
+                         --pgbouncer, --failover, --all)"
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Starts what the flags ask for (reusing what runs); returns the failover pair.
+    fn start_extras(&self, cluster: &mut Cluster) -> Result<Option<replica::FailoverPair>> {
+        if self.standby {
+            cluster.add_standby()?;
+        }
+        if self.pgbouncer {
+            cluster.add_pgbouncer()?;
+        }
+        if self.failover {
+            return replica::FailoverPair::create(cluster, "dev").map(Some);
+        }
+        Ok(None)
     }
 }
 
@@ -1166,7 +1579,54 @@ fn others(dir: &Path) -> Vec<Cluster> {
 
 #[cfg(test)]
 mod tests {
-    use super::{hba_conf, ROLES};
+    use super::{hba_conf, server_conf, Profile, StartFlags, ROLES};
+    use std::path::Path;
+
+    #[test]
+    fn start_flags() {
+        let parse = |args: &[&str]| {
+            StartFlags::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(parse(&[]).unwrap(), StartFlags::default());
+        let both = parse(&["--standby", "--pgbouncer"]).unwrap();
+        assert!(both.standby && both.pgbouncer && !both.failover);
+        let all = parse(&["--all"]).unwrap();
+        assert!(all.standby && all.pgbouncer && all.failover);
+        let err = parse(&["--stanby"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--stanby") && err.contains("--standby"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_servers_can_stream_to_standbys() {
+        let conf = server_conf(
+            Profile::Test,
+            5544,
+            Path::new("/tmp/b/standby/sock"),
+            Path::new("/tmp/b/tls"),
+            "standby",
+        );
+        // Later lines win: the last setting of each name counts.
+        let last = |name: &str| {
+            conf.lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().to_string())
+                .next_back()
+        };
+        assert_eq!(last("port").as_deref(), Some("5544"));
+        assert_eq!(
+            last("unix_socket_directories").as_deref(),
+            Some("'/tmp/b/standby/sock'")
+        );
+        assert_eq!(last("cluster_name").as_deref(), Some("'aiopg-standby'"));
+        assert_eq!(last("wal_level").as_deref(), Some("replica"));
+        assert_eq!(last("hot_standby").as_deref(), Some("on"));
+        let senders: u32 = last("max_wal_senders").unwrap().parse().unwrap();
+        assert!(senders >= 5, "{conf}");
+    }
 
     #[derive(Clone, Copy, Debug)]
     enum Via {

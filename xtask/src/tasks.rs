@@ -3,8 +3,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::pg::{self, Cluster, Guard, Profile};
+use crate::replica::FailoverPair;
 use crate::run::{self, Counts};
 use crate::sys;
 use crate::Result;
@@ -12,6 +16,15 @@ use crate::Result;
 /// The runtimes aiopg supports, by their cargo feature names.
 pub const RUNTIMES: [&str; 3] = ["tokio", "async-std", "smol"];
 const ALL_RUNTIME_FEATURES: &str = "tokio,async-std,smol";
+
+/// Set to 1, `test-all-runtimes` makes no failover pairs (saving a few seconds per
+/// runtime in filtered runs); tests needing one skip or fail for want of
+/// AIOPG_TEST_FAILOVER_*.
+const NO_FAILOVER: &str = "AIOPG_TEST_NO_FAILOVER";
+
+fn no_failover_pairs() -> bool {
+    std::env::var(NO_FAILOVER).is_ok_and(|v| v.trim() == "1")
+}
 
 /// A state folder private to this xtask process.
 fn run_state_dir(root: &Path) -> PathBuf {
@@ -45,6 +58,7 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
 
     let mut env: Vec<(String, String)> = Vec::new();
     let mut guard = None;
+    let mut ours = None;
     match std::env::var("AIOPG_TEST_DSN")
         .ok()
         .filter(|d| !d.trim().is_empty())
@@ -60,43 +74,57 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
         }
         None => {
             errln!("xtask: starting a PostgreSQL cluster");
-            let (cluster, started) = Cluster::start(
+            let clock = Instant::now();
+            let (mut cluster, started) = Cluster::start(
                 &run_state_dir(root),
                 Profile::Test,
                 Some(std::process::id()),
             )?;
             guard = Some(Guard::new(&cluster, started));
             errln!(
-                "xtask: cluster ready: {} (socket {}, log {})",
+                "xtask: cluster ready in {:.1}s: {} (socket {}, log {})",
+                clock.elapsed().as_secs_f64(),
                 cluster.dsn(),
                 cluster.socket_dir.display(),
                 cluster.log_file().display()
             );
-            env.push(("AIOPG_TEST_DSN".into(), cluster.dsn()));
-            env.push(("AIOPG_TEST_HOST".into(), "127.0.0.1".into()));
-            env.push(("AIOPG_TEST_PORT".into(), cluster.port.to_string()));
-            env.push((
-                "AIOPG_TEST_SOCKET_DIR".into(),
-                cluster.socket_dir.display().to_string(),
-            ));
+            // On failure the guard stops what was started.
+            let clock = Instant::now();
+            cluster.add_standby()?;
+            if let Some(standby) = &cluster.standby {
+                errln!(
+                    "xtask: standby ready in {:.1}s: port {} (log {})",
+                    clock.elapsed().as_secs_f64(),
+                    standby.port,
+                    standby.log_file().display()
+                );
+            }
+            let clock = Instant::now();
+            cluster.add_pgbouncer()?;
+            if let Some(bouncer) = &cluster.pgbouncer {
+                errln!(
+                    "xtask: pgbouncer ready in {:.1}s: port {} (log {})",
+                    clock.elapsed().as_secs_f64(),
+                    bouncer.port,
+                    bouncer.log_file().display()
+                );
+            }
+            // The primary, its TLS files, the server binaries and pg_ctl, the standby,
+            // PgBouncer (see Cluster::test_env).
+            env.extend(cluster.test_env());
             env.push(("AIOPG_TEST_CLUSTER".into(), "xtask".into()));
-            // For tests that run a private cluster of their own (tests/integration/pool_faults.rs).
-            env.push((
-                "AIOPG_TEST_PG_BINDIR".into(),
-                cluster.bindir.display().to_string(),
-            ));
-            // The cluster's CA, server and client certificates and keys, for the TLS
-            // tests (xtask/src/pki.rs lists the files). Not set against AIOPG_TEST_DSN's
-            // server, whose certificates xtask does not know.
-            env.push((
-                "AIOPG_TEST_TLS_DIR".into(),
-                cluster.tls_dir().display().to_string(),
-            ));
+            // For `"$AIOPG_TEST_XTASK" pg failover-reset "$AIOPG_TEST_FAILOVER_DIR"`.
+            if let Some(xtask) = pg::xtask_exe() {
+                env.push(("AIOPG_TEST_XTASK".into(), xtask.display().to_string()));
+            }
+            ours = Some(cluster);
         }
     }
 
     let mut suite = Suite {
         root,
+        cluster: ours,
+        pairs: PairMaker::default(),
         env,
         totals: Counts::default(),
         failures: Vec::new(),
@@ -122,6 +150,10 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
 
 struct Suite<'a> {
     root: &'a Path,
+    /// The cluster xtask started (none against AIOPG_TEST_DSN's server): each runtime's
+    /// test process gets a failover pair of its own beside it.
+    cluster: Option<Cluster>,
+    pairs: PairMaker,
     env: Vec<(String, String)>,
     totals: Counts,
     failures: Vec<String>,
@@ -132,6 +164,21 @@ impl Suite<'_> {
         if sys::caught().is_some() {
             return;
         }
+        // Made while the unit tests and the build run (they use no server), so that
+        // the runtimes do not wait for them.
+        if let Some(cluster) = &self.cluster {
+            if no_failover_pairs() {
+                errln!("xtask: {NO_FAILOVER}=1: no failover pairs");
+            } else {
+                self.pairs = PairMaker::start(cluster);
+            }
+        }
+        self.run_steps(test_args);
+        // Before the cluster is stopped: no server may start in its folder after.
+        self.pairs.finish();
+    }
+
+    fn run_steps(&mut self, test_args: &[String]) {
         outln!("== unit tests ==");
         let mut unit = self.cargo();
         unit.args(["test", "--workspace"]);
@@ -161,7 +208,45 @@ impl Suite<'_> {
             cmd.env("AIOPG_TEST_RUNTIME", runtime)
                 .args(["--no-fail-fast", "--", "--test-threads=2"])
                 .args(test_args);
+            let pair = self.failover_pair(runtime);
+            if let Some(pair) = &pair {
+                cmd.envs(pair.env());
+            }
             self.step(&format!("integration tests on {runtime}"), &mut cmd);
+            if let (Some(pair), Some(cluster)) = (&pair, &self.cluster) {
+                if let Err(e) = pair.destroy(&cluster.bindir) {
+                    errln!("xtask: deleting the failover pair of {runtime}: {e}");
+                }
+            }
+        }
+    }
+
+    /// The fresh failover pair of one runtime's test process, whose failover tests may
+    /// stop, promote and restart its servers (see xtask/src/replica.rs); none against
+    /// AIOPG_TEST_DSN's server or with AIOPG_TEST_NO_FAILOVER=1. A failure is
+    /// recorded, and the tests still run (those needing the pair fail or skip for want
+    /// of AIOPG_TEST_FAILOVER_*).
+    fn failover_pair(&mut self, runtime: &str) -> Option<FailoverPair> {
+        let clock = Instant::now();
+        let made = self.pairs.take(runtime)?;
+        let waited = clock.elapsed();
+        match made {
+            Ok((pair, took)) => {
+                errln!(
+                    "xtask: failover pair for {runtime} (made in {:.1}s in the background, \
+                     waited {:.1}s for it): primary port {}, standby port {}",
+                    took.as_secs_f64(),
+                    waited.as_secs_f64(),
+                    pair.primary.port,
+                    pair.standby.port
+                );
+                Some(pair)
+            }
+            Err(e) => {
+                self.failures
+                    .push(format!("starting the failover pair for {runtime}: {e}"));
+                None
+            }
         }
     }
 
@@ -202,6 +287,93 @@ impl Suite<'_> {
             Err(e) => self.failures.push(format!("{what}: {e}")),
         }
         false
+    }
+}
+
+/// One failover pair's making: the pair and how long it took, or what failed.
+type Made = std::result::Result<(FailoverPair, Duration), String>;
+
+/// Makes a failover pair per runtime in a background thread (see
+/// [`Suite::failover_pair`]), handing each over as soon as it is made. Dropping it
+/// waits for the thread, so that no server starts in the cluster's folder once that
+/// is being stopped.
+#[derive(Default)]
+struct PairMaker {
+    thread: Option<JoinHandle<()>>,
+    received: Option<Receiver<(&'static str, Made)>>,
+    /// Pairs received while waiting for another runtime's.
+    made: Vec<(&'static str, Made)>,
+}
+
+impl PairMaker {
+    /// Starts making the pairs, in [`RUNTIMES`] order; stops early on a termination
+    /// signal.
+    fn start(cluster: &Cluster) -> PairMaker {
+        let cluster = cluster.clone();
+        let (send, received) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for runtime in RUNTIMES {
+                if sys::caught().is_some() {
+                    break;
+                }
+                let clock = Instant::now();
+                let pair = FailoverPair::create(&cluster, runtime)
+                    .map(|pair| (pair, clock.elapsed()))
+                    .map_err(|e| e.to_string());
+                if send.send((runtime, pair)).is_err() {
+                    break;
+                }
+            }
+        });
+        PairMaker {
+            thread: Some(thread),
+            received: Some(received),
+            made: Vec::new(),
+        }
+    }
+
+    /// The pair made for `runtime`, waiting for it; `None` when none was asked for or
+    /// the thread stopped before it (interrupted).
+    fn take(&mut self, runtime: &str) -> Option<Made> {
+        loop {
+            if let Some(at) = self.made.iter().position(|(r, _)| *r == runtime) {
+                return Some(self.made.remove(at).1);
+            }
+            let next = self.received.as_ref()?.recv();
+            match next {
+                Ok(made) => self.made.push(made),
+                Err(_) => {
+                    // The thread is done (or panicked) without this runtime's pair.
+                    self.received = None;
+                    if self.join_thread() {
+                        return None;
+                    }
+                    return Some(Err("the thread making it panicked".into()));
+                }
+            }
+        }
+    }
+
+    /// Waits for the thread, if it runs; false when it panicked.
+    fn join_thread(&mut self) -> bool {
+        match self.thread.take() {
+            Some(thread) => thread.join().is_ok(),
+            None => true,
+        }
+    }
+
+    /// Waits for the thread (pairs not taken are stopped with the cluster).
+    fn finish(&mut self) {
+        self.received = None;
+        if !self.join_thread() {
+            errln!("xtask: the thread making the failover pairs panicked");
+        }
+    }
+}
+
+impl Drop for PairMaker {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
