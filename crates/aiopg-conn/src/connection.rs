@@ -770,6 +770,32 @@ impl Connection {
         self.shared.lock().poll_idle()
     }
 
+    /// Whether the server still is what the connection's `target_session_attrs` asked for,
+    /// judged from what it reports (`in_hot_standby`, `default_transaction_read_only`, which
+    /// change when a standby is promoted or a setting is changed): a pool retires a
+    /// connection that no longer matches. Servers that report neither count as matching.
+    pub fn matches_target_session_attrs(&self) -> bool {
+        use aiopg_core::config::TargetSessionAttrs as T;
+        let want = self.shared.identity.config.get_target_session_attrs();
+        if matches!(want, T::Any | T::PreferStandby) {
+            return true;
+        }
+        let st = self.shared.lock();
+        let on = |name: &str| st.params.get(name).map(|v| v == "on");
+        let standby = on("in_hot_standby");
+        let read_only = match (standby, on("default_transaction_read_only")) {
+            (Some(true), _) => Some(true),
+            (s, r) => r.map(|r| r || s == Some(true)),
+        };
+        match want {
+            T::ReadWrite => read_only != Some(true),
+            T::ReadOnly => read_only != Some(false),
+            T::Primary => standby != Some(true),
+            T::Standby => standby != Some(false),
+            _ => true,
+        }
+    }
+
     /// Waits until every request issued on this connection so far is answered (or the
     /// connection closes), so that [`transaction_status`](Self::transaction_status) reports
     /// what the next statement will see. Returns at once when nothing is in flight.

@@ -849,6 +849,14 @@ impl Pool {
                 inner.discard(entry, Why::Broken);
                 continue;
             }
+            // A failover or a changed setting can turn the server into what
+            // target_session_attrs does not want (a promoted standby reports in_hot_standby
+            // off, a demoted primary on): such a connection is retired, and its replacement
+            // goes through host selection again.
+            if !entry.conn.matches_target_session_attrs() {
+                inner.discard(entry, Why::Broken);
+                continue;
+            }
             if entry.retire_at.is_some() && entry.too_old(Instant::now()) {
                 inner.discard(entry, Why::Recycled);
                 continue;
