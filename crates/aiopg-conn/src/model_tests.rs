@@ -53,6 +53,10 @@ struct Net {
     /// the reactor on another thread fires as soon as the waker is stored).
     hold: bool,
     held: VecDeque<u8>,
+    /// Like a TLS stream: writes are taken whole into `staged` and reach the server only on
+    /// a flush, which pends while `write_limit` is 0 (the socket under it is full).
+    stage: bool,
+    staged: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -97,6 +101,11 @@ impl futures_io::AsyncWrite for Sock {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut net = self.0.lock().unwrap();
+        // Once staged, bytes keep their order: later ones queue behind them.
+        if net.stage || !net.staged.is_empty() {
+            net.staged.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
         if net.write_limit == 0 {
             net.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
@@ -105,7 +114,17 @@ impl futures_io::AsyncWrite for Sock {
         net.c2s.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
     }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut net = self.0.lock().unwrap();
+        if net.staged.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if net.write_limit == 0 {
+            net.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let staged = std::mem::take(&mut net.staged);
+        net.c2s.extend_from_slice(&staged);
         Poll::Ready(Ok(()))
     }
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -648,6 +667,8 @@ enum Action {
     /// A caller's future moves to another task, which polls it: its waker changes, and the
     /// old one wakes nothing that polls it.
     Move(usize),
+    /// The socket becomes (or stops being) a buffering stream, as TLS is (see `Net::stage`).
+    Stage(bool),
 }
 
 const CALLERS: usize = 4;
@@ -755,6 +776,11 @@ impl Model {
             Action::Detach(v) => self.conn.detach(&format!("Q {v}")),
             Action::Notify => self.notify(),
             Action::Hold => self.net.lock().unwrap().hold = true,
+            Action::Stage(on) => {
+                let mut net = self.net.lock().unwrap();
+                // Bytes already staged stay staged until flushed, whatever the mode.
+                net.stage = *on;
+            }
             Action::Move(i) => {
                 let i = i % CALLERS;
                 if let Some(c) = self.callers[i].as_mut() {
@@ -973,6 +999,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::Notify),
         2 => Just(Action::Hold),
         1 => (0..CALLERS).prop_map(Action::Move),
+        1 => any::<bool>().prop_map(Action::Stage),
     ]
 }
 
