@@ -14,19 +14,11 @@ use std::time::{Duration, Instant};
 
 use aiopg::{Connection, Error, ErrorKind};
 
-use crate::support::{options, rt_test};
+use crate::support::{message, options, rt_test};
 
 /// How long the fake server waits for the client before giving up (a guard, never a
 /// synchronisation: every wait ends on an event well before it).
 const SERVER_PATIENCE: Duration = Duration::from_secs(60);
-
-/// A backend message: type, length word, body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
 
 /// A message header alone: type and a length word of `len`.
 fn header(tag: u8, len: u32) -> Vec<u8> {

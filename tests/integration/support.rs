@@ -136,3 +136,11 @@ pub async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output
     })
     .await
 }
+
+/// A backend message for the fake servers: type, length word, body.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aiopg::ErrorKind;
 
-use crate::support::{options, rt_test};
+use crate::support::{message, options, rt_test};
 
 /// A guard on the fake server's reads, never a synchronisation: each ends on an event.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -35,13 +35,6 @@ struct Seen {
     ssl_request: bool,
     /// Message types the client sent after the StartupMessage.
     after_start_up: Vec<u8>,
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
 }
 
 fn packet(s: &mut TcpStream) -> io::Result<Vec<u8>> {

@@ -493,35 +493,37 @@ async fn connect_sslmode(
             required,
         })
     };
-    let plain = || connect_target(config, runtime, host, target, port, cache_size, None);
-    match mode {
-        SslMode::Disable => plain().await.map_err(|(e, _)| e),
-        SslMode::Allow => match plain().await {
-            Err((e, _)) if rejected(&e) => {
-                tracing::debug!(error = %e, "sslmode=allow: plaintext refused, trying TLS");
-                let t = attempt(true)?;
-                connect_target(config, runtime, host, target, port, cache_size, Some(&t))
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-            r => r.map_err(|(e, _)| e),
-        },
-        SslMode::Prefer => {
-            let t = attempt(false)?;
-            match connect_target(config, runtime, host, target, port, cache_size, Some(&t)).await {
-                Err((e, true)) if rejected(&e) || e.kind() == ErrorKind::Tls => {
-                    tracing::debug!(error = %e, "sslmode=prefer: TLS refused, trying plaintext");
-                    plain().await.map_err(|(e, _)| e)
-                }
-                r => r.map_err(|(e, _)| e),
-            }
+    let go = |tls: Option<TlsAttempt>| async move {
+        connect_target(
+            config,
+            runtime,
+            host,
+            target,
+            port,
+            cache_size,
+            tls.as_ref(),
+        )
+        .await
+    };
+    // The first attempt, and whether (and how) to try again when the server turns it down.
+    let first = match mode {
+        SslMode::Disable | SslMode::Allow => None,
+        SslMode::Prefer => Some(attempt(false)?),
+        _ => Some(attempt(true)?),
+    };
+    match go(first).await {
+        Ok(conn) => Ok(conn),
+        Err((e, _)) if mode == SslMode::Allow && rejected(&e) => {
+            tracing::debug!(error = %e, "sslmode=allow: plaintext refused, trying TLS");
+            go(Some(attempt(true)?)).await.map_err(|(e, _)| e)
         }
-        _ => {
-            let t = attempt(true)?;
-            connect_target(config, runtime, host, target, port, cache_size, Some(&t))
-                .await
-                .map_err(|(e, _)| e)
+        Err((e, true))
+            if mode == SslMode::Prefer && (rejected(&e) || e.kind() == ErrorKind::Tls) =>
+        {
+            tracing::debug!(error = %e, "sslmode=prefer: TLS refused, trying plaintext");
+            go(None).await.map_err(|(e, _)| e)
         }
+        Err((e, _)) => Err(e),
     }
 }
 
