@@ -60,9 +60,10 @@
 #![forbid(unsafe_code)]
 
 pub use aiopg_conn::{
-    connect, Column, ConnectOptions, Connection, IsolationLevel, Notification, Param, Pipeline,
-    QueryResult, Row, RowStream, Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction,
-    TransactionOptions, CANCEL_GRACE, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
+    connect, Column, ConnectOptions, Connection, IsolationLevel, Listener, ListenerEvent,
+    ListenerStream, Notices, Notification, Notifies, Param, Pipeline, QueryResult, Row, RowStream,
+    Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction, TransactionOptions,
+    CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
 };
 pub use aiopg_core::config::{self, Config};
 pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};

@@ -450,11 +450,11 @@ rt_test! {
         let channel = format!("engine_idle_{}", listener.backend_pid());
         listener.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
         // The listener waits on an idle connection: no query runs on it.
-        let l = listener.clone();
+        let mut stream = listener.notifies();
         let waiting = spawn(async move {
             let mut got = Vec::new();
             for _ in 0..3 {
-                got.push(l.next_notification().await.unwrap());
+                got.push(stream.next().await.unwrap().unwrap());
             }
             got
         });
@@ -471,10 +471,9 @@ rt_test! {
         assert!(got.iter().all(|n| n.channel == channel && n.process_id == notifier.backend_pid()));
         // Queries on the listening connection still get their own answers.
         assert_eq!(listener.query("SELECT 5::int4", &[]).await.unwrap()[0].get::<i32>(0), 5);
+        let mut stream = listener.notifies();
         listener.close().await;
-        assert_eq!(
-            listener.next_notification().await.expect_err("closed").kind(),
-            ErrorKind::Closed
-        );
+        assert_eq!(stream.next().await.unwrap().expect_err("closed").kind(), ErrorKind::Closed);
+        assert!(stream.next().await.is_none(), "the stream ends after the error");
     }
 }

@@ -13,6 +13,7 @@ mod from_row;
 mod hostile_server;
 mod hosts;
 mod mogrify;
+mod notify;
 mod pgbouncer;
 mod pipeline;
 mod pool;

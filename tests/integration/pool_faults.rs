@@ -651,7 +651,7 @@ const PG_ENV: [&str; 12] = [
 /// `postgres` user (through `runuser`) when the tests run as root, as the server refuses root.
 /// Dropping it (also on panic) stops the server (immediate mode) and deletes the folder; a
 /// folder left by a test process that died is cleaned up by the next `create`.
-struct PrivateCluster {
+pub(crate) struct PrivateCluster {
     base: PathBuf,
     bindir: PathBuf,
     port: u16,
@@ -675,7 +675,7 @@ impl PrivateCluster {
     }
 
     /// A DSN for the superuser over TCP, with `application_name=app`.
-    fn dsn(&self, app: &str) -> String {
+    pub(crate) fn dsn(&self, app: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres application_name={app}",
             self.port
@@ -813,7 +813,7 @@ impl PrivateCluster {
     }
 
     /// `pg_ctl restart -m fast`, waiting until the new server accepts connections.
-    fn restart(&self) -> Result<(), String> {
+    pub(crate) fn restart(&self) -> Result<(), String> {
         let log = self.log().display().to_string();
         self.pg_ctl("restart", &["-m", "fast", "-l", &log])
     }
@@ -1003,7 +1003,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Starts a private cluster, or says why the test has nothing to check (no server binaries,
 /// outside xtask's runs, which always have them).
-async fn private_cluster(test: &str) -> Option<Arc<PrivateCluster>> {
+pub(crate) async fn private_cluster(test: &str) -> Option<Arc<PrivateCluster>> {
     let bindir = match pg_bindir() {
         Ok(dir) => dir,
         Err(e) if std::env::var_os("AIOPG_TEST_CLUSTER").is_none() => {
@@ -1019,7 +1019,10 @@ async fn private_cluster(test: &str) -> Option<Arc<PrivateCluster>> {
 }
 
 /// Runs a `pg_ctl` step on `cluster` off the runtime's threads.
-async fn pg_ctl(cluster: &Arc<PrivateCluster>, step: fn(&PrivateCluster) -> Result<(), String>) {
+pub(crate) async fn pg_ctl(
+    cluster: &Arc<PrivateCluster>,
+    step: fn(&PrivateCluster) -> Result<(), String>,
+) {
     let c = cluster.clone();
     if let Err(e) = blocking(move || step(&c)).await {
         panic!("{e}");
@@ -1035,7 +1038,7 @@ fn fault_pool(cluster: &PrivateCluster, app: &str) -> PoolBuilder {
         .idle_timeout(FAULT_IDLE_TIMEOUT)
 }
 
-async fn private_admin(cluster: &PrivateCluster) -> Connection {
+pub(crate) async fn private_admin(cluster: &PrivateCluster) -> Connection {
     options(&cluster.dsn("aiopg_pf_admin"))
         .connect()
         .await

@@ -151,11 +151,11 @@ rt_test! {
 rt_test! {
     async fn notices_are_collected_not_mixed_with_results() {
         let conn = connect().await;
+        let mut notices = conn.notices();
         conn.batch_execute("DO $$ BEGIN RAISE NOTICE 'hello %', 42; END $$").await.unwrap();
-        let notices = conn.notices();
-        assert_eq!(notices.len(), 1);
-        assert_eq!(notices[0].message(), "hello 42");
-        assert!(conn.notices().is_empty());
+        let notice = notices.next_buffered().expect("a notice").unwrap();
+        assert_eq!(notice.message(), "hello 42");
+        assert!(notices.next_buffered().is_none());
     }
 }
 

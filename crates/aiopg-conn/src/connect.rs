@@ -57,6 +57,7 @@ pub struct ConnectOptions {
     timeout: Option<Duration>,
     statement_cache_size: usize,
     transaction_pooling: bool,
+    event_capacity: usize,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -66,6 +67,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("runtime", &self.runtime.as_ref().map(|r| r.name()))
             .field("statement_cache_size", &self.statement_cache_size)
             .field("transaction_pooling", &self.transaction_pooling)
+            .field("event_capacity", &self.event_capacity)
             .finish()
     }
 }
@@ -86,6 +88,7 @@ impl ConnectOptions {
             timeout: Some(DEFAULT_TIMEOUT),
             statement_cache_size: DEFAULT_STATEMENT_CACHE_SIZE,
             transaction_pooling: false,
+            event_capacity: crate::events::DEFAULT_EVENT_CAPACITY,
         }
     }
 
@@ -152,6 +155,19 @@ impl ConnectOptions {
         self
     }
 
+    /// How many notifications, and separately how many notices, the connection keeps for
+    /// [`Connection::notifies`] and [`Connection::notices`] streams whose consumers have not
+    /// taken them yet ([`DEFAULT_EVENT_CAPACITY`] by default; at least 1). When a stream falls
+    /// that far behind, the oldest are dropped and the stream says how many with an
+    /// [`ErrorKind::Lagged`](aiopg_core::ErrorKind::Lagged) error: memory stays bounded
+    /// however slow the consumer, and nothing is lost without a word.
+    ///
+    /// [`DEFAULT_EVENT_CAPACITY`]: crate::DEFAULT_EVENT_CAPACITY
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
     /// The connection settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -182,6 +198,7 @@ impl ConnectOptions {
         };
         let conn = connect_any(&self.config, runtime, timeout, cache).await?;
         conn.set_timeout(self.timeout);
+        conn.shared.lock().set_event_capacity(self.event_capacity);
         conn.shared.transaction_pooling.store(
             self.transaction_pooling,
             std::sync::atomic::Ordering::Relaxed,

@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures_io::AsyncWrite;
 use postgres_protocol::message::frontend;
 
-use aiopg_core::error::DbError;
 use aiopg_core::protocol::{self, TransactionStatus};
 use aiopg_core::row::{Column, Row};
 use aiopg_core::types::ToSql;
@@ -19,9 +18,10 @@ use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
 use aiopg_rt::Runtime;
 
 use crate::collect::{Collector, Output};
+use crate::notify::{Notices, Notifies};
 use crate::state::State;
 use crate::statement::Statement;
-use crate::{Notification, SimpleQueryMessage};
+use crate::SimpleQueryMessage;
 
 /// How long past its timeout a statement may take to be cancelled (the cancel request sent and
 /// the server's confirmation read) before the connection is given up on.
@@ -661,41 +661,39 @@ impl Connection {
         self.shared.lock().tx_status
     }
 
-    /// Takes the notices (and warnings) the server sent since the last call, oldest first.
-    /// The newest 64 are kept.
-    pub fn notices(&self) -> Vec<DbError> {
-        self.shared.lock().notices.drain(..).collect()
+    /// A stream of the `LISTEN` notifications this connection receives, as Python aiopg's
+    /// `conn.notifies`: it reads the socket itself whenever no query does, so notifications
+    /// arrive on an idle connection. Every open stream sees every notification; the buffer
+    /// is bounded and a consumer that falls behind is told how many it missed (see
+    /// [`Notifies`]). Run `LISTEN` with [`batch_execute`](Self::batch_execute) (channel
+    /// names are identifiers: quote them), or use a [`Listener`](crate::Listener), which
+    /// also survives reconnects.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// use futures_util::StreamExt;
+    /// let mut notifies = conn.notifies();
+    /// conn.batch_execute(r#"LISTEN "jobs""#).await?;
+    /// while let Some(n) = notifies.next().await {
+    ///     match n {
+    ///         Ok(n) => println!("{}: {}", n.channel, n.payload),
+    ///         Err(e) if e.kind() == aiopg_core::ErrorKind::Lagged => {
+    ///             println!("missed {} notifications: resynchronise", e.missed().unwrap_or(0))
+    ///         }
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn notifies(&self) -> Notifies {
+        Notifies::new(self)
     }
 
-    /// Waits for the next `LISTEN` notification, oldest first. On an idle connection the
-    /// waiting task reads the socket itself, so notifications arrive without any query
-    /// running; while queries run, they read them. Fails once the connection is closed.
-    ///
-    /// Several tasks may wait at once: each notification goes to one of them. Notifications
-    /// queue without a bound until taken (a bounded stream with loss reporting is planned).
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropping the future loses nothing: a notification is taken only when it is returned.
-    pub async fn next_notification(&self) -> Result<Notification> {
-        self.check_lease()?;
-        // Dropped while waiting, it may have been the one registered with the socket: the
-        // next waiting caller takes over.
-        struct Listening<'a>(&'a Shared);
-        impl Drop for Listening<'_> {
-            fn drop(&mut self) {
-                self.0.lock().hand_over();
-            }
-        }
-        let listening = Listening(&self.shared);
-        let res = poll_fn(|cx| self.shared.lock().poll_notification(cx)).await;
-        std::mem::forget(listening);
-        res
-    }
-
-    /// Takes the `LISTEN` notifications received so far, without waiting.
-    pub fn take_notifications(&self) -> Vec<Notification> {
-        self.shared.lock().notifications.drain(..).collect()
+    /// A stream of the notices and warnings the server sends (`RAISE NOTICE`, ...), bounded
+    /// like [`notifies`](Self::notifies); [`Notices::next_buffered`] takes those already
+    /// received without waiting. Every notice is also logged through `tracing` at `info`.
+    pub fn notices(&self) -> Notices {
+        Notices::new(self)
     }
 
     /// The connection string, with the password redacted.
@@ -731,8 +729,16 @@ impl Connection {
     /// (and every cursor or transaction opened through it) fail with an
     /// [`ErrorKind::Usage`] error instead of sharing the socket with whoever borrowed the
     /// connection next. The handle `lease` is called on keeps working.
+    ///
+    /// Notifications and notices received before the lease are not the borrower's: they are
+    /// dropped.
     pub fn lease(&self) -> Connection {
         let lease = self.shared.lease.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut st = self.shared.lock();
+            st.notifications.clear();
+            st.notices.clear();
+        }
         Connection {
             shared: self.shared.clone(),
             lease,
@@ -750,7 +756,7 @@ impl Connection {
     }
 
     #[inline]
-    fn check_lease(&self) -> Result<()> {
+    pub(crate) fn check_lease(&self) -> Result<()> {
         if self.is_stale() {
             return Err(Error::usage(
                 "this connection handle outlived its lease: the connection was given back \

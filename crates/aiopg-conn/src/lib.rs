@@ -53,10 +53,13 @@
 mod collect;
 mod connect;
 mod connection;
+mod events;
 mod exclusive;
 mod io;
+mod listener;
 #[cfg(test)]
 mod model_tests;
+mod notify;
 mod pipeline;
 mod pooling;
 mod state;
@@ -72,6 +75,9 @@ pub use aiopg_core::row::{Column, Row, SimpleRow};
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 pub use connect::{connect, ConnectOptions, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT};
 pub use connection::{Connection, Param, QueryResult, CANCEL_GRACE};
+pub use events::DEFAULT_EVENT_CAPACITY;
+pub use listener::{Listener, ListenerEvent, ListenerStream};
+pub use notify::{Notices, Notifies};
 pub use pipeline::Pipeline;
 pub use statement::Statement;
 pub use stream::RowStream;

@@ -422,6 +422,11 @@ enum Got {
     Unit,
 }
 
+thread_local! {
+    /// Notification streams that got what their listener wanted and are kept open, unpolled.
+    static KEPT: std::cell::RefCell<Vec<crate::Notifies>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 type Fut = Pin<Box<dyn Future<Output = Result<Got, aiopg_core::Error>> + Send>>;
 
 #[derive(Debug, Clone)]
@@ -519,9 +524,23 @@ impl Kind {
                 c.settle().await?;
                 Ok(Got::Unit)
             }),
-            Kind::Listen => {
-                Box::pin(async move { Ok(Got::Notification(c.next_notification().await?.payload)) })
-            }
+            Kind::Listen => Box::pin(async move {
+                let mut n = c.notifies();
+                loop {
+                    match std::future::poll_fn(|cx| Pin::new(&mut n).poll_next(cx)).await {
+                        Some(Ok(got)) => {
+                            // The stream stays open, unpolled, until a later step drops it: it
+                            // must not keep the socket from everyone else meanwhile.
+                            KEPT.with(|k| k.borrow_mut().push(n));
+                            return Ok(Got::Notification(got.payload));
+                        }
+                        // A small buffer may overflow while this listener is not polled.
+                        Some(Err(e)) if e.kind() == ErrorKind::Lagged => continue,
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(aiopg_core::Error::usage("the stream ended")),
+                    }
+                }
+            }),
             Kind::Exclusive(v, pieces) => Box::pin(async move {
                 let mut msg = bytes::BytesMut::new();
                 postgres_protocol::message::frontend::query(&format!("Q {v}"), &mut msg).unwrap();
@@ -683,10 +702,17 @@ struct Model {
     /// Notifications the server sent, and those listeners got.
     sent: u32,
     received: Arc<Mutex<Vec<String>>>,
+    /// A subscriber that is never polled until the end: it must then hold every notification
+    /// in order, or say how many it missed.
+    monitor: Option<crate::Notifies>,
 }
 
 impl Model {
     fn new(cache: usize) -> Model {
+        Model::with_capacity(cache, 1 << 16)
+    }
+
+    fn with_capacity(cache: usize, events: usize) -> Model {
         let net = Arc::new(Mutex::new(Net {
             read_limit: 1 << 20,
             write_limit: 1 << 20,
@@ -709,8 +735,11 @@ impl Model {
             tls: None,
         };
         let shared = Shared::new(state, runtime.clone(), identity, None);
+        shared.lock().set_event_capacity(events);
+        let conn = Connection::from_shared(Arc::new(shared));
         Model {
-            conn: Connection::from_shared(Arc::new(shared)),
+            monitor: Some(conn.notifies()),
+            conn,
             net,
             server: Server::default(),
             runtime,
@@ -758,7 +787,11 @@ impl Model {
                     self.finish(i, verdict)?;
                 }
             }
-            Action::Drop(i) => self.callers[i % CALLERS] = None,
+            Action::Drop(i) => {
+                if self.callers[i % CALLERS].take().is_none() {
+                    KEPT.with(|k| k.borrow_mut().clear());
+                }
+            }
             Action::Server(n) => {
                 let mut net = self.net.lock().unwrap();
                 self.server.step(&mut net, *n);
@@ -901,6 +934,7 @@ impl Model {
     }
 
     fn run(mut self, actions: &[Action]) -> Result<(), String> {
+        KEPT.with(|k| k.borrow_mut().clear());
         for a in actions {
             self.step(a).map_err(|e| format!("after {a:?}: {e}"))?;
         }
@@ -919,23 +953,43 @@ impl Model {
         let last = Kind::Simple(424_242);
         self.step(&Action::Issue(0, last))?;
         self.settle_all()?;
-        // Every notification reached exactly one listener, or was read and queued (the final
-        // query read the socket to its end).
-        let mut got = self.received.lock().unwrap().clone();
-        got.extend(
-            self.conn
-                .take_notifications()
-                .into_iter()
-                .map(|n| n.payload),
-        );
-        let mut sorted = got.clone();
-        sorted.sort_by_key(|p| p[1..].parse::<u32>().unwrap());
-        sorted.dedup();
-        if sorted.len() != got.len() || sorted.len() != self.sent as usize {
+        // Every notification reached the monitor in order, or is counted as missed.
+        let mut monitor = self.monitor.take().expect("kept until the end");
+        let mut next = 1u64;
+        let mut missed = 0u64;
+        while let Some(n) = monitor.next_buffered() {
+            match n {
+                Ok(n) => {
+                    let k: u64 = n.payload[1..].parse().unwrap();
+                    if k != next {
+                        return Err(format!("the monitor got n{k} where n{next} was due"));
+                    }
+                    next += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::Lagged => {
+                    let k = e.missed().unwrap_or(0);
+                    if k == 0 {
+                        return Err("a Lagged error missing nothing".into());
+                    }
+                    next += k;
+                    missed += k;
+                }
+                Err(e) => return Err(format!("the monitor got {e}")),
+            }
+        }
+        if next != u64::from(self.sent) + 1 {
             return Err(format!(
-                "{} notifications sent, delivered {got:?}",
-                self.sent
+                "{} notifications sent, the monitor accounted for {} ({missed} missed)",
+                self.sent,
+                next - 1
             ));
+        }
+        // Listeners got only notifications that were sent.
+        for p in self.received.lock().unwrap().iter() {
+            let k: u32 = p[1..].parse().unwrap();
+            if k == 0 || k > self.sent {
+                return Err(format!("a listener got {p}, never sent"));
+            }
         }
         let st = self.conn.shared.lock();
         if st.has_unanswered() {
@@ -1015,9 +1069,10 @@ proptest! {
     #[test]
     fn every_answer_reaches_its_own_caller(
         cache in prop_oneof![Just(0usize), Just(2usize), Just(100usize)],
+        events in prop_oneof![Just(1usize), Just(3usize), Just(1usize << 16)],
         actions in proptest::collection::vec(action(), 1..120),
     ) {
-        if let Err(e) = Model::new(cache).run(&actions) {
+        if let Err(e) = Model::with_capacity(cache, events).run(&actions) {
             return Err(TestCaseError::fail(e));
         }
     }

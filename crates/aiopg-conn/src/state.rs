@@ -49,6 +49,7 @@ use aiopg_core::{Error, ErrorKind, Result};
 use aiopg_rt::BoxStream;
 
 use crate::collect::{message_name, Collector, Output};
+use crate::events::{Events, DEFAULT_EVENT_CAPACITY};
 use crate::io::{poll_write_front, Frame, ReadBuf};
 use crate::statement::StatementCache;
 use crate::Notification;
@@ -60,9 +61,6 @@ const WRITE_BATCH: usize = 16 * 1024;
 const LISTENER: u64 = u64::MAX;
 /// The `who` of `poll_idle`, which polls with a no-op waker and so never holds the socket.
 const IDLE_CHECK: u64 = u64::MAX - 1;
-
-/// How many notices are kept for [`crate::Connection::notices`] before the oldest are dropped.
-const MAX_NOTICES: usize = 64;
 
 #[derive(Debug)]
 enum Slot {
@@ -160,10 +158,9 @@ pub(crate) struct State {
     writer: Option<u64>,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
-    pub(crate) notices: VecDeque<DbError>,
-    pub(crate) notifications: VecDeque<Notification>,
-    /// Tasks waiting for a notification (`Connection::next_notification`).
-    listeners: Vec<Waker>,
+    /// Notices and notifications, for the `notices()` and `notifies()` streams.
+    pub(crate) notices: Events<DbError>,
+    pub(crate) notifications: Events<Notification>,
     pub(crate) statements: StatementCache,
     /// Types looked up from the server's catalog (enums, composites, domains, extensions).
     pub(crate) types: HashMap<Oid, Type>,
@@ -203,12 +200,16 @@ impl State {
             writer: None,
             tx_status: TransactionStatus::Idle,
             params,
-            notices: VecDeque::new(),
-            notifications: VecDeque::new(),
-            listeners: Vec::new(),
+            notices: Events::new(DEFAULT_EVENT_CAPACITY, "notices"),
+            notifications: Events::new(DEFAULT_EVENT_CAPACITY, "notifications"),
             statements,
             types: HashMap::new(),
         }
+    }
+
+    pub(crate) fn set_event_capacity(&mut self, capacity: usize) {
+        self.notices.set_capacity(capacity);
+        self.notifications.set_capacity(capacity);
     }
 
     /// True while requests are queued or on the wire without their answer yet.
@@ -657,34 +658,41 @@ impl State {
     }
 
     fn wake_listeners(&mut self) {
-        for w in self.listeners.drain(..) {
-            w.wake();
-        }
+        self.notifications.wake_all();
+        self.notices.wake_all();
     }
 
-    /// Polls for the next notification, driving the socket meanwhile like any caller, so that
-    /// notifications arrive on an idle connection too; a caller driving for its own answer
-    /// that reads one wakes the listeners.
-    pub(crate) fn poll_notification(&mut self, cx: &mut Context<'_>) -> Poll<Result<Notification>> {
+    /// Polls subscriber `id` of an event feed (`pick` chooses notifications or notices) for
+    /// its next event, driving the socket meanwhile like any caller, so that events arrive on
+    /// an idle connection too; a caller driving for its own answer that reads one wakes the
+    /// subscribers. Once the connection is closed and the buffered events are taken, the
+    /// subscriber gets the closing error once, then `None`.
+    pub(crate) fn poll_event<T: Clone>(
+        &mut self,
+        pick: fn(&mut State) -> &mut Events<T>,
+        id: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<T>>> {
+        // As a request's owner: no waking the running task with what it reads itself.
+        pick(self).unpark(id);
         loop {
-            if let Some(n) = self.notifications.pop_front() {
-                // This listener may have been the one registered with the socket: the next
-                // waiting caller takes over, as when a request's owner leaves.
+            if let Some(event) = pick(self).take(id) {
+                // This subscriber may have been the one registered with the socket, and its
+                // owner may not poll again soon: the next waiting caller takes over, as when
+                // a request's owner leaves.
                 self.leave(LISTENER);
-                return Poll::Ready(Ok(n));
+                return Poll::Ready(Some(event));
             }
             if let Some(e) = self.closed_error() {
-                return Poll::Ready(Err(e));
+                return Poll::Ready(pick(self).end_sub(id).then_some(Err(e)));
             }
-            // Driving is everyone's job: with requests in flight the listener may end up the
+            // Driving is everyone's job: with requests in flight a subscriber may end up the
             // only one polling (their owners gone), and it routes their answers too.
             if self.drive(cx, LISTENER).is_pending() {
                 break;
             }
         }
-        if !self.listeners.iter().any(|w| w.will_wake(cx.waker())) {
-            self.listeners.push(cx.waker().clone());
-        }
+        pick(self).park(id, cx.waker());
         Poll::Pending
     }
 
@@ -944,10 +952,7 @@ impl State {
                 if self.queue.get(self.answered).is_some_and(|e| e.abandoned) {
                     return Ok(());
                 }
-                if self.notices.len() == MAX_NOTICES {
-                    self.notices.pop_front();
-                }
-                self.notices.push_back(notice);
+                self.notices.push(notice);
                 return Ok(());
             }
             Message::NotificationResponse(body) => {
@@ -962,8 +967,7 @@ impl State {
                         .map_err(|e| Error::protocol(e.to_string()))?
                         .to_owned(),
                 };
-                self.notifications.push_back(n);
-                self.wake_listeners();
+                self.notifications.push(n);
                 return Ok(());
             }
             Message::ParameterStatus(body) => {

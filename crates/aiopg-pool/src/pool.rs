@@ -370,7 +370,6 @@ impl Inner {
             }
             if self.settings.reset_on_release {
                 entry.conn.detach(RESET_SQL);
-                drop(entry.conn.take_notifications());
                 entry.unsettled = true;
             }
         }
@@ -940,7 +939,6 @@ impl Pool {
                 tracing::debug!(error = %e, "reset on release failed: discarding the connection");
                 c.close().await;
             }
-            drop(c.take_notifications());
         }
         conn.reset_done = true;
         drop(conn);
@@ -965,6 +963,17 @@ impl Pool {
         let conn = self.acquire().await?;
         let cursor = conn.cursor_with(options).await?;
         Ok(PooledCursor { cursor, conn })
+    }
+
+    /// A [`Listener`](aiopg_conn::Listener) on a connection of its own, opened with the
+    /// pool's settings but never taken from the pool or given back to it (a pooled
+    /// connection would carry its `LISTEN` state to the next borrower). It does not count
+    /// towards `max_size`. The pool's `on_connect` hook is not run on it.
+    pub async fn listener(&self) -> Result<aiopg_conn::Listener> {
+        if self.is_closed() {
+            return Err(pool_closed());
+        }
+        aiopg_conn::Listener::connect(self.inner.options.clone()).await
     }
 
     /// Connections open or being opened, idle and in use together (aiopg's `size`).

@@ -62,6 +62,9 @@ pub enum ErrorKind {
     /// The server is not the kind `target_session_attrs` asks for (a standby where a
     /// read-write or primary server is wanted, or the other way round).
     WrongServer,
+    /// A bounded stream of events (notifications, notices) dropped some because its consumer
+    /// fell behind; [`Error::missed`] says how many. The stream goes on with the next one.
+    Lagged,
 }
 
 impl ErrorKind {
@@ -83,6 +86,7 @@ impl ErrorKind {
             ErrorKind::Aborted => "not run",
             ErrorKind::RowCount => "unexpected number of rows",
             ErrorKind::WrongServer => "server does not match target_session_attrs",
+            ErrorKind::Lagged => "events dropped",
         }
     }
 }
@@ -199,6 +203,28 @@ impl Error {
         Error::new(ErrorKind::Aborted, message, None)
     }
 
+    /// A bounded event stream dropped `missed` of its events (`what`: "notifications") because
+    /// its consumer fell behind.
+    pub fn lagged(missed: u64, what: &str) -> Error {
+        Error::new(
+            ErrorKind::Lagged,
+            format!(
+                "{what}: {missed} dropped because the stream's consumer fell behind (its \
+                 buffer was full); the stream goes on with the next ones"
+            ),
+            Some(Box::new(Missed(missed))),
+        )
+    }
+
+    /// How many events a [`ErrorKind::Lagged`] error stands for.
+    pub fn missed(&self) -> Option<u64> {
+        self.0
+            .source
+            .as_deref()
+            .and_then(|s| s.downcast_ref::<Missed>())
+            .map(|m| m.0)
+    }
+
     /// The message alone: what happened, without the kind before it or the cause after it.
     pub fn message(&self) -> Option<&str> {
         self.0.message.as_deref()
@@ -252,6 +278,18 @@ impl Error {
             .and_then(|s| s.downcast_ref::<io::Error>())
     }
 }
+
+/// The cause of a [`ErrorKind::Lagged`] error: how many events were dropped.
+#[derive(Debug)]
+struct Missed(u64);
+
+impl fmt::Display for Missed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} dropped", self.0)
+    }
+}
+
+impl StdError for Missed {}
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
