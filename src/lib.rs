@@ -60,7 +60,8 @@
 #![forbid(unsafe_code)]
 
 pub use aiopg_conn::{
-    connect, Column, ConnectOptions, Connection, IsolationLevel, Listener, ListenerEvent,
+    connect, BinaryCopyInWriter, BinaryCopyOutStream, BinaryCopyRow, Column, ConnectOptions,
+    Connection, CopyInWriter, CopyOutReader, IsolationLevel, Listener, ListenerEvent,
     ListenerStream, Notices, Notification, Notifies, Param, Pipeline, QueryResult, Row, RowStream,
     Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction, TransactionOptions,
     CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
@@ -70,7 +71,9 @@ pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};
 pub use aiopg_core::from_row::FromRow;
 pub use aiopg_core::types;
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
-pub use aiopg_cursor::{Cursor, CursorExt, CursorOptions, Description, ScrollMode};
+pub use aiopg_cursor::{
+    CopyFile, CopyOptions, Cursor, CursorExt, CursorOptions, Description, ScrollMode,
+};
 #[cfg(feature = "derive")]
 pub use aiopg_derive::FromRow;
 pub use aiopg_pool::{

@@ -5,6 +5,7 @@ mod support;
 mod tls_fake;
 
 mod connect;
+mod copy;
 mod cursor;
 mod engine;
 mod failover;

@@ -44,6 +44,10 @@ pub(crate) enum Collector {
     Batch(Batch),
     /// Bind + Execute + Sync whose rows go to their owner as they arrive.
     Stream(StreamRows),
+    /// `COPY ... FROM STDIN`: the server's CopyInResponse, then the count once it ends.
+    CopyIn(CopyIn),
+    /// `COPY ... TO STDOUT`: its data goes to the owner as it arrives, as a stream's rows.
+    CopyOut(CopyOut),
     /// An answer nobody reads (clean-up sent with [`crate::Connection::detach`]).
     Discard,
 }
@@ -117,10 +121,114 @@ pub(crate) struct StreamRows {
     pub(crate) error: Option<Error>,
 }
 
-impl StreamRows {
-    /// Moves every buffered row to `out` (which must be empty) in one go, so that the owner
+/// What the server said of a COPY as it began: the overall format and each column's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CopyInfo {
+    /// 0 text (text and CSV), 1 binary.
+    pub(crate) format: u8,
+    pub(crate) columns: Vec<u16>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CopyIn {
+    pub(crate) info: Option<CopyInfo>,
+    rows: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CopyOut {
+    pub(crate) info: Option<CopyInfo>,
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    pub(crate) rows: Option<u64>,
+    /// Set by `finish`: the error that ended the COPY, given after the data.
+    pub(crate) error: Option<Error>,
+}
+
+/// What a streaming request buffers for its owner (rows, COPY data), so that one router
+/// method hands either out.
+pub(crate) trait Buffered {
+    type Item;
+    /// What the owner learns at the end (row count, command tag).
+    type Summary;
+    fn in_collector(c: &mut Collector) -> Option<&mut Self>;
+    fn in_output(o: &mut Output) -> Option<&mut Self>;
+    /// Moves every buffered item to `out` (which must be empty) in one go, so that the owner
     /// takes them one by one without the connection's lock.
-    pub(crate) fn take_into(&mut self, out: &mut VecDeque<Row>) -> bool {
+    fn take_into(&mut self, out: &mut VecDeque<Self::Item>) -> bool;
+    /// The error that ended it, given after the items.
+    fn take_error(&mut self) -> Option<Error>;
+    fn summary(&self) -> Self::Summary;
+}
+
+impl Buffered for CopyOut {
+    type Item = Bytes;
+    type Summary = Option<u64>;
+
+    fn in_collector(c: &mut Collector) -> Option<&mut Self> {
+        match c {
+            Collector::CopyOut(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn in_output(o: &mut Output) -> Option<&mut Self> {
+        match o {
+            Output::CopyOut(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn take_into(&mut self, out: &mut VecDeque<Bytes>) -> bool {
+        if self.chunks.is_empty() {
+            return false;
+        }
+        debug_assert!(out.is_empty());
+        std::mem::swap(&mut self.chunks, out);
+        self.bytes = 0;
+        true
+    }
+
+    fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+
+    fn summary(&self) -> Option<u64> {
+        self.rows
+    }
+}
+
+fn copy_info(
+    format: u8,
+    mut cols: postgres_protocol::message::backend::ColumnFormats<'_>,
+) -> Result<CopyInfo> {
+    use fallible_iterator::FallibleIterator;
+    let mut columns = Vec::new();
+    while let Some(c) = cols.next().map_err(|e| Error::protocol(e.to_string()))? {
+        columns.push(c);
+    }
+    Ok(CopyInfo { format, columns })
+}
+
+impl Buffered for StreamRows {
+    type Item = Row;
+    type Summary = (Option<u64>, Option<String>);
+
+    fn in_collector(c: &mut Collector) -> Option<&mut Self> {
+        match c {
+            Collector::Stream(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn in_output(o: &mut Output) -> Option<&mut Self> {
+        match o {
+            Output::Stream(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn take_into(&mut self, out: &mut VecDeque<Row>) -> bool {
         if self.rows.is_empty() {
             return false;
         }
@@ -128,6 +236,14 @@ impl StreamRows {
         std::mem::swap(&mut self.rows, out);
         self.bytes = 0;
         true
+    }
+
+    fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+
+    fn summary(&self) -> Self::Summary {
+        (self.affected, self.tag.clone())
     }
 }
 
@@ -169,6 +285,10 @@ pub(crate) enum Output {
     },
     /// A row stream's remaining rows and its end.
     Stream(StreamRows),
+    /// A COPY FROM STDIN's row count.
+    Copied(Option<u64>),
+    /// A COPY TO STDOUT's remaining data and its end.
+    CopyOut(CopyOut),
     Nothing,
 }
 
@@ -227,11 +347,51 @@ impl Collector {
         })
     }
 
+    /// What the server said of the COPY as it began, once it has.
+    pub(crate) fn copy_info(&self) -> Option<&CopyInfo> {
+        match self {
+            Collector::CopyIn(c) => c.info.as_ref(),
+            Collector::CopyOut(c) => c.info.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// `CopyInResponse` arrived: true when this request asked for it (the COPY API);
+    /// otherwise the router refuses it.
+    pub(crate) fn copy_in_started(
+        &mut self,
+        body: &postgres_protocol::message::backend::CopyInResponseBody,
+    ) -> Result<bool> {
+        match self {
+            Collector::CopyIn(c) => {
+                c.info = Some(copy_info(body.format(), body.column_formats())?);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// One `CopyData` message of a COPY TO STDOUT: true when the owner should be woken (its
+    /// buffer went from empty to holding data).
+    #[inline]
+    pub(crate) fn copy_data(&mut self, data: Bytes) -> bool {
+        match self {
+            Collector::CopyOut(c) => {
+                c.bytes += data.len();
+                c.chunks.push_back(data);
+                c.chunks.len() == 1
+            }
+            // COPY TO STDOUT sent through a query: its data is read and dropped.
+            _ => false,
+        }
+    }
+
     /// True when the owner must take rows before more are read (a stream's backpressure).
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
         match self {
             Collector::Stream(s) => s.rows.len() >= STREAM_ROWS || s.bytes >= STREAM_BYTES,
+            Collector::CopyOut(c) => c.chunks.len() >= STREAM_ROWS || c.bytes >= STREAM_BYTES,
             _ => false,
         }
     }
@@ -306,6 +466,9 @@ impl Collector {
             }
             Collector::Discard => Ok(false),
             Collector::Prepare(_) => Err(Error::protocol("a row arrived in answer to Parse")),
+            Collector::CopyIn(_) | Collector::CopyOut(_) => {
+                Err(Error::protocol("a row arrived in answer to COPY"))
+            }
         }
     }
 
@@ -373,6 +536,29 @@ impl Collector {
                 s.columns = None;
             }
             (Collector::Simple(_), Message::EmptyQueryResponse) => {}
+            (Collector::CopyOut(c), Message::CopyOutResponse(body)) => {
+                c.info = Some(copy_info(body.format(), body.column_formats())?);
+            }
+            (Collector::CopyIn(_), Message::CopyOutResponse(_)) => {
+                return Err(Error::usage(
+                    "this statement is COPY ... TO STDOUT: read it with copy_out, not copy_in",
+                ))
+            }
+            (Collector::CopyIn(c), Message::CommandComplete(body)) => {
+                let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+                c.rows = rows_from_tag(t);
+            }
+            (Collector::CopyOut(c), Message::CommandComplete(body)) => {
+                let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+                c.rows = rows_from_tag(t);
+            }
+            (Collector::CopyIn(_) | Collector::CopyOut(_), Message::CopyDone) => {}
+            (Collector::CopyIn(_) | Collector::CopyOut(_), msg) => {
+                return Err(Error::usage(format!(
+                    "the COPY API runs one COPY statement; the server answered with {}",
+                    message_name(&msg)
+                )))
+            }
             // COPY TO STDOUT sent through a query: its data is read and dropped.
             (_, Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
             (_, msg) => {
@@ -391,6 +577,10 @@ impl Collector {
             // The rows already read still reach the owner, then the error.
             s.error = error;
             return Ok(Output::Stream(s));
+        }
+        if let Collector::CopyOut(mut c) = self {
+            c.error = error;
+            return Ok(Output::CopyOut(c));
         }
         if let Some(e) = error {
             return Err(e);
@@ -418,7 +608,8 @@ impl Collector {
                 parts: b.parts,
                 failed: b.failed,
             },
-            Collector::Stream(_) => unreachable!("handled above"),
+            Collector::CopyIn(c) => Output::Copied(c.rows),
+            Collector::Stream(_) | Collector::CopyOut(_) => unreachable!("handled above"),
             Collector::Discard => Output::Nothing,
         })
     }

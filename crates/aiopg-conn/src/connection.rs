@@ -525,6 +525,15 @@ impl Connection {
             )
         };
         let last = last.load(Ordering::Relaxed);
+        if last != u64::MAX && self.shared.lock().holds(last) {
+            // A COPY FROM STDIN still taking data: the server waits for the client, which a
+            // cancel does not interrupt. Dropping the future drops its writer, whose CopyFail
+            // ends the COPY (nothing is copied).
+            return Err(timed_out(
+                "the COPY was still taking data and was aborted (CopyFail: nothing was \
+                 copied); the connection is still usable",
+            ));
+        }
         let executing = last != u64::MAX && self.shared.lock().is_executing(last);
         if !executing {
             // Queued behind other callers (or between requests): leave the neighbours alone.

@@ -25,7 +25,6 @@ pub(crate) struct Exclusive {
     finished: bool,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 impl Exclusive {
     /// Queues the request's first messages and takes the hold.
     pub(crate) fn start(
@@ -50,6 +49,34 @@ impl Exclusive {
     /// Ends the hold: the request is complete on the wire.
     pub(crate) fn release(&self) {
         self.conn.shared.lock().release(self.id);
+    }
+
+    /// Polls until the server has started the COPY, or fails it.
+    pub(crate) fn poll_started(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<crate::collect::CopyInfo>> {
+        let res = self.conn.shared.lock().poll_copy_started(self.id, cx);
+        if let Poll::Ready(Err(_)) = res {
+            // The request is over (its error was taken): nothing to abandon.
+            self.finished = true;
+        }
+        res
+    }
+
+    /// Drives the socket until at most `limit` of the request's bytes are unsent.
+    pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<()>> {
+        let res = self.conn.shared.lock().poll_drain(self.id, cx, limit);
+        if let Poll::Ready(Err(_)) = res {
+            self.finished = true;
+        }
+        res
+    }
+
+    /// The connection and the request's id, for an owner that takes over abandoning it.
+    pub(crate) fn into_parts(mut self) -> (Connection, u64) {
+        self.finished = true;
+        (self.conn.clone(), self.id)
     }
 
     /// Polls for the request's answer, driving the socket meanwhile.

@@ -53,6 +53,7 @@
 mod collect;
 mod connect;
 mod connection;
+mod copy;
 mod events;
 mod exclusive;
 mod io;
@@ -75,6 +76,9 @@ pub use aiopg_core::row::{Column, Row, SimpleRow};
 pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 pub use connect::{connect, ConnectOptions, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT};
 pub use connection::{Connection, Param, QueryResult, CANCEL_GRACE};
+pub use copy::{
+    BinaryCopyInWriter, BinaryCopyOutStream, BinaryCopyRow, CopyInWriter, CopyOutReader,
+};
 pub use events::DEFAULT_EVENT_CAPACITY;
 pub use listener::{Listener, ListenerEvent, ListenerStream};
 pub use notify::{Notices, Notifies};

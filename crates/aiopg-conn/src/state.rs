@@ -43,12 +43,11 @@ use postgres_protocol::message::frontend;
 
 use aiopg_core::error::DbError;
 use aiopg_core::protocol::TransactionStatus;
-use aiopg_core::row::Row;
 use aiopg_core::types::{Oid, Type};
 use aiopg_core::{Error, ErrorKind, Result};
 use aiopg_rt::BoxStream;
 
-use crate::collect::{message_name, Collector, Output};
+use crate::collect::{message_name, Buffered, Collector, Output};
 use crate::events::{Events, DEFAULT_EVENT_CAPACITY};
 use crate::io::{poll_write_front, Frame, ReadBuf};
 use crate::statement::StatementCache;
@@ -90,6 +89,9 @@ struct Entry {
     /// For the request holding the connection exclusively: what must follow its bytes if its
     /// owner leaves mid-way (a COPY's CopyFail), so that the server is not left waiting.
     on_abandon: Option<BytesMut>,
+    /// The request's own bytes end the server's COPY mode (its abandoned owner's CopyFail, or
+    /// the refusal of a COPY FROM STDIN sent through a query): nothing more to send for it.
+    ends_copy: bool,
 }
 
 /// Why the connection closed: enough to build a fresh error for every caller.
@@ -148,6 +150,8 @@ pub(crate) struct State {
     /// The request holding the connection exclusively: its owner is still adding messages to
     /// it (COPY data), so nothing queued after it may be written yet.
     exclusive: Option<u64>,
+    /// Owners of COPYs waiting for the hold to end before they start.
+    exclusive_waiters: Vec<Waker>,
     /// Who is registered with the socket for reading: the caller (request id, or
     /// [`LISTENER`]) whose last read found nothing, and who will be woken when bytes arrive.
     /// While someone is, other callers do not read (no wasted system call, no stealing the
@@ -196,6 +200,7 @@ impl State {
             unflushed: false,
             paused: false,
             exclusive: None,
+            exclusive_waiters: Vec::new(),
             reader: None,
             writer: None,
             tx_status: TransactionStatus::Idle,
@@ -289,6 +294,7 @@ impl State {
             waker: None,
             abandoned: false,
             on_abandon: None,
+            ends_copy: false,
         });
         id
     }
@@ -327,7 +333,9 @@ impl State {
             return Err(e);
         }
         if self.exclusive != Some(id) {
-            return Err(Error::usage("the request no longer holds the connection"));
+            return Err(self.take_error(id).unwrap_or_else(|| {
+                Error::usage("the request no longer holds the connection (it ended)")
+            }));
         }
         let i = self.index(id).expect("an exclusive request stays queued");
         self.insert_after(i, bytes);
@@ -337,15 +345,161 @@ impl State {
         Ok(())
     }
 
+    /// The error that ended request `id`, taken out (the entry is then collected).
+    fn take_error(&mut self, id: u64) -> Option<Error> {
+        let i = self.index(id)?;
+        if !matches!(self.queue[i].slot, Slot::Done(Err(_))) {
+            return None;
+        }
+        let Slot::Done(Err(e)) = std::mem::replace(&mut self.queue[i].slot, Slot::Gone) else {
+            unreachable!()
+        };
+        self.compact();
+        Some(e)
+    }
+
+    /// Polls a COPY request until the server says how it begins (CopyInResponse or
+    /// CopyOutResponse), or fails it.
+    pub(crate) fn poll_copy_started(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<crate::collect::CopyInfo>> {
+        let Some(i) = self.index(id) else {
+            return Poll::Ready(Err(Error::usage("the COPY already ended")));
+        };
+        let mine = self.queue[i].waker.take();
+        loop {
+            let Some(i) = self.index(id) else {
+                return Poll::Ready(Err(Error::usage("the COPY already ended")));
+            };
+            match &self.queue[i].slot {
+                Slot::Waiting { collector, .. } => {
+                    if let Some(info) = collector.copy_info() {
+                        return Poll::Ready(Ok(info.clone()));
+                    }
+                }
+                Slot::Done(Ok(Output::CopyOut(c))) if c.info.is_some() => {
+                    return Poll::Ready(Ok(c.info.clone().expect("checked")));
+                }
+                Slot::Done(Err(_)) => {
+                    let e = self.take_error(id).expect("an error");
+                    self.leave(id);
+                    return Poll::Ready(Err(e));
+                }
+                Slot::Done(_) => {
+                    if let Slot::Done(Ok(Output::CopyOut(c))) =
+                        std::mem::replace(&mut self.queue[i].slot, Slot::Gone)
+                    {
+                        if let Some(e) = c.error {
+                            self.compact();
+                            self.leave(id);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    self.compact();
+                    self.leave(id);
+                    return Poll::Ready(Err(Error::protocol(
+                        "the server ended the COPY before starting it",
+                    )));
+                }
+                Slot::Gone => return Poll::Ready(Err(Error::usage("the COPY already ended"))),
+            }
+            if self.drive(cx, id).is_pending() {
+                self.park(id, cx, mine);
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Drives the socket until at most `limit` bytes of exclusive request `id` wait to be
+    /// written (a COPY's backpressure). Fails with the server's error if the request ended.
+    pub(crate) fn poll_drain(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<()>> {
+        let Some(i) = self.index(id) else {
+            return Poll::Ready(Err(Error::usage("the COPY already ended")));
+        };
+        let mine = self.queue[i].waker.take();
+        loop {
+            if let Some(e) = self.closed_error() {
+                return Poll::Ready(Err(e));
+            }
+            let Some(i) = self.index(id) else {
+                return Poll::Ready(Err(Error::usage("the COPY already ended")));
+            };
+            let e = &self.queue[i];
+            if let Slot::Done(_) = e.slot {
+                let err = self.take_error(id).unwrap_or_else(|| {
+                    Error::protocol("the server ended the COPY before the client did")
+                });
+                return Poll::Ready(Err(err));
+            }
+            let unsent = e.end.saturating_sub(e.start.max(self.sent));
+            if unsent as usize <= limit {
+                // Whoever waits next takes over the registrations this caller may hold.
+                self.park(id, cx, mine);
+                return Poll::Ready(Ok(()));
+            }
+            if self.drive(cx, id).is_pending() {
+                let Some(i) = self.index(id) else { continue };
+                let e = &self.queue[i];
+                if (e.end.saturating_sub(e.start.max(self.sent)) as usize) <= limit {
+                    self.park(id, cx, mine);
+                    return Poll::Ready(Ok(()));
+                }
+                self.park(id, cx, mine);
+                return Poll::Pending;
+            }
+        }
+    }
+
     /// Ends exclusive request `id`'s hold: what was queued behind it may go out.
     pub(crate) fn release(&mut self, id: u64) {
         if self.exclusive == Some(id) {
-            self.exclusive = None;
+            self.end_hold();
             if let Some(i) = self.index(id) {
                 self.queue[i].on_abandon = None;
             }
             self.wake_next_driver();
         }
+    }
+
+    /// The hold ends: what was queued behind it may be written, and a COPY waiting to start
+    /// may take the connection.
+    fn end_hold(&mut self) {
+        self.exclusive = None;
+        for w in self.exclusive_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// True while request `id` holds the connection exclusively.
+    pub(crate) fn holds(&self, id: u64) -> bool {
+        self.exclusive == Some(id)
+    }
+
+    /// True while a request holds the connection exclusively.
+    pub(crate) fn is_held(&self) -> bool {
+        self.exclusive.is_some()
+    }
+
+    /// Ready once no request holds the connection exclusively (or it closed).
+    pub(crate) fn poll_hold_free(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.exclusive.is_none() || self.closed.is_some() {
+            return Poll::Ready(());
+        }
+        if !self
+            .exclusive_waiters
+            .iter()
+            .any(|w| w.will_wake(cx.waker()))
+        {
+            self.exclusive_waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Inserts `bytes` into the outgoing stream at the end of entry `i`'s range; later ranges
@@ -451,15 +605,15 @@ impl State {
         }
     }
 
-    /// Polls a streaming request for its next rows, driving the socket meanwhile: moves every
-    /// buffered row to `out` (empty on entry) and returns `Some(Ok(()))`, or the error that
-    /// ended the stream, or `None` once it ended; its command tag is then in
-    /// [`finish_stream`](Self::finish_stream).
-    pub(crate) fn poll_rows(
+    /// Polls a streaming request (a row stream, a COPY TO STDOUT) for what it buffered,
+    /// driving the socket meanwhile: moves every buffered item to `out` (empty on entry) and
+    /// returns `Some(Ok(()))`, or the error that ended it, or `None` once it ended; its
+    /// summary (row count, tag) is then in [`finish_buffered`](Self::finish_buffered).
+    pub(crate) fn poll_buffered<B: Buffered>(
         &mut self,
         id: u64,
         cx: &mut Context<'_>,
-        out: &mut VecDeque<Row>,
+        out: &mut VecDeque<B::Item>,
     ) -> Poll<Option<Result<()>>> {
         let Some(i) = self.index(id) else {
             return Poll::Ready(None);
@@ -467,34 +621,27 @@ impl State {
         let mine = self.queue[i].waker.take();
         loop {
             let i = self.index(id).expect("an owned request stays queued");
-            let entry = &mut self.queue[i];
-            match &mut entry.slot {
-                Slot::Waiting {
-                    collector: Collector::Stream(s),
-                    ..
-                } => {
-                    if s.take_into(out) {
+            match &mut self.queue[i].slot {
+                Slot::Waiting { collector, .. } => {
+                    if B::in_collector(collector).is_some_and(|b| b.take_into(out)) {
                         return Poll::Ready(Some(Ok(())));
                     }
                 }
-                Slot::Done(Ok(Output::Stream(s))) => {
-                    if s.take_into(out) {
+                Slot::Done(Ok(output)) => {
+                    let Some(b) = B::in_output(output) else {
+                        return Poll::Ready(None);
+                    };
+                    if b.take_into(out) {
                         return Poll::Ready(Some(Ok(())));
                     }
-                    if let Some(e) = s.error.take() {
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    return Poll::Ready(None);
+                    return Poll::Ready(b.take_error().map(Err));
                 }
                 Slot::Done(Err(_)) => {
-                    let Slot::Done(Err(e)) = std::mem::replace(&mut entry.slot, Slot::Gone) else {
-                        unreachable!()
-                    };
-                    self.compact();
+                    let e = self.take_error(id).expect("an error");
                     self.leave(id);
                     return Poll::Ready(Some(Err(e)));
                 }
-                _ => return Poll::Ready(None),
+                Slot::Gone => return Poll::Ready(None),
             }
             if self.drive(cx, id).is_pending() {
                 self.park(id, cx, mine);
@@ -514,15 +661,13 @@ impl State {
         }
     }
 
-    /// A finished stream's row count and command tag; the stream leaves the queue.
-    pub(crate) fn finish_stream(&mut self, id: u64) -> (Option<u64>, Option<String>) {
-        let Some(i) = self.index(id) else {
-            return (None, None);
-        };
+    /// A finished streaming request's summary; the request leaves the queue.
+    pub(crate) fn finish_buffered<B: Buffered>(&mut self, id: u64) -> Option<B::Summary> {
+        let i = self.index(id)?;
         let entry = &mut self.queue[i];
-        let summary = match &entry.slot {
-            Slot::Done(Ok(Output::Stream(s))) => (s.affected, s.tag.clone()),
-            _ => (None, None),
+        let summary = match &mut entry.slot {
+            Slot::Done(Ok(output)) => B::in_output(output).map(|b| b.summary()),
+            _ => None,
         };
         if matches!(entry.slot, Slot::Done(_)) {
             entry.slot = Slot::Gone;
@@ -537,12 +682,12 @@ impl State {
         let Some(i) = self.index(id) else {
             return;
         };
-        let entry = &mut self.queue[i];
-        entry.waker = None;
+        self.queue[i].waker = None;
         let held = self.exclusive == Some(id);
         if held {
-            self.exclusive = None;
+            self.end_hold();
         }
+        let entry = &mut self.queue[i];
         if i >= self.answered && entry.start >= self.sent && !entry.abandoned {
             // Not a byte of it was written: the server never saw it, so take it back wherever
             // it sits in the buffer (a dropped BEGIN must not open a transaction later, and a
@@ -568,6 +713,7 @@ impl State {
             if held && !self.is_closed() {
                 // Part of it is on the wire: end it there, so the server is not left waiting.
                 self.insert_after(i, &tail);
+                self.queue[i].ends_copy = true;
             }
         }
         let entry = &mut self.queue[i];
@@ -847,7 +993,7 @@ impl State {
         self.sent += self.write.len() as u64;
         self.write.clear();
         self.paused = false;
-        self.exclusive = None;
+        self.end_hold();
         self.reader = None;
         self.writer = None;
         let reason = self.closed.clone().expect("set above");
@@ -1013,8 +1159,6 @@ impl State {
         }
 
         let answered = self.answered;
-        // Whether this request is the last one queued and nothing is waiting to be written.
-        let alone = answered + 1 == self.queue.len() && self.write.is_empty();
         let Some(entry) = self.queue.get_mut(answered) else {
             return Err(Error::protocol(format!(
                 "unexpected message {} with no request in flight",
@@ -1028,11 +1172,7 @@ impl State {
         match msg {
             Message::ReadyForQuery(body) => {
                 self.tx_status = TransactionStatus::from_byte(body.status())?;
-                if self.exclusive == Some(entry.id) {
-                    // The server ended the request (an error mid-COPY): it drops whatever
-                    // else its owner sends, so the hold ends here.
-                    self.exclusive = None;
-                }
+                let held = self.exclusive == Some(entry.id);
                 let Slot::Waiting { collector, error } =
                     std::mem::replace(&mut entry.slot, Slot::Gone)
                 else {
@@ -1053,14 +1193,35 @@ impl State {
                 }
                 self.answered += 1;
                 self.compact();
+                if held {
+                    // The server ended the request (an error mid-COPY): it drops whatever
+                    // else its owner sends, so the hold ends here.
+                    self.end_hold();
+                }
             }
-            Message::CopyInResponse(_) => {
-                // COPY FROM STDIN sent as a plain query. The server now reads every message as
-                // COPY data. With nothing behind this request it can be refused cleanly
-                // (CopyFail, plus Sync for the extended protocol, whose own Sync the server
-                // skipped in COPY mode). A request pipelined behind it has already been
-                // swallowed as COPY data, so the connection cannot be kept in step: close it.
-                if !alone {
+            Message::CopyInResponse(body) => {
+                match collector.copy_in_started(&body) {
+                    // The COPY API's request: its owner now sends the data.
+                    Ok(true) => {
+                        if let Some(w) = entry.waker.take() {
+                            w.wake();
+                        }
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(e),
+                }
+                if entry.ends_copy {
+                    // Its abandoned owner's CopyFail follows: the server ends the COPY there.
+                    return Ok(());
+                }
+                // COPY FROM STDIN sent through a query (or copy_out). The server now reads
+                // every message as COPY data. With nothing written after this request it can
+                // be refused cleanly (CopyFail, plus Sync for the extended protocol, whose own
+                // Sync the server skipped in COPY mode). A request pipelined behind it has
+                // already been swallowed as COPY data, so the connection cannot be kept in
+                // step: close it.
+                if entry.end < self.sent {
                     self.close(CloseReason::new(
                         ErrorKind::Closed,
                         "COPY ... FROM STDIN was sent through query() while other requests \
@@ -1070,20 +1231,47 @@ impl State {
                 }
                 if error.is_none() {
                     *error = Some(Error::usage(
-                        "COPY ... FROM STDIN cannot run through query() or execute(); \
-                         use the COPY API",
+                        "COPY ... FROM STDIN cannot run through query(), execute() or \
+                         copy_out(); use copy_in",
                     ));
                 }
-                let simple = matches!(collector, Collector::Simple(_) | Collector::Discard);
-                let _ = frontend::copy_fail(
-                    "COPY FROM STDIN is not supported through query()",
-                    &mut self.write,
+                let simple = matches!(
+                    collector,
+                    Collector::Simple(_) | Collector::Discard | Collector::CopyOut(_)
                 );
+                let mut tail = BytesMut::new();
+                let _ = frontend::copy_fail("COPY FROM STDIN is not supported here", &mut tail);
                 if !simple {
-                    frontend::sync(&mut self.write);
+                    frontend::sync(&mut tail);
                 }
-                // These bytes belong to the request being answered, the last one queued.
-                entry.end = self.sent + self.write.len() as u64;
+                // These bytes belong to the request being answered, ahead of anything queued
+                // behind it.
+                entry.ends_copy = true;
+                self.insert_after(answered, &tail);
+            }
+            Message::CopyOutResponse(body) => {
+                let copy_out = matches!(collector, Collector::CopyOut(_));
+                if error.is_none() {
+                    if let Err(e) = collector.message(Message::CopyOutResponse(body)) {
+                        *error = Some(e);
+                    }
+                }
+                if copy_out {
+                    if let Some(w) = entry.waker.take() {
+                        w.wake();
+                    }
+                    // It will send nothing more: requests queued behind it may go out.
+                    if self.exclusive == Some(entry.id) {
+                        self.end_hold();
+                    }
+                }
+            }
+            Message::CopyData(body) => {
+                if error.is_none() && collector.copy_data(body.into_bytes()) {
+                    if let Some(w) = entry.waker.take() {
+                        w.wake();
+                    }
+                }
             }
             msg => {
                 if error.is_none() {

@@ -14,7 +14,7 @@ use aiopg_core::row::{Column, Row};
 use aiopg_core::types::FromSqlOwned;
 use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 
-use crate::collect::Collector;
+use crate::collect::{Collector, StreamRows};
 use crate::connection::{encode_execute, is_stale_statement, Param};
 use crate::{Connection, Statement};
 
@@ -83,7 +83,7 @@ impl Stream for RowStream {
             return Poll::Ready(None);
         }
         let mut st = this.conn.shared.lock();
-        match st.poll_rows(this.id, cx, &mut this.rows) {
+        match st.poll_buffered::<StreamRows>(this.id, cx, &mut this.rows) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(()))) => {
                 drop(st);
@@ -91,7 +91,9 @@ impl Stream for RowStream {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
-                let (affected, tag) = st.finish_stream(this.id);
+                let (affected, tag) = st
+                    .finish_buffered::<StreamRows>(this.id)
+                    .unwrap_or_default();
                 drop(st);
                 this.done = true;
                 this.rows_affected = affected;

@@ -801,3 +801,215 @@ mod tests {
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }
 }
+
+/// Settings of [`Cursor::copy_from`] and [`Cursor::copy_to`], as psycopg2 names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// The column separator (one character; tab by default).
+    pub sep: String,
+    /// How NULL is written (`\N` by default).
+    pub null: String,
+    /// The columns, in the file's order (every column of the table when `None`).
+    pub columns: Option<Vec<String>>,
+    /// How many bytes `copy_from` reads from the file at a time.
+    pub size: usize,
+}
+
+impl Default for CopyOptions {
+    fn default() -> CopyOptions {
+        CopyOptions {
+            sep: "\t".into(),
+            null: "\\N".into(),
+            columns: None,
+            size: 8192,
+        }
+    }
+}
+
+/// The file of [`Cursor::copy_expert`]: read from for `COPY ... FROM STDIN`, written to for
+/// `COPY ... TO STDOUT`.
+#[non_exhaustive]
+pub enum CopyFile<'a> {
+    /// The data to copy into the table.
+    From(&'a mut (dyn futures_io::AsyncRead + Unpin + Send)),
+    /// Where the table's data goes.
+    To(&'a mut (dyn futures_io::AsyncWrite + Unpin + Send)),
+}
+
+impl fmt::Debug for CopyFile<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CopyFile::From(_) => "CopyFile::From(..)",
+            CopyFile::To(_) => "CopyFile::To(..)",
+        })
+    }
+}
+
+/// An SQL string literal that means `s` whatever `standard_conforming_strings` says.
+fn string_literal(s: &str) -> Result<String> {
+    if s.contains('\0') {
+        return Err(Error::usage("a COPY option cannot contain a NUL character"));
+    }
+    Ok(format!(
+        "E'{}'",
+        s.replace('\\', "\\\\").replace('\'', "''")
+    ))
+}
+
+/// `COPY table [(columns)] <direction> (FORMAT text, DELIMITER .., NULL ..)`.
+fn copy_sql(table: &str, options: &CopyOptions, direction: &str) -> Result<String> {
+    if !is_identifier_path(table) {
+        return Err(Error::usage(format!(
+            "{:?} is not a table name (letters, digits, _ and $, optionally schema-qualified \
+             or double-quoted); use copy_expert for anything else",
+            aiopg_core::error::elide(table)
+        )));
+    }
+    let mut sql = format!("COPY {table}");
+    if let Some(columns) = &options.columns {
+        let mut quoted = Vec::with_capacity(columns.len());
+        for c in columns {
+            if c.is_empty() || c.contains('\0') {
+                return Err(Error::usage("a column name cannot be empty or contain NUL"));
+            }
+            quoted.push(format!("\"{}\"", c.replace('"', "\"\"")));
+        }
+        sql.push_str(&format!(" ({})", quoted.join(", ")));
+    }
+    sql.push_str(&format!(
+        " {direction} (FORMAT text, DELIMITER {}, NULL {})",
+        string_literal(&options.sep)?,
+        string_literal(&options.null)?
+    ));
+    Ok(sql)
+}
+
+fn io_error(what: &str, e: std::io::Error) -> Error {
+    Error::io(format!("{what} the COPY's file"), e)
+}
+
+impl Cursor {
+    /// Copies a file in PostgreSQL's text format into `table` (psycopg2's `copy_from`, which
+    /// Python aiopg refuses): `COPY table FROM STDIN` with the options' separator, NULL and
+    /// columns. Returns the rows copied, also in [`rowcount`](Self::rowcount). The table name
+    /// may be schema-qualified or quoted; column names are quoted.
+    ///
+    /// ```no_run
+    /// # async fn f(mut cur: aiopg_cursor::Cursor) -> aiopg_core::Result<()> {
+    /// use aiopg_cursor::CopyOptions;
+    /// let data = futures_util::io::Cursor::new(b"1|apple\n2|\\N\n".to_vec());
+    /// let options = CopyOptions { sep: "|".into(), ..CopyOptions::default() };
+    /// assert_eq!(cur.copy_from(data, "items", &options).await?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_from<R>(&mut self, file: R, table: &str, options: &CopyOptions) -> Result<u64>
+    where
+        R: futures_io::AsyncRead + Unpin + Send,
+    {
+        let sql = copy_sql(table, options, "FROM STDIN")?;
+        let mut file = file;
+        self.copy_in(&sql, &mut file, options.size).await
+    }
+
+    /// Copies `table` into a file in PostgreSQL's text format (psycopg2's `copy_to`).
+    /// Returns the rows copied, also in [`rowcount`](Self::rowcount).
+    pub async fn copy_to<W>(&mut self, file: W, table: &str, options: &CopyOptions) -> Result<u64>
+    where
+        W: futures_io::AsyncWrite + Unpin + Send,
+    {
+        let sql = copy_sql(table, options, "TO STDOUT")?;
+        let mut file = file;
+        self.copy_out(&sql, &mut file).await
+    }
+
+    /// Runs any `COPY ... FROM STDIN` or `COPY ... TO STDOUT` statement with a file
+    /// (psycopg2's `copy_expert`): CSV, binary, a query's result, every option the server
+    /// has. Returns the rows copied.
+    pub async fn copy_expert(&mut self, sql: &str, file: CopyFile<'_>) -> Result<u64> {
+        match file {
+            CopyFile::From(r) => self.copy_in(sql, r, CopyOptions::default().size).await,
+            CopyFile::To(w) => self.copy_out(sql, w).await,
+        }
+    }
+
+    async fn copy_in(
+        &mut self,
+        sql: &str,
+        file: &mut (dyn futures_io::AsyncRead + Unpin + Send),
+        size: usize,
+    ) -> Result<u64> {
+        self.check_open()?;
+        self.start_copy(sql);
+        let timeout = self.timeout_for(None);
+        let conn = self.conn.clone();
+        let n = conn
+            .with_timeout(timeout, async {
+                let mut w = conn.copy_in(sql).await?;
+                let mut buf = vec![0u8; size.max(1)];
+                loop {
+                    let n = std::future::poll_fn(|cx| Pin::new(&mut *file).poll_read(cx, &mut buf))
+                        .await
+                        .map_err(|e| io_error("reading", e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    w.write(&buf[..n]).await?;
+                }
+                w.finish().await
+            })
+            .await?;
+        self.rowcount = n as i64;
+        Ok(n)
+    }
+
+    async fn copy_out(
+        &mut self,
+        sql: &str,
+        file: &mut (dyn futures_io::AsyncWrite + Unpin + Send),
+    ) -> Result<u64> {
+        self.check_open()?;
+        self.start_copy(sql);
+        let timeout = self.timeout_for(None);
+        let conn = self.conn.clone();
+        let n = conn
+            .with_timeout(timeout, async {
+                use futures_core::Stream;
+                let mut out = conn.copy_out(sql).await?;
+                while let Some(chunk) =
+                    std::future::poll_fn(|cx| Pin::new(&mut out).poll_next(cx)).await
+                {
+                    let chunk = chunk?;
+                    let mut rest = &chunk[..];
+                    while !rest.is_empty() {
+                        let n =
+                            std::future::poll_fn(|cx| Pin::new(&mut *file).poll_write(cx, rest))
+                                .await
+                                .map_err(|e| io_error("writing", e))?;
+                        if n == 0 {
+                            return Err(io_error(
+                                "writing",
+                                std::io::Error::from(std::io::ErrorKind::WriteZero),
+                            ));
+                        }
+                        rest = &rest[n..];
+                    }
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut *file).poll_flush(cx))
+                    .await
+                    .map_err(|e| io_error("flushing", e))?;
+                Ok(out.rows().unwrap_or(0))
+            })
+            .await?;
+        self.rowcount = n as i64;
+        Ok(n)
+    }
+
+    /// A COPY replaces whatever the cursor held.
+    fn start_copy(&mut self, sql: &str) {
+        self.pending = None;
+        self.query = Some(sql.to_owned());
+        self.results = Results::NoRows;
+        self.columns = None;
+        self.rowcount = -1;
+    }
+}

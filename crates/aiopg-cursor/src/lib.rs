@@ -39,4 +39,6 @@
 
 mod cursor;
 
-pub use cursor::{Cursor, CursorExt, CursorOptions, Description, ScrollMode};
+pub use cursor::{
+    CopyFile, CopyOptions, Cursor, CursorExt, CursorOptions, Description, ScrollMode,
+};
