@@ -88,6 +88,8 @@ pub fn run(job: Job) {
         "insert-batch" => crate::insert::run(&job),
         "pool" | "acquire" => crate::pool::run(&job),
         "connect" => crate::connect::run(&job),
+        "copy-in" | "copy-out" => crate::copy::run(&job),
+        "notify" => crate::notify::run(&job),
         other => panic!("unknown workload {other}"),
     };
     println!("RESULT ops={ops} secs={secs} rss_kb={}", peak_rss_kb());

@@ -12,9 +12,11 @@
 
 mod child;
 mod connect;
+mod copy;
 mod fetch;
 mod insert;
 mod latency;
+mod notify;
 mod pipeline;
 mod pool;
 mod report;
@@ -39,8 +41,11 @@ const WORKLOADS: &[&str] = &[
     "insert-batch",
     "pool",
     "acquire",
+    "copy-in",
+    "copy-out",
+    "notify",
 ];
-const LATER: &[(&str, &str)] = &[("copy-out", "COPY"), ("copy-in", "COPY")];
+const LATER: &[(&str, &str)] = &[];
 
 /// Where the client runs relative to the server (pinned to core 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +218,10 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
             v.push(("aiopg-pipeline", rt));
             v.push(("aiopg-tasks", rt));
         }
+        let copy = workload == "copy-in" || workload == "copy-out";
+        if copy {
+            v.push(("aiopg-binary", rt));
+        }
         if rt == "tokio" {
             let pooled = workload == "pool" || workload == "acquire";
             v.push((
@@ -225,6 +234,9 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
             ));
             if workload == "pipeline" {
                 v.push(("tokio-postgres-tasks", "tokio"));
+            }
+            if copy {
+                v.push(("tokio-postgres-binary", "tokio"));
             }
         }
         if workload != "pipeline" {
@@ -255,7 +267,7 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
     );
     let amount = if s.smoke {
         Amount::Count(match workload {
-            "fetch-1m" | "stream-5m" => 1000,
+            "fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify" => 1000,
             _ => 200,
         })
     } else {
@@ -268,7 +280,7 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
                     .unwrap_or_else(|e| panic!("{contender}/{rt} on {workload}: {e}"));
                 let name = format!("{contender}/{rt}");
                 report.add(workload, layout.name(), &name, r.clone(), unit(workload));
-                if workload == "fetch-1m" || workload == "stream-5m" {
+                if matches!(workload, "fetch-1m" | "stream-5m" | "copy-out") {
                     let what = format!("{workload} peak RSS growth");
                     report.add(&what, layout.name(), &name, Sample::rss(&r), "MB");
                 }
@@ -291,7 +303,8 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
 
 fn unit(workload: &str) -> &'static str {
     match workload {
-        "fetch-1m" | "stream-5m" | "insert-batch" => "rows/s",
+        "fetch-1m" | "stream-5m" | "insert-batch" | "copy-in" | "copy-out" => "rows/s",
+        "notify" => "notifications/s",
         "acquire" => "acquires/s",
         _ => "ops/s",
     }
@@ -301,7 +314,7 @@ fn unit(workload: &str) -> &'static str {
 /// preparing, shutting down), divided by N.
 fn instructions_for(s: &Settings, workload: &str, report: &mut Report) {
     let n: u64 = match (workload, s.smoke) {
-        ("fetch-1m" | "stream-5m", false) => 100_000,
+        ("fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify", false) => 100_000,
         ("insert-batch", false) => 10_000,
         ("acquire", false) => 20_000,
         ("fetch-1m" | "stream-5m" | "insert-batch", true) => 1_000,
@@ -547,9 +560,56 @@ fn ceilings(s: &Settings, workload: &str, layout: Layout) -> Vec<(String, f64)> 
                 out.push(("server send ceiling (COPY binary)".into(), v));
             }
         }
+        "copy-in" | "copy-out" => {
+            if let Some(v) = psql_copy(s, bindir, layout, workload == "copy-in") {
+                out.push(("psql \\copy (text)".into(), v));
+            }
+        }
         _ => {}
     }
     out
+}
+
+/// psql's `\copy` of the same 1 M text rows, from a file into a fresh table or from the
+/// source table into /dev/null: rows per second, psql's start-up included (a few ms).
+fn psql_copy(s: &Settings, bindir: &str, layout: Layout, into: bool) -> Option<f64> {
+    let psql = format!("{bindir}/psql");
+    let db = dsn_value(&s.dsn, "dbname")?;
+    let run = |sql: &str| {
+        pinned(layout, &psql)
+            .args(conn_args(s)?)
+            .args(["-d", &db, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .ok()
+            .filter(|st| st.success())
+    };
+    let rows = copy::ROWS;
+    if into {
+        let path =
+            std::env::temp_dir().join(format!("aiopg-bench-copy-{}.txt", std::process::id()));
+        let mut data = Vec::new();
+        for c in copy::text_chunks(rows) {
+            data.extend_from_slice(&c);
+        }
+        std::fs::write(&path, data).ok()?;
+        let t = format!("bench_psql_copy_{}", std::process::id());
+        run(&format!(
+            "CREATE UNLOGGED TABLE {t} (id int8, name text, score float8)"
+        ))?;
+        let start = Instant::now();
+        let ok = run(&format!("\\copy {t} FROM '{}'", path.display()));
+        let secs = start.elapsed().as_secs_f64();
+        let _ = run(&format!("DROP TABLE {t}"));
+        let _ = std::fs::remove_file(&path);
+        ok?;
+        Some(rows as f64 / secs)
+    } else {
+        run(&copy::source_sql(rows))?;
+        let start = Instant::now();
+        run(&format!("\\copy {} TO '/dev/null'", copy::source(rows)))?;
+        Some(rows as f64 / start.elapsed().as_secs_f64())
+    }
 }
 
 fn pinned(layout: Layout, program: &str) -> Command {

@@ -1,6 +1,7 @@
 //! COPY FROM STDIN and TO STDOUT in text, CSV and binary, against the real server, on every
 //! runtime.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -379,11 +380,18 @@ rt_test! {
         w.write(text_row(1).as_bytes()).await.unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let (c, d) = (conn.clone(), done.clone());
-        let query = spawn(async move {
+        let mut query = Box::pin(async move {
             let n: i64 = c.query_scalar("SELECT count(*) FROM copy_t", &[]).await.unwrap();
             d.store(true, Ordering::SeqCst);
             n
         });
+        // Its first poll issues it (queued behind the COPY); then a task finishes it.
+        std::future::poll_fn(|cx| {
+            assert!(query.as_mut().poll(cx).is_pending(), "answered during the COPY");
+            std::task::Poll::Ready(())
+        })
+        .await;
+        let query = spawn(query);
         // Another COPY waits for this one too.
         let c = conn.clone();
         let second = spawn(async move {

@@ -32,9 +32,15 @@ use crate::exclusive::Exclusive;
 use crate::Connection;
 
 /// Data is sent in CopyData messages of about this size.
+#[cfg(not(test))]
 const CHUNK: usize = 64 * 1024;
+#[cfg(test)]
+const CHUNK: usize = 3;
 /// A writer waits (backpressure) while more than this much of its data is not on the socket.
+#[cfg(not(test))]
 const UNSENT: usize = 256 * 1024;
+#[cfg(test)]
+const UNSENT: usize = 10;
 /// A CopyData message's header: type byte and length word.
 const HEADER: usize = 5;
 

@@ -1,7 +1,8 @@
 //! A model test of the connection's state machine, sans I/O.
 //!
 //! A [`Connection`] runs over an in-memory socket against a simulated server that speaks
-//! enough of the protocol (Parse, Describe, Bind, Execute, Sync, Query, Close) to answer every
+//! enough of the protocol (Parse, Describe, Bind, Execute, Sync, Query, Close, and COPY in both
+//! directions, where any other message inside COPY data is a violation) to answer every
 //! kind of request, and checks what it is sent (a statement name prepared twice, or used after
 //! its Close, is an error the model counts). proptest drives random interleavings of several
 //! callers: issue any kind of request (some with parameters that fail to encode, some that the
@@ -199,6 +200,8 @@ struct Server {
     portal: Option<i64>,
     /// After an error, the extended protocol skips to the next Sync.
     skipping: bool,
+    /// In COPY FROM STDIN: the lines received so far.
+    copy_in: Option<u64>,
     /// Protocol violations seen: any is a client bug.
     violations: Vec<String>,
 }
@@ -297,6 +300,44 @@ impl Server {
 
     fn handle(&mut self, tag: u8, b: &[u8], out: &mut VecDeque<u8>) {
         let mut at = 0;
+        if let Some(lines) = self.copy_in.as_mut() {
+            match tag {
+                b'd' => {
+                    if b.contains(&b'x') {
+                        // A malformed row: the COPY ends with an error, and what follows of
+                        // its data is ignored (below).
+                        self.copy_in = None;
+                        put_msg(out, b'E', &error_body("22P02", "invalid input syntax"));
+                        put_msg(out, b'Z', b"I");
+                    } else {
+                        *lines += b.iter().filter(|&&c| c == b'\n').count() as u64;
+                    }
+                }
+                b'c' => {
+                    let n = *lines;
+                    self.copy_in = None;
+                    put_msg(out, b'C', format!("COPY {n}\0").as_bytes());
+                    put_msg(out, b'Z', b"I");
+                }
+                b'f' => {
+                    self.copy_in = None;
+                    put_msg(out, b'E', &error_body("57014", "COPY from stdin failed"));
+                    put_msg(out, b'Z', b"I");
+                }
+                // The server ignores these in COPY mode.
+                b'S' | b'H' => {}
+                other => self.violations.push(format!(
+                    "message {:?} inside COPY data: a request was pipelined into a COPY",
+                    other as char
+                )),
+            }
+            return;
+        }
+        if matches!(tag, b'd' | b'c' | b'f') {
+            // COPY messages outside COPY mode: what the client sent after a COPY the server
+            // had already ended (an error). The server ignores them, as PostgreSQL does.
+            return;
+        }
         if tag == b'S' {
             self.skipping = false;
             put_msg(out, b'Z', b"I");
@@ -305,6 +346,34 @@ impl Server {
         if tag == b'Q' {
             let sql = cstr(b, &mut at);
             self.skipping = false;
+            if let Some(v) = sql.strip_prefix("COPYIN ") {
+                let v: i64 = v.parse().unwrap();
+                if v < 0 {
+                    put_msg(out, b'E', &error_body("42P01", "no such table"));
+                    put_msg(out, b'Z', b"I");
+                } else {
+                    // Text format, one column.
+                    put_msg(out, b'G', &[0, 0, 1, 0, 0]);
+                    self.copy_in = Some(0);
+                }
+                return;
+            }
+            if let Some(v) = sql.strip_prefix("COPYOUT ") {
+                let v: i64 = v.parse().unwrap();
+                if v < 0 {
+                    put_msg(out, b'E', &error_body("42P01", "no such table"));
+                } else {
+                    put_msg(out, b'H', &[0, 0, 1, 0, 0]);
+                    let n = rows_for(v) * 3;
+                    for _ in 0..n {
+                        put_msg(out, b'd', format!("{v}\n").as_bytes());
+                    }
+                    put_msg(out, b'c', b"");
+                    put_msg(out, b'C', format!("COPY {n}\0").as_bytes());
+                }
+                put_msg(out, b'Z', b"I");
+                return;
+            }
             if sql.is_empty() {
                 put_msg(out, b'I', b"");
             } else {
@@ -444,6 +513,18 @@ enum Kind {
     Exclusive(i64, usize),
     /// Waits for one notification.
     Listen,
+    /// `copy_in`: `lines` lines of data, then the end.
+    CopyIn(i64, u8, CopyEnd),
+    /// `copy_out`: every chunk, parsed.
+    CopyOut(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CopyEnd {
+    Finish,
+    Abort,
+    /// A malformed line after the others: the server fails the COPY.
+    Bad,
 }
 
 /// Wakes itself and returns `Pending` once: lets other callers run between two steps.
@@ -523,6 +604,39 @@ impl Kind {
             Kind::Settle => Box::pin(async move {
                 c.settle().await?;
                 Ok(Got::Unit)
+            }),
+            Kind::CopyIn(v, lines, end) => Box::pin(async move {
+                let mut w = c.copy_in(&format!("COPYIN {v}")).await?;
+                for k in 0..lines {
+                    w.write(format!("{k}\n").as_bytes()).await?;
+                    if k % 3 == 1 {
+                        yield_once().await;
+                    }
+                }
+                match end {
+                    CopyEnd::Finish => Ok(Got::Values(vec![w.finish().await? as i64])),
+                    CopyEnd::Abort => {
+                        w.abort("no").await?;
+                        Ok(Got::Unit)
+                    }
+                    CopyEnd::Bad => {
+                        w.write(b"x\n").await?;
+                        w.finish().await?;
+                        Ok(Got::Unit)
+                    }
+                }
+            }),
+            Kind::CopyOut(v) => Box::pin(async move {
+                let mut out = c.copy_out(&format!("COPYOUT {v}")).await?;
+                let mut vals = Vec::new();
+                while let Some(chunk) =
+                    std::future::poll_fn(|cx| Pin::new(&mut out).poll_next(cx)).await
+                {
+                    let chunk = chunk?;
+                    vals.push(std::str::from_utf8(&chunk).unwrap().trim().parse().unwrap());
+                }
+                assert_eq!(out.rows(), Some(vals.len() as u64), "a COPY's row count");
+                Ok(Got::Values(vals))
             }),
             Kind::Listen => Box::pin(async move {
                 let mut n = c.notifies();
@@ -622,6 +736,27 @@ impl Kind {
                 }
             }
             (Kind::EncodeFail(_), Err(e)) if e.kind() == ErrorKind::Encode => Ok(()),
+            (Kind::CopyIn(v, _, _) | Kind::CopyOut(v), Err(e))
+                if *v < 0 && e.code().map(|c| c.code()) == Some("42P01") =>
+            {
+                Ok(())
+            }
+            (Kind::CopyIn(v, n, CopyEnd::Finish), Ok(Got::Values(vals)))
+                if *v >= 0 && vals == vec![i64::from(*n)] =>
+            {
+                Ok(())
+            }
+            (Kind::CopyIn(v, _, CopyEnd::Abort), Ok(Got::Unit)) if *v >= 0 => Ok(()),
+            (Kind::CopyIn(v, _, CopyEnd::Bad), Err(e))
+                if *v >= 0 && e.code().map(|c| c.code()) == Some("22P02") =>
+            {
+                Ok(())
+            }
+            (Kind::CopyOut(v), Ok(Got::Values(vals)))
+                if *v >= 0 && vals == vec![*v; rows_for(*v) * 3] =>
+            {
+                Ok(())
+            }
             // Which notification a listener gets is checked by the model (each exactly once).
             (Kind::Listen, Ok(Got::Notification(_))) => Ok(()),
             (Kind::Settle, Ok(Got::Unit)) => Ok(()),
@@ -925,8 +1060,9 @@ impl Model {
                     return Ok(());
                 }
                 return Err(format!(
-                    "lost wake-up: {stuck:?} and {} detached tasks pending, nobody to wake them",
-                    self.tasks.len()
+                    "lost wake-up: {stuck:?} and {} detached tasks pending, nobody to wake them\n{}",
+                    self.tasks.len(),
+                    self.conn.shared.lock().dump()
                 ));
             }
         }
@@ -1037,6 +1173,9 @@ fn kind() -> impl Strategy<Value = Kind> {
         1 => Just(Kind::Settle),
         2 => (value(), 1usize..5).prop_map(|(v, n)| Kind::Exclusive(v, n)),
         1 => Just(Kind::Listen),
+        2 => (value(), 0u8..12, prop_oneof![3 => Just(CopyEnd::Finish), 1 => Just(CopyEnd::Abort), 1 => Just(CopyEnd::Bad)])
+            .prop_map(|(v, n, e)| Kind::CopyIn(v, n, e)),
+        2 => value().prop_map(Kind::CopyOut),
     ]
 }
 
@@ -1076,6 +1215,32 @@ proptest! {
             return Err(TestCaseError::fail(e));
         }
     }
+}
+
+/// Found by the model: a COPY writer waiting for its data to go out while another caller,
+/// registered for writing after it, wrote that data: nobody woke the writer.
+#[test]
+fn a_copy_writer_whose_data_another_caller_wrote_is_woken() {
+    use Action::*;
+    let actions = vec![
+        Issue(1, Kind::Prepare(0)),
+        Server(3),
+        Issue(1, Kind::Prepare(0)),
+        Issue(3, Kind::CopyIn(0, 3, CopyEnd::Bad)),
+        Hold,
+        Issue(0, Kind::Prepare(0)),
+        Drop(1),
+        Poll(3),
+        Notify,
+        Server(1),
+        Poll(3),
+        Poll(3),
+        Net { read: 1, write: 0 },
+        Issue(1, Kind::Prepare(0)),
+        Poll(3),
+        Poll(0),
+    ];
+    Model::with_capacity(0, 1).run(&actions).unwrap();
 }
 
 /// The issue's reproduction, step by step: a small cache with a Close pending, two callers, the

@@ -740,9 +740,14 @@ impl State {
     }
 
     /// Drops collected entries off the queue's front.
+    ///
+    /// An entry whose bytes are not all written stays until they are: the server can end a
+    /// COPY FROM STDIN (an error) before the client has sent the rest of its data, and those
+    /// bytes still belong to it (the server ignores them) until they are on the socket.
     fn compact(&mut self) {
+        let sent = self.sent;
         while self.answered > 0
-            && matches!(self.queue.front(), Some(e) if matches!(e.slot, Slot::Gone))
+            && matches!(self.queue.front(), Some(e) if matches!(e.slot, Slot::Gone) && e.end <= sent)
         {
             self.queue.pop_front();
             self.answered -= 1;
@@ -909,6 +914,19 @@ impl State {
             let take = if send_now { limit } else { 0 };
             let res = poll_write_front(stream, &mut self.write, take, cx);
             self.sent += (before - self.write.len()) as u64;
+            if self.answered > 0 {
+                // The rest of an answered COPY may just have gone out.
+                self.compact();
+            }
+            if let Some(x) = self.exclusive.filter(|&x| x != who) {
+                // A COPY's writer may wait for its data to go out (`poll_drain`), which this
+                // caller's write just did: no answer will wake it, so this must.
+                if before != self.write.len() {
+                    if let Some(w) = self.index(x).and_then(|i| self.queue[i].waker.take()) {
+                        w.wake();
+                    }
+                }
+            }
             debug_assert_eq!(self.check(), Ok(()));
             self.unflushed = res.is_pending();
             match res {
@@ -1282,6 +1300,35 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dump(&self) -> String {
+        let mut out = format!(
+            "sent={} write={} answered={} reader={:?} writer={:?} exclusive={:?} paused={} flush_due={} unflushed={}\n",
+            self.sent, self.write.len(), self.answered, self.reader, self.writer, self.exclusive, self.paused, self.flush_due, self.unflushed
+        );
+        for e in &self.queue {
+            let slot = match &e.slot {
+                Slot::Waiting { collector, error } => format!(
+                    "Waiting({:?}, err={})",
+                    std::mem::discriminant(collector),
+                    error.is_some()
+                ),
+                Slot::Done(r) => format!("Done(ok={})", r.is_ok()),
+                Slot::Gone => "Gone".into(),
+            };
+            out.push_str(&format!(
+                "  id={} {}..{} {slot} waker={} abandoned={} ends_copy={}\n",
+                e.id,
+                e.start,
+                e.end,
+                e.waker.is_some(),
+                e.abandoned,
+                e.ends_copy
+            ));
+        }
+        out
     }
 
     /// Checks the bookkeeping that answers and take-backs rely on; `Err` says what broke.
