@@ -119,6 +119,7 @@ impl Connection {
             ex: Some(ex),
             info,
             buf,
+            big: None,
             ending: false,
             rows: None,
         })
@@ -179,6 +180,9 @@ pub struct CopyInWriter {
     info: CopyInfo,
     /// A CopyData message being filled: its header, then data.
     buf: BytesMut,
+    /// A large item from `start_send`, sent as a message of its own without being copied
+    /// into `buf`.
+    big: Option<Bytes>,
     /// CopyDone (or CopyFail) is queued; only the answer remains.
     ending: bool,
     rows: Option<u64>,
@@ -220,6 +224,17 @@ impl CopyInWriter {
         Ok(())
     }
 
+    /// Sends `data` as one message (after what is buffered), then waits while too much is
+    /// unsent.
+    async fn flush_data(&mut self, data: &[u8]) -> Result<()> {
+        if self.ending {
+            return Err(ended());
+        }
+        self.push_buffered()?;
+        self.append(data)?;
+        poll_fn(|cx| self.poll_push(cx, UNSENT)).await
+    }
+
     /// Sends what is buffered and waits until all of it is on the socket.
     pub async fn flush(&mut self) -> Result<()> {
         if self.ending {
@@ -232,34 +247,69 @@ impl CopyInWriter {
         if self.ending {
             return Poll::Ready(Err(ended()));
         }
-        if self.buf.len() >= HEADER + CHUNK {
+        if self.buf.len() >= HEADER + CHUNK || self.big.is_some() {
             ready!(self.poll_push(cx, UNSENT))?;
+        }
+        if self.buf.len() == HEADER && data.len() >= CHUNK {
+            // A large write goes out as a message of its own: one copy, not two. Room is
+            // made first, as nothing may be left pending once the data is taken.
+            ready!(self.poll_push(cx, UNSENT))?;
+            let n = data.len().min(4 * CHUNK);
+            self.append(&data[..n])?;
+            return Poll::Ready(Ok(n));
         }
         let n = data.len().min(HEADER + CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         Poll::Ready(Ok(n))
     }
 
+    /// Sends `data` as one CopyData message.
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        let Some(ex) = self.ex.as_ref() else {
+            return Err(ended());
+        };
+        let res = ex.append_copy_data(data);
+        if res.is_err() {
+            self.fail();
+        }
+        res
+    }
+
     /// Sends the message being filled, then waits until at most `limit` bytes are unsent.
     fn poll_push(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<()>> {
-        let Some(ex) = self.ex.as_mut() else {
+        if self.ex.is_none() {
             return Poll::Ready(Err(ended()));
-        };
-        if self.buf.len() > HEADER {
-            let len = (self.buf.len() - 1) as i32;
-            self.buf[1..HEADER].copy_from_slice(&len.to_be_bytes());
-            let res = ex.append(&self.buf, None);
-            self.buf.truncate(HEADER);
-            if let Err(e) = res {
-                self.fail();
-                return Poll::Ready(Err(e));
-            }
         }
+        if let Err(e) = self.push_buffered() {
+            return Poll::Ready(Err(e));
+        }
+        let ex = self.ex.as_mut().expect("checked above");
         let res = ready!(ex.poll_drain(cx, limit));
         if res.is_err() {
             self.fail();
         }
         Poll::Ready(res)
+    }
+
+    /// Queues what is buffered (the message being filled, then a large item) for sending.
+    fn push_buffered(&mut self) -> Result<()> {
+        let Some(ex) = self.ex.as_ref() else {
+            return Err(ended());
+        };
+        let mut res = Ok(());
+        if self.buf.len() > HEADER {
+            let len = (self.buf.len() - 1) as i32;
+            self.buf[1..HEADER].copy_from_slice(&len.to_be_bytes());
+            res = ex.append(&self.buf, None);
+            self.buf.truncate(HEADER);
+        }
+        if let (Ok(()), Some(big)) = (&res, self.big.take()) {
+            res = ex.append_copy_data(&big);
+        }
+        if res.is_err() {
+            self.fail();
+        }
+        res
     }
 
     /// The server ended the COPY with an error: nothing more can be sent.
@@ -273,15 +323,13 @@ impl CopyInWriter {
             return Poll::Ready(Ok(rows));
         }
         if !self.ending {
+            if let Err(e) = self.push_buffered() {
+                return Poll::Ready(Err(e));
+            }
             let Some(ex) = self.ex.as_mut() else {
                 return Poll::Ready(Err(ended()));
             };
-            if self.buf.len() > HEADER {
-                let len = (self.buf.len() - 1) as i32;
-                self.buf[1..HEADER].copy_from_slice(&len.to_be_bytes());
-            } else {
-                self.buf.clear();
-            }
+            self.buf.clear();
             frontend::copy_done(&mut self.buf);
             let res = ex.append(&self.buf, None);
             self.buf.clear();
@@ -341,7 +389,7 @@ impl Sink<Bytes> for CopyInWriter {
         if self.ending {
             return Poll::Ready(Err(ended()));
         }
-        if self.buf.len() >= HEADER + CHUNK {
+        if self.buf.len() >= HEADER + CHUNK || self.big.is_some() {
             return self.poll_push(cx, UNSENT);
         }
         Poll::Ready(Ok(()))
@@ -351,7 +399,12 @@ impl Sink<Bytes> for CopyInWriter {
         if self.ending {
             return Err(ended());
         }
-        self.buf.extend_from_slice(&item);
+        if self.big.is_none() && item.len() >= CHUNK {
+            // Sent as a message of its own by the next poll, without a copy into `buf`.
+            self.big = Some(item);
+        } else {
+            self.buf.extend_from_slice(&item);
+        }
         Ok(())
     }
 
@@ -537,7 +590,7 @@ pub struct BinaryCopyInWriter {
 impl BinaryCopyInWriter {
     /// Wraps `writer`, whose COPY must be `FORMAT binary`, for rows of `types`.
     pub fn new(writer: CopyInWriter, types: &[Type]) -> BinaryCopyInWriter {
-        let mut buf = BytesMut::with_capacity(CHUNK);
+        let mut buf = BytesMut::with_capacity(2 * CHUNK);
         buf.put_slice(BINARY_SIGNATURE);
         buf.put_i32(0); // flags
         buf.put_i32(0); // header extension length
@@ -594,17 +647,22 @@ impl BinaryCopyInWriter {
             }
         }
         if self.buf.len() >= CHUNK {
-            let data = self.buf.split();
-            self.writer.write(&data).await?;
+            self.flush_rows().await?;
         }
+        Ok(())
+    }
+
+    /// Sends the encoded rows as one message; the buffer keeps its allocation.
+    async fn flush_rows(&mut self) -> Result<()> {
+        self.writer.flush_data(&self.buf).await?;
+        self.buf.clear();
         Ok(())
     }
 
     /// Ends the data (the format's trailer) and the COPY: the number of rows copied.
     pub async fn finish(mut self) -> Result<u64> {
         self.buf.put_i16(-1);
-        let data = self.buf.split();
-        self.writer.write(&data).await?;
+        self.flush_rows().await?;
         self.writer.finish().await
     }
 
@@ -620,7 +678,8 @@ impl BinaryCopyInWriter {
 pub struct BinaryCopyOutStream {
     reader: CopyOutReader,
     types: Arc<[Type]>,
-    buf: BytesMut,
+    /// Data not parsed yet: usually one whole CopyData message (one row), used as it is.
+    buf: Bytes,
     header: bool,
     /// The trailer was read: what remains is the end of the reader.
     trailer: bool,
@@ -702,7 +761,7 @@ impl BinaryCopyOutStream {
         BinaryCopyOutStream {
             reader,
             types: types.into(),
-            buf: BytesMut::new(),
+            buf: Bytes::new(),
             header: false,
             trailer: false,
             done: false,
@@ -765,7 +824,7 @@ impl BinaryCopyOutStream {
             ranges.push(Some(at..at + len));
             at += len;
         }
-        let data = self.buf.split_to(at).freeze();
+        let data = self.buf.split_to(at);
         Ok(Some(Some(BinaryCopyRow {
             data,
             ranges,
@@ -810,7 +869,17 @@ impl Stream for BinaryCopyOutStream {
                 }
             }
             match ready!(Pin::new(&mut this.reader).poll_next(cx)) {
-                Some(Ok(chunk)) => this.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => {
+                    if this.buf.is_empty() {
+                        // The common case, a row per message: no copy.
+                        this.buf = chunk;
+                    } else {
+                        let mut joined = BytesMut::with_capacity(this.buf.len() + chunk.len());
+                        joined.extend_from_slice(&this.buf);
+                        joined.extend_from_slice(&chunk);
+                        this.buf = joined.freeze();
+                    }
+                }
                 Some(Err(e)) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(e)));

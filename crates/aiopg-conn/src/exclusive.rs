@@ -46,6 +46,11 @@ impl Exclusive {
         self.conn.shared.lock().append(self.id, bytes, on_abandon)
     }
 
+    /// Adds one CopyData message carrying `data`.
+    pub(crate) fn append_copy_data(&self, data: &[u8]) -> Result<()> {
+        self.conn.shared.lock().append_copy_data(self.id, data)
+    }
+
     /// Ends the hold: the request is complete on the wire.
     pub(crate) fn release(&self) {
         self.conn.shared.lock().release(self.id);

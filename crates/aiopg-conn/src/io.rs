@@ -24,6 +24,8 @@ const SHRINK_ABOVE: usize = 4 * CHUNK;
 pub(crate) enum Frame {
     /// A `DataRow`, whole (tag and length included).
     DataRow(Bytes),
+    /// A `CopyData` body (tag and length cut off): the bulk of a COPY TO STDOUT.
+    CopyData(Bytes),
     /// Any other message, parsed.
     Message(Message),
 }
@@ -184,6 +186,10 @@ impl ReadBuf {
         if tag == b'D' {
             return Ok(Some(Frame::DataRow(frame.freeze())));
         }
+        if tag == b'd' {
+            frame.advance(5);
+            return Ok(Some(Frame::CopyData(frame.freeze())));
+        }
         match protocol::decode(&mut frame)? {
             Some(m) => Ok(Some(Frame::Message(m))),
             None => Err(Error::protocol("a complete message could not be framed")),
@@ -206,6 +212,7 @@ impl ReadBuf {
             None => Ok(None),
             Some(Frame::Message(m)) => Ok(Some(m)),
             Some(Frame::DataRow(_)) => Err(Error::protocol("a row arrived during start-up")),
+            Some(Frame::CopyData(_)) => Err(Error::protocol("COPY data arrived during start-up")),
         }
     }
 }
@@ -595,6 +602,7 @@ mod tests {
         Param(String, String),
         Complete(String),
         Empty(u8),
+        Copy(Vec<u8>),
     }
 
     impl Sent {
@@ -605,6 +613,7 @@ mod tests {
                 Sent::Param(n, v) => message(b'S', format!("{n}\0{v}\0").as_bytes()),
                 Sent::Complete(t) => message(b'C', format!("{t}\0").as_bytes()),
                 Sent::Empty(tag) => message(*tag, &[]),
+                Sent::Copy(data) => message(b'd', data),
             }
         }
 
@@ -615,6 +624,7 @@ mod tests {
                 Sent::Param(n, v) => format!("S{n}={v}"),
                 Sent::Complete(t) => format!("C{t}"),
                 Sent::Empty(tag) => format!("{}", *tag as char),
+                Sent::Copy(data) => format!("d{}:{}", data.len(), data.first().unwrap_or(&0)),
             }
         }
     }
@@ -622,6 +632,7 @@ mod tests {
     fn seen(frame: Frame) -> String {
         match frame {
             Frame::DataRow(b) => format!("D{}:{}", b.len() - 5, b.get(5).unwrap_or(&0)),
+            Frame::CopyData(b) => format!("d{}:{}", b.len(), b.first().unwrap_or(&0)),
             Frame::Message(m) => match m {
                 Message::ReadyForQuery(b) => format!("Z{}", b.status() as char),
                 Message::ParameterStatus(b) => {
@@ -647,6 +658,7 @@ mod tests {
             2 => ("[a-z_]{1,20}", "[ -~]{0,40}").prop_map(|(n, v)| Sent::Param(n, v)),
             2 => "[A-Z0-9 ]{1,24}".prop_map(Sent::Complete),
             2 => proptest::sample::select(b"123nIs".to_vec()).prop_map(Sent::Empty),
+            3 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(Sent::Copy),
         ]
     }
 

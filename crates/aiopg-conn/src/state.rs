@@ -345,6 +345,26 @@ impl State {
         Ok(())
     }
 
+    /// Adds one CopyData message carrying `data` to exclusive request `id` (as
+    /// [`append`](Self::append), framing it without a copy of its own).
+    pub(crate) fn append_copy_data(&mut self, id: u64, data: &[u8]) -> Result<()> {
+        if let Some(e) = self.closed_error() {
+            return Err(e);
+        }
+        if self.exclusive != Some(id) {
+            return Err(self.take_error(id).unwrap_or_else(|| {
+                Error::usage("the request no longer holds the connection (it ended)")
+            }));
+        }
+        let len = i32::try_from(data.len() + 4)
+            .map_err(|_| Error::encode("a COPY data message over 2 GiB", None))?;
+        let mut header = [b'd', 0, 0, 0, 0];
+        header[1..].copy_from_slice(&len.to_be_bytes());
+        let i = self.index(id).expect("an exclusive request stays queued");
+        self.insert_parts_after(i, &[&header, data]);
+        Ok(())
+    }
+
     /// The error that ended request `id`, taken out (the entry is then collected).
     fn take_error(&mut self, id: u64) -> Option<Error> {
         let i = self.index(id)?;
@@ -505,15 +525,25 @@ impl State {
     /// Inserts `bytes` into the outgoing stream at the end of entry `i`'s range; later ranges
     /// shift up.
     fn insert_after(&mut self, i: usize, bytes: &[u8]) {
+        self.insert_parts_after(i, &[bytes]);
+    }
+
+    /// [`insert_after`](Self::insert_after) of several slices, one after the other.
+    fn insert_parts_after(&mut self, i: usize, parts: &[&[u8]]) {
         let at = (self.queue[i].end - self.sent) as usize;
-        if at == self.write.len() {
-            self.write.extend_from_slice(bytes);
+        let before = self.write.len();
+        if at == before {
+            for p in parts {
+                self.write.extend_from_slice(p);
+            }
         } else {
             let tail = self.write.split_off(at);
-            self.write.extend_from_slice(bytes);
+            for p in parts {
+                self.write.extend_from_slice(p);
+            }
             self.write.unsplit(tail);
         }
-        let n = bytes.len() as u64;
+        let n = (self.write.len() - before) as u64;
         self.queue[i].end += n;
         for later in self.queue.iter_mut().skip(i + 1) {
             later.start += n;
@@ -1070,6 +1100,7 @@ impl State {
             routed = true;
             match frame {
                 Frame::DataRow(row) => self.route_row(row)?,
+                Frame::CopyData(data) => self.route_copy_data(data)?,
                 Frame::Message(m) => self.route(m)?,
             }
             if self.closed.is_some() {
@@ -1100,6 +1131,25 @@ impl State {
             }
             Ok(false) => {}
             Err(e) => *error = Some(e),
+        }
+        Ok(())
+    }
+
+    /// Routes a COPY TO STDOUT's data to the request it answers.
+    #[inline]
+    fn route_copy_data(&mut self, data: Bytes) -> Result<()> {
+        let Some(entry) = self.queue.get_mut(self.answered) else {
+            return Err(Error::protocol(
+                "COPY data arrived with no request in flight",
+            ));
+        };
+        let Slot::Waiting { collector, error } = &mut entry.slot else {
+            return Err(Error::protocol("COPY data arrived for an answered request"));
+        };
+        if error.is_none() && collector.copy_data(data) {
+            if let Some(w) = entry.waker.take() {
+                w.wake();
+            }
         }
         Ok(())
     }
@@ -1281,13 +1331,6 @@ impl State {
                     // It will send nothing more: requests queued behind it may go out.
                     if self.exclusive == Some(entry.id) {
                         self.end_hold();
-                    }
-                }
-            }
-            Message::CopyData(body) => {
-                if error.is_none() && collector.copy_data(body.into_bytes()) {
-                    if let Some(w) = entry.waker.take() {
-                        w.wake();
                     }
                 }
             }
