@@ -168,6 +168,12 @@ rt_test! {
         let chan = channel("terminate", &listener);
         let mut stream = listener.notifies();
         listener.batch_execute(&format!("LISTEN {chan}")).await.unwrap();
+        let admin = connect().await;
+        admin.execute("SELECT pg_notify($1, 'before')", &[&chan]).await.unwrap();
+        // A query reads it into the connection's buffer (the server sends pending
+        // notifications before its ReadyForQuery); otherwise the backend might die before
+        // sending it at all.
+        listener.execute("SELECT 1", &[]).await.unwrap();
         let waiting = spawn(async move {
             let mut items = Vec::new();
             while let Some(item) = stream.next().await {
@@ -175,14 +181,13 @@ rt_test! {
             }
             items
         });
-        let admin = connect().await;
-        admin.execute("SELECT pg_notify($1, 'before')", &[&chan]).await.unwrap();
         let killed: bool = admin
             .query_scalar("SELECT pg_terminate_backend($1)", &[&listener.backend_pid()])
             .await
             .unwrap();
         assert!(killed);
         let items = within("the stream's end after pg_terminate_backend", END_BOUND, waiting).await;
+        // What was buffered comes first, then the error.
         assert_eq!(items, vec![Ok("before".to_owned()), Err(ErrorKind::Closed)]);
         assert!(listener.is_closed());
     }
@@ -345,12 +350,11 @@ rt_test! {
         let old = listener.backend_pid();
         let admin = connect().await;
         admin.execute("SELECT pg_notify($1, 'before')", &[&chan]).await.unwrap();
-        admin.query_scalar::<bool>("SELECT pg_terminate_backend($1)", &[&old]).await.unwrap();
-        // What arrived before the loss comes first.
         match listener.recv().await.unwrap() {
             ListenerEvent::Notification(n) => assert_eq!(n.payload, "before"),
             other => panic!("{other:?}"),
         }
+        admin.query_scalar::<bool>("SELECT pg_terminate_backend($1)", &[&old]).await.unwrap();
         reconnects_and_hears(&mut listener, &dsn(), &chan).await;
         assert_ne!(listener.backend_pid(), old);
     }
