@@ -81,6 +81,11 @@ pub use aiopg_pool::{
     PooledCursor, Reuse,
 };
 
+/// Python's `aiopg.sa`: an engine over the pool, sea-query statements bound as parameters,
+/// result proxies (feature `sa`).
+#[cfg(feature = "sa")]
+pub use aiopg_sa as sa;
+
 /// What the code `#[derive(FromRow)]` generates names; not a public API.
 #[doc(hidden)]
 pub mod __private {

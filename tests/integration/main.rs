@@ -21,6 +21,8 @@ mod pool;
 mod pool_faults;
 mod pool_handout;
 mod query;
+#[cfg(feature = "sa")]
+mod sa;
 mod tls;
 mod transaction;
 mod types;

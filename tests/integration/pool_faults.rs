@@ -368,7 +368,7 @@ impl Load {
                 let tx = conn.begin().await?;
                 let params: [aiopg::Param<'_>; 2] = [&id, &"dropped"];
                 let insert = conn.execute(&self.insert, &params);
-                if polls % 2 == 0 {
+                if polls.is_multiple_of(2) {
                     insert.await?;
                 } else if let Some(res) = poll_then_drop(insert, polls).await {
                     res?;

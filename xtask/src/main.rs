@@ -67,7 +67,7 @@ commands:
                         With AIOPG_TEST_DSN set, tests against that server instead
                         of starting one (no standby, PgBouncer nor pair).
                         <test args> go to the test binaries (e.g. a name filter).
-  demo                  run examples/quickstart on each runtime against a cluster
+  demo                  run examples/quickstart and examples/sa on each runtime against a cluster
   bench [args..]        run aiopg-bench (release) against a benchmark-tuned cluster
                         (AIOPG_BENCH_DSN, AIOPG_BENCH_PG_BINDIR)
   help                  print this text

@@ -192,7 +192,7 @@ impl Suite<'_> {
         if sys::caught().is_some() {
             return;
         }
-        outln!("== building integration tests (features {ALL_RUNTIME_FEATURES}) ==");
+        outln!("== building integration tests (features {ALL_RUNTIME_FEATURES},sa) ==");
         let mut build = self.integration_tests();
         build.arg("--no-run");
         if !self.step("building the integration tests", &mut build) {
@@ -253,14 +253,9 @@ impl Suite<'_> {
     /// `cargo test -p aiopg --features <all runtimes> --tests`.
     fn integration_tests(&self) -> Command {
         let mut cmd = self.cargo();
-        cmd.args([
-            "test",
-            "-p",
-            "aiopg",
-            "--features",
-            ALL_RUNTIME_FEATURES,
-            "--tests",
-        ]);
+        cmd.args(["test", "-p", "aiopg", "--features"])
+            .arg(format!("{ALL_RUNTIME_FEATURES},sa"))
+            .arg("--tests");
         cmd
     }
 
@@ -428,16 +423,24 @@ pub fn demo(root: &Path) -> Result<i32> {
         if sys::caught().is_some() {
             break;
         }
-        outln!("== quickstart on {runtime} ==");
-        let mut cmd = run::cargo();
-        cmd.current_dir(root)
-            .args(["run", "-q", "-p", "aiopg", "--example", "quickstart"])
-            .args(["--no-default-features", "--features", runtime])
-            .env("AIOPG_DSN", cluster.dsn());
-        match run::run(&mut cmd, false) {
-            Ok(outcome) if outcome.success() => {}
-            Ok(outcome) => failures.push(format!("quickstart on {runtime} ({})", outcome.status)),
-            Err(e) => failures.push(format!("quickstart on {runtime}: {e}")),
+        for (example, features) in [
+            ("quickstart", runtime.to_string()),
+            ("sa", format!("{runtime},sa")),
+        ] {
+            outln!("== {example} on {runtime} ==");
+            let mut cmd = run::cargo();
+            cmd.current_dir(root)
+                .args(["run", "-q", "-p", "aiopg", "--example", example])
+                .args(["--no-default-features", "--features"])
+                .arg(&features)
+                .env("AIOPG_DSN", cluster.dsn());
+            match run::run(&mut cmd, false) {
+                Ok(outcome) if outcome.success() => {}
+                Ok(outcome) => {
+                    failures.push(format!("{example} on {runtime} ({})", outcome.status))
+                }
+                Err(e) => failures.push(format!("{example} on {runtime}: {e}")),
+            }
         }
     }
     guard.stop();

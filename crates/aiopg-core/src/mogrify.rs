@@ -931,7 +931,7 @@ fn push_utc_offset(s: &mut String, east: i64) {
     let sign = if east < 0 { '-' } else { '+' };
     let a = east.unsigned_abs();
     let _ = write!(s, "{sign}{:02}:{:02}", a / 3600, a / 60 % 60);
-    if a % 60 != 0 {
+    if !a.is_multiple_of(60) {
         let _ = write!(s, ":{:02}", a % 60);
     }
 }
