@@ -195,3 +195,126 @@ rt_test! {
         assert_eq!(res.rowcount(), 1_000_000);
     }
 }
+
+/// Rows of the test table, seen from another connection (committed work only).
+async fn committed(engine: &Engine, t: &str) -> i64 {
+    let other = engine.acquire().await.unwrap();
+    other
+        .scalar::<i64>(format!("SELECT count(*) FROM {t}"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Rows of the test table as this connection sees them.
+async fn count(conn: &aiopg::sa::SAConnection, t: &str) -> i64 {
+    conn.scalar::<i64>(format!("SELECT count(*) FROM {t}"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn insert(conn: &aiopg::sa::SAConnection, t: &str, v: &str) {
+    let q = Query::insert()
+        .into_table(Alias::new(t))
+        .columns([Alias::new("val")])
+        .values_panic([v.into()])
+        .to_owned();
+    conn.execute(&q).await.unwrap();
+}
+
+rt_test! {
+    async fn transactions_commit_roll_back_and_nest_as_aiopg_sa_does() {
+        let engine = engine(3).await;
+        let conn = engine.acquire().await.unwrap();
+        let t = table("tx");
+        create(&conn, &t).await;
+
+        // Commit and rollback of the outermost transaction; misuse.
+        let tx = conn.begin().await.unwrap();
+        assert!(tx.is_active() && conn.in_transaction());
+        insert(&conn, &t, "a").await;
+        tx.commit().await.unwrap();
+        assert!(!conn.in_transaction());
+        assert_eq!(committed(&engine, &t).await, 1);
+        let tx = conn.begin().await.unwrap();
+        insert(&conn, &t, "b").await;
+        tx.rollback().await.unwrap();
+        assert_eq!(count(&conn, &t).await, 1);
+
+        // An inner begin() joins: its commit is a no-op until the outer commits; its rollback
+        // rolls everything back and leaves the outer inactive.
+        let outer = conn.begin().await.unwrap();
+        let inner = conn.begin().await.unwrap();
+        insert(&conn, &t, "c").await;
+        inner.commit().await.unwrap();
+        assert_eq!(committed(&engine, &t).await, 1, "nothing committed yet");
+        outer.commit().await.unwrap();
+        assert_eq!(committed(&engine, &t).await, 2);
+        let outer = conn.begin().await.unwrap();
+        let inner = conn.begin().await.unwrap();
+        insert(&conn, &t, "d").await;
+        inner.rollback().await.unwrap();
+        assert!(!outer.is_active());
+        assert!(!conn.in_transaction());
+        let err = outer.commit().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+        assert!(err.to_string().contains("inactive"), "{err}");
+        assert_eq!(count(&conn, &t).await, 2);
+
+        // Savepoints three deep: rolling back the innermost keeps the outer work.
+        let outer = conn.begin().await.unwrap();
+        insert(&conn, &t, "depth 1").await;
+        let sp1 = conn.begin_nested().await.unwrap();
+        insert(&conn, &t, "depth 2").await;
+        let sp2 = conn.begin_nested().await.unwrap();
+        insert(&conn, &t, "depth 3").await;
+        let sp3 = conn.begin_nested().await.unwrap();
+        insert(&conn, &t, "depth 4, rolled back").await;
+        sp3.rollback().await.unwrap();
+        sp2.commit().await.unwrap();
+        sp1.commit().await.unwrap();
+        outer.commit().await.unwrap();
+        let vals: Vec<String> = conn
+            .execute(format!("SELECT val FROM {t} WHERE val LIKE 'depth%' ORDER BY id"))
+            .await
+            .unwrap()
+            .fetchall()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String>(0))
+            .collect();
+        assert_eq!(vals, ["depth 1", "depth 2", "depth 3"]);
+
+        // Double rollback is a no-op; a dropped transaction rolls back; options.
+        let tx = conn.begin_nested().await.unwrap();
+        insert(&conn, &t, "dropped").await;
+        drop(tx);
+        assert_eq!(count(&conn, &t).await, 5);
+        assert!(!conn.in_transaction());
+        let tx = conn
+            .begin_with(aiopg::TransactionOptions {
+                isolation_level: aiopg::IsolationLevel::Serializable,
+                read_only: true,
+                deferrable: false,
+            })
+            .await
+            .unwrap();
+        let level: Option<String> = conn.scalar("SHOW transaction_isolation").await.unwrap();
+        assert_eq!(level.as_deref(), Some("serializable"));
+        let err = conn.execute(format!("DELETE FROM {t}")).await.unwrap_err();
+        assert_eq!(err.code(), Some(&aiopg::SqlState::READ_ONLY_SQL_TRANSACTION));
+        let err = conn.begin_with(aiopg::TransactionOptions::default()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Usage);
+        tx.rollback().await.unwrap();
+        // close() with an open transaction rolls it back.
+        let _open = conn.begin().await.unwrap();
+        insert(&conn, &t, "never committed").await;
+        drop(_open);
+        let again = engine.acquire().await.unwrap();
+        assert_eq!(again.scalar::<i64>(format!("SELECT count(*) FROM {t}")).await.unwrap(), Some(5));
+        drop_table(&again, &t).await;
+        conn.close().await;
+    }
+}

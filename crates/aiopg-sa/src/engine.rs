@@ -6,8 +6,11 @@ use aiopg_core::types::FromSqlOwned;
 use aiopg_core::Result;
 use aiopg_pool::{IntoConnectOptions, Pool, PooledConnection};
 
+use aiopg_conn::TransactionOptions;
+
 use crate::result::ResultProxy;
 use crate::statement::{Built, Executable};
+use crate::transaction::SATransaction;
 
 /// A pool of connections speaking PostgreSQL: aiopg.sa's `Engine`.
 #[derive(Clone)]
@@ -45,6 +48,7 @@ impl Engine {
     pub async fn acquire(&self) -> Result<SAConnection> {
         Ok(SAConnection {
             conn: self.pool.acquire().await?,
+            tx: Default::default(),
         })
     }
 
@@ -97,6 +101,7 @@ impl Engine {
 /// A connection of an [`Engine`]: aiopg.sa's `SAConnection`.
 pub struct SAConnection {
     conn: PooledConnection,
+    tx: crate::transaction::Shared,
 }
 
 impl fmt::Debug for SAConnection {
@@ -131,6 +136,25 @@ impl SAConnection {
     /// NULL).
     pub async fn scalar<T: FromSqlOwned>(&self, stmt: impl Executable) -> Result<Option<T>> {
         self.execute(stmt).await?.scalar().await
+    }
+
+    /// Begins a transaction (`BEGIN`). Inside an open one, it joins it instead, as aiopg.sa
+    /// does: the returned transaction's `commit()` does nothing (the outer one commits) and
+    /// its `rollback()` rolls the whole transaction back.
+    pub async fn begin(&self) -> Result<SATransaction> {
+        SATransaction::begin(&self.conn, &self.tx, None, false).await
+    }
+
+    /// Begins a transaction with an isolation level, `READ ONLY` or `DEFERRABLE`; a `Usage`
+    /// error inside an open transaction, whose options cannot change.
+    pub async fn begin_with(&self, options: TransactionOptions) -> Result<SATransaction> {
+        SATransaction::begin(&self.conn, &self.tx, Some(options), false).await
+    }
+
+    /// Begins a nested transaction: a `SAVEPOINT` inside an open transaction (any depth), or
+    /// a transaction when none is open.
+    pub async fn begin_nested(&self) -> Result<SATransaction> {
+        SATransaction::begin(&self.conn, &self.tx, None, true).await
     }
 
     /// True inside a transaction block.

@@ -26,18 +26,20 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Status: the engine, statements, results and `begin()` are here; nested (`begin_nested`)
-//! and two-phase transactions come next.
+//! Status: the engine, statements, results and transactions (`begin`, `begin_with`,
+//! `begin_nested`) are here; two-phase transactions come next.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod engine;
 mod result;
 mod statement;
+mod transaction;
 
 pub use engine::{create_engine, Engine, SAConnection};
 pub use result::{ResultProxy, RowProxy};
 pub use statement::Executable;
+pub use transaction::SATransaction;
 
 /// The query builder, re-exported so that its version always matches this crate's.
 pub use sea_query;
