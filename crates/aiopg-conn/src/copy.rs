@@ -312,6 +312,15 @@ impl CopyInWriter {
         res
     }
 
+    /// `poll_flush` of `Sink` and `AsyncWrite`: everything on the socket (nothing to do once
+    /// the COPY is ending).
+    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.ending {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_push(cx, 0)
+    }
+
     /// The server ended the COPY with an error: nothing more can be sent.
     fn fail(&mut self) {
         self.ending = true;
@@ -409,10 +418,7 @@ impl Sink<Bytes> for CopyInWriter {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.ending {
-            return Poll::Ready(Ok(()));
-        }
-        self.poll_push(cx, 0)
+        self.poll_flush_all(cx)
     }
 
     /// Finishes the COPY (as [`CopyInWriter::finish`], whose row count is then lost).
@@ -435,10 +441,7 @@ impl AsyncWrite for CopyInWriter {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.ending {
-            return Poll::Ready(Ok(()));
-        }
-        self.poll_push(cx, 0).map_err(to_io)
+        self.poll_flush_all(cx).map_err(to_io)
     }
 
     /// Finishes the COPY (as [`CopyInWriter::finish`]).

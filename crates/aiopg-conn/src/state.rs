@@ -329,15 +329,7 @@ impl State {
         bytes: &[u8],
         on_abandon: Option<BytesMut>,
     ) -> Result<()> {
-        if let Some(e) = self.closed_error() {
-            return Err(e);
-        }
-        if self.exclusive != Some(id) {
-            return Err(self.take_error(id).unwrap_or_else(|| {
-                Error::usage("the request no longer holds the connection (it ended)")
-            }));
-        }
-        let i = self.index(id).expect("an exclusive request stays queued");
+        let i = self.held(id)?;
         self.insert_after(i, bytes);
         if on_abandon.is_some() {
             self.queue[i].on_abandon = on_abandon;
@@ -348,6 +340,18 @@ impl State {
     /// Adds one CopyData message carrying `data` to exclusive request `id` (as
     /// [`append`](Self::append), framing it without a copy of its own).
     pub(crate) fn append_copy_data(&mut self, id: u64, data: &[u8]) -> Result<()> {
+        let i = self.held(id)?;
+        let len = i32::try_from(data.len() + 4)
+            .map_err(|_| Error::encode("a COPY data message over 2 GiB", None))?;
+        let mut header = [b'd', 0, 0, 0, 0];
+        header[1..].copy_from_slice(&len.to_be_bytes());
+        self.insert_parts_after(i, &[&header, data]);
+        Ok(())
+    }
+
+    /// Where exclusive request `id` sits, if it still holds the connection; otherwise the
+    /// error that ended it.
+    fn held(&mut self, id: u64) -> Result<usize> {
         if let Some(e) = self.closed_error() {
             return Err(e);
         }
@@ -356,13 +360,7 @@ impl State {
                 Error::usage("the request no longer holds the connection (it ended)")
             }));
         }
-        let len = i32::try_from(data.len() + 4)
-            .map_err(|_| Error::encode("a COPY data message over 2 GiB", None))?;
-        let mut header = [b'd', 0, 0, 0, 0];
-        header[1..].copy_from_slice(&len.to_be_bytes());
-        let i = self.index(id).expect("an exclusive request stays queued");
-        self.insert_parts_after(i, &[&header, data]);
-        Ok(())
+        Ok(self.index(id).expect("an exclusive request stays queued"))
     }
 
     /// The error that ended request `id`, taken out (the entry is then collected).
@@ -444,6 +442,9 @@ impl State {
             return Poll::Ready(Err(Error::usage("the COPY already ended")));
         };
         let mine = self.queue[i].waker.take();
+        // Set once the socket had nothing more for us: the checks run once more (the drive
+        // may have written enough), then the caller waits.
+        let mut stalled = false;
         loop {
             if let Some(e) = self.closed_error() {
                 return Poll::Ready(Err(e));
@@ -459,21 +460,17 @@ impl State {
                 return Poll::Ready(Err(err));
             }
             let unsent = e.end.saturating_sub(e.start.max(self.sent));
-            if unsent as usize <= limit {
-                // Whoever waits next takes over the registrations this caller may hold.
+            if unsent as usize <= limit || stalled {
+                // Parked either way: whoever waits next takes over the registrations this
+                // caller may hold.
                 self.park(id, cx, mine);
-                return Poll::Ready(Ok(()));
+                return if unsent as usize <= limit {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
             }
-            if self.drive(cx, id).is_pending() {
-                let Some(i) = self.index(id) else { continue };
-                let e = &self.queue[i];
-                if (e.end.saturating_sub(e.start.max(self.sent)) as usize) <= limit {
-                    self.park(id, cx, mine);
-                    return Poll::Ready(Ok(()));
-                }
-                self.park(id, cx, mine);
-                return Poll::Pending;
-            }
+            stalled = self.drive(cx, id).is_pending();
         }
     }
 
