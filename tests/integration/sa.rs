@@ -1,22 +1,24 @@
 //! `aiopg::sa`: the engine, sea-query statements bound as parameters, and result proxies,
 //! against the real server, on every runtime.
 
-use aiopg::sa::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Order, Query, Table};
-use aiopg::sa::{Engine, ResultProxy};
-use aiopg::{ErrorKind, Pool};
+use std::time::Duration;
+
+use aiopg::sa::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Order, Query, Table, Value};
+use aiopg::sa::{Engine, ResultProxy, SqlValue};
+use aiopg::ErrorKind;
 use futures_util::TryStreamExt;
 
 use crate::support::{dsn, options, rt_test, runtime};
 
 async fn engine(max: usize) -> Engine {
-    let pool = Pool::builder(options(&dsn()))
+    Engine::builder(options(&dsn()))
         .runtime(runtime())
         .min_size(0)
         .max_size(max)
+        .timeout(Duration::from_secs(30))
         .build()
         .await
-        .unwrap();
-    Engine::from_pool(pool)
+        .unwrap()
 }
 
 /// A table of its own for each test and runtime: `(id serial primary key, val text)`.
@@ -57,11 +59,15 @@ rt_test! {
         let engine = engine(3).await;
         assert_eq!(engine.dialect(), "postgresql");
         assert_eq!((engine.min_size(), engine.max_size()), (0, 3));
+        // The engine connected once to learn the server's version, and gave that back.
+        assert_eq!(engine.free_size(), 1);
         let a = engine.acquire().await.unwrap();
         let b = engine.acquire().await.unwrap();
         assert_eq!(engine.size(), 2);
         assert_eq!(engine.free_size(), 0);
         assert_eq!(a.scalar::<i32>("SELECT 1").await.unwrap(), Some(1));
+        let num: Option<String> = a.scalar("SHOW server_version_num").await.unwrap();
+        assert_eq!(engine.server_version().to_string(), num.unwrap());
         engine.release(a).await;
         assert_eq!(engine.free_size(), 1);
         b.close().await;
@@ -69,6 +75,22 @@ rt_test! {
         engine.close();
         engine.wait_closed().await.unwrap();
         assert!(engine.acquire().await.is_err());
+    }
+}
+
+rt_test! {
+    async fn an_engine_for_a_server_that_is_not_there_fails_at_creation() {
+        // A closed loopback port.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let err = Engine::builder(options(&format!("host=127.0.0.1 port={port} user=nobody")))
+            .runtime(runtime())
+            .min_size(0)
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     }
 }
 
@@ -308,13 +330,260 @@ rt_test! {
         let err = conn.begin_with(aiopg::TransactionOptions::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Usage);
         tx.rollback().await.unwrap();
-        // close() with an open transaction rolls it back.
-        let _open = conn.begin().await.unwrap();
+        // close() with an open transaction rolls it back; the transaction's handle is then
+        // stale and cannot touch the connection's next user.
+        let open = conn.begin().await.unwrap();
         insert(&conn, &t, "never committed").await;
-        drop(_open);
-        let again = engine.acquire().await.unwrap();
-        assert_eq!(again.scalar::<i64>(format!("SELECT count(*) FROM {t}")).await.unwrap(), Some(5));
-        drop_table(&again, &t).await;
         conn.close().await;
+        let again = engine.acquire().await.unwrap();
+        assert!(!again.in_transaction());
+        assert_eq!(again.scalar::<i64>(format!("SELECT count(*) FROM {t}")).await.unwrap(), Some(5));
+        assert_eq!(open.commit().await.unwrap_err().kind(), ErrorKind::Usage);
+        assert_eq!(count(&again, &t).await, 5);
+        drop_table(&again, &t).await;
+    }
+}
+
+/// A transaction identifier of this test and runtime.
+fn xid(name: &str) -> String {
+    format!("{}_{name}", table("xid"))
+}
+
+rt_test! {
+    async fn two_phase_transactions_prepare_recover_and_finish() {
+        let engine = engine(3).await;
+        let conn = engine.acquire().await.unwrap();
+        let t = table("twophase");
+        create(&conn, &t).await;
+
+        // prepare, recover (from another connection), commit_prepared.
+        let x1 = xid("commit");
+        let mut tx = conn.begin_twophase(Some(&x1)).await.unwrap();
+        assert_eq!(tx.xid(), Some(x1.as_str()));
+        insert(&conn, &t, "two-phase committed").await;
+        tx.prepare().await.unwrap();
+        assert!(tx.is_active() && !conn.in_transaction());
+        assert_eq!(committed(&engine, &t).await, 0, "prepared is not committed");
+        let other = engine.acquire().await.unwrap();
+        assert!(other.recover_twophase().await.unwrap().contains(&x1));
+        other.commit_prepared(&x1).await.unwrap();
+        assert!(!other.recover_twophase().await.unwrap().contains(&x1));
+        assert_eq!(committed(&engine, &t).await, 1);
+        drop(tx);
+
+        // prepare, rollback_prepared; a generated identifier with a quote and a backslash in
+        // a chosen one.
+        let mut tx = conn.begin_twophase(None).await.unwrap();
+        let generated = tx.xid().unwrap().to_owned();
+        insert(&conn, &t, "two-phase rolled back").await;
+        tx.prepare().await.unwrap();
+        // While prepared, the session is free for other work.
+        assert_eq!(conn.scalar::<i32>("SELECT 5").await.unwrap(), Some(5));
+        assert!(other.recover_twophase().await.unwrap().contains(&generated));
+        other.rollback_prepared(&generated).await.unwrap();
+        assert_eq!(committed(&engine, &t).await, 1);
+        drop(tx);
+        let odd = xid("it's a \\ back'slash");
+        let mut tx = conn.begin_twophase(Some(&odd)).await.unwrap();
+        insert(&conn, &t, "odd xid").await;
+        tx.prepare().await.unwrap();
+        assert!(other.recover_twophase().await.unwrap().contains(&odd));
+        // The transaction's own commit() is COMMIT PREPARED once prepared.
+        tx.commit().await.unwrap();
+        assert_eq!(committed(&engine, &t).await, 2);
+        assert!(!other.recover_twophase().await.unwrap().contains(&odd));
+
+        // Its own rollback() after prepare is ROLLBACK PREPARED; before prepare, ROLLBACK.
+        let mut tx = conn.begin_twophase(Some(&xid("own rollback"))).await.unwrap();
+        insert(&conn, &t, "rolled back").await;
+        tx.prepare().await.unwrap();
+        tx.rollback().await.unwrap();
+        let tx = conn.begin_twophase(None).await.unwrap();
+        insert(&conn, &t, "never prepared").await;
+        tx.rollback().await.unwrap();
+        assert_eq!(committed(&engine, &t).await, 2);
+        assert!(!conn.in_transaction());
+
+        // A dropped prepared transaction stays prepared for the coordinator to finish.
+        let kept = xid("kept");
+        let mut tx = conn.begin_twophase(Some(&kept)).await.unwrap();
+        insert(&conn, &t, "kept").await;
+        tx.prepare().await.unwrap();
+        drop(tx);
+        assert!(other.recover_twophase().await.unwrap().contains(&kept));
+        other.commit_prepared(&kept).await.unwrap();
+        assert_eq!(committed(&engine, &t).await, 3);
+
+        // Misuse: prepare twice, prepare of another kind, begin_twophase inside a transaction,
+        // bad identifiers, commit of an inactive one.
+        let mut tx = conn.begin_twophase(Some(&xid("twice"))).await.unwrap();
+        tx.prepare().await.unwrap();
+        let err = tx.prepare().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Usage);
+        assert!(err.to_string().contains("already prepared"), "{err}");
+        tx.rollback().await.unwrap();
+        let mut plain = conn.begin().await.unwrap();
+        let err = plain.prepare().await.unwrap_err();
+        assert!(err.to_string().contains("two-phase"), "{err}");
+        let err = conn.begin_twophase(None).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Usage);
+        assert!(err.to_string().contains("inside a transaction"), "{err}");
+        plain.rollback().await.unwrap();
+        for bad in [String::new(), "x".repeat(200), "nul\0byte".to_owned()] {
+            let err = conn.begin_twophase(Some(&bad)).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+            assert_eq!(conn.commit_prepared(&bad).await.unwrap_err().kind(), ErrorKind::Usage);
+        }
+        assert!(!conn.in_transaction(), "a refused begin_twophase began nothing");
+        let outer = conn.begin().await.unwrap();
+        let mut joined_2pc = conn.begin_twophase(Some(&xid("inactive"))).await;
+        assert!(joined_2pc.is_err());
+        outer.rollback().await.unwrap();
+        let mut tx = conn.begin_twophase(Some(&xid("after rollback"))).await.unwrap();
+        let inner = conn.begin().await.unwrap();
+        inner.rollback().await.unwrap();
+        let err = tx.prepare().await.unwrap_err();
+        assert!(err.to_string().contains("inactive"), "{err}");
+        if let Ok(tx) = joined_2pc.as_mut() {
+            tx.prepare().await.unwrap();
+        }
+        // Unknown identifiers are the server's error; everything is still in step.
+        let err = conn.commit_prepared(&xid("never prepared")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Db, "{err}");
+        assert!(other.recover_twophase().await.unwrap().iter().all(|x| !x.starts_with(&table("xid"))));
+        assert_eq!(committed(&engine, &t).await, 3);
+        drop_table(&conn, &t).await;
+    }
+}
+
+rt_test! {
+    async fn mogrify_renders_builder_values_from_their_types() {
+        let engine = engine(1).await;
+        let conn = engine.acquire().await.unwrap();
+        let nasty = "'); DROP TABLE x; -- back\\slash ünï 🦀";
+        // Outside a context that types them, the server takes parameters as text: the
+        // others are cast (the binder refuses an int4 where the server wants text).
+        let cast = |v: Value, ty: &str| Expr::val(v).cast_as(Alias::new(ty));
+        let select = Query::select()
+            .expr(Expr::val(nasty))
+            .expr(cast(7i32.into(), "int4"))
+            .expr(cast((-9_000_000_000i64).into(), "int8"))
+            .expr(cast(1.5f64.into(), "float8"))
+            .expr(cast(true.into(), "bool"))
+            .expr(Expr::val(Value::String(None)))
+            .expr(cast(vec![0u8, 255, 39].into(), "bytea"))
+            .to_owned();
+        let err = conn.execute(&Query::select().expr(Expr::val(7i32)).to_owned()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+        let text = conn.mogrify(&select).unwrap();
+        assert!(text.contains("7::int4") && text.contains("(-9000000000)::int8"), "{text}");
+        assert!(text.contains("NULL::text") && !text.contains('$'), "{text}");
+        // Run as one string, it means what the bound statement means.
+        let bound = conn.execute(&select).await.unwrap().first().await.unwrap().unwrap();
+        let literal = conn.execute(text.as_str()).await.unwrap().first().await.unwrap().unwrap();
+        for row in [&bound, &literal] {
+            assert_eq!(row.get::<&str>(0), nasty);
+            assert_eq!(row.get::<i32>(1), 7);
+            assert_eq!(row.get::<i64>(2), -9_000_000_000);
+            assert_eq!(row.get::<f64>(3), 1.5);
+            assert!(row.get::<bool>(4));
+            assert_eq!(row.get::<Option<&str>>(5), None);
+            assert_eq!(row.get::<&[u8]>(6), [0u8, 255, 39]);
+        }
+        // Raw SQL is rendered as the cursor's mogrify does; DDL as it is.
+        let p: &[aiopg::Param<'_>] = &[&"it's"];
+        assert_eq!(conn.mogrify(("SELECT $1", p)).unwrap(), "SELECT 'it''s'::text");
+        let nul = Query::select().expr(Expr::val("a\0b")).to_owned();
+        assert_eq!(conn.mogrify(&nul).unwrap_err().kind(), ErrorKind::Encode);
+    }
+}
+
+rt_test! {
+    async fn builder_values_are_checked_against_the_parameter_types() {
+        let engine = engine(1).await;
+        let conn = engine.acquire().await.unwrap();
+        let t = table("typed");
+        conn.execute(format!("DROP TABLE IF EXISTS {t}")).await.unwrap();
+        conn.execute(format!(
+            "CREATE TABLE {t} (i2 int2, i4 int4, i8 int8, n numeric, r real, d float8, s text)"
+        ))
+        .await
+        .unwrap();
+        let insert = |col: &str, v: Value| {
+            Query::insert()
+                .into_table(Alias::new(&t))
+                .columns([Alias::new(col)])
+                .values_panic([v.into()])
+                .to_owned()
+        };
+        // Text where an integer goes is an error, never four bytes read as a number.
+        let err = conn.execute(&insert("i4", "abcd".into())).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+        // Exact widenings are taken; what does not fit is an error naming the type.
+        conn.execute(&insert("i8", 5i32.into())).await.unwrap();
+        conn.execute(&insert("i2", 7i64.into())).await.unwrap();
+        conn.execute(&insert("n", u64::MAX.into())).await.unwrap();
+        conn.execute(&insert("n", (-100_000_001i64).into())).await.unwrap();
+        conn.execute(&insert("d", 3i32.into())).await.unwrap();
+        conn.execute(&insert("r", 1.5f64.into())).await.unwrap();
+        conn.execute(&insert("d", 0.25f32.into())).await.unwrap();
+        for (col, v) in [("i2", Value::from(70_000i32)), ("r", Value::from(1.1f64))] {
+            let err = conn.execute(&insert(col, v)).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+            let chain = format!("{err} {:?}", std::error::Error::source(&err));
+            assert!(chain.contains("does not fit"), "{chain}");
+        }
+        // NULL of any Rust type fits any column.
+        conn.execute(&insert("i4", Value::String(None))).await.unwrap();
+        let sums: (i64, String, f64) = conn
+            .execute(format!(
+                "SELECT (coalesce(sum(i8), 0) + coalesce(sum(i2), 0))::int8, \
+                 string_agg(n::text, ',' ORDER BY n), coalesce(sum(r), 0) + coalesce(sum(d), 0) \
+                 FROM {t}"
+            ))
+            .await
+            .unwrap()
+            .first()
+            .await
+            .unwrap()
+            .unwrap()
+            .to()
+            .unwrap();
+        assert_eq!(sums, (12, format!("-100000001,{}", u64::MAX), 4.75));
+        conn.execute(format!("DROP TABLE {t}")).await.unwrap();
+    }
+}
+
+rt_test! {
+    async fn rows_index_by_name_and_position() {
+        let engine = engine(1).await;
+        let conn = engine.acquire().await.unwrap();
+        let row = conn
+            .execute(
+                "SELECT 1 AS n, 'one' AS label, NULL::int4 AS nothing, 2.50::numeric AS price, \
+                 '2024-01-31'::date AS day, true AS yes, '\\x00ff'::bytea AS bin, 0.5::float8 AS half",
+            )
+            .await
+            .unwrap()
+            .first()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row["n"], 1);
+        assert_eq!(row[0], SqlValue::Int(1));
+        assert_eq!(row["label"], "one");
+        assert!(row["nothing"].is_null());
+        assert_eq!(row["price"].to_string(), "2.50");
+        assert_eq!(row["day"].to_string(), "2024-01-31");
+        assert_eq!(row["yes"], true);
+        assert_eq!(row["bin"], SqlValue::Bytes(vec![0, 255]));
+        assert_eq!(row["half"], 0.5);
+        assert_eq!(row.get::<i32>("n"), 1);
+        let err = row.value("missing").unwrap_err();
+        assert!(err.to_string().contains("label"), "lists the known columns: {err}");
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row["missing"].is_null()))
+            .unwrap_err();
+        let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("price"), "the panic names the known columns: {msg}");
     }
 }

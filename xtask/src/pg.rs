@@ -238,6 +238,8 @@ wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
 hot_standby = on
+# two-phase commit (aiopg-sa's begin_twophase)
+max_prepared_transactions = 20
 "
     };
 }

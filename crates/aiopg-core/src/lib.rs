@@ -21,6 +21,7 @@ pub use row::{Column, Row, RowIndex, SimpleRow};
 /// (re-exported from `postgres-types`).
 pub mod types {
     pub use postgres_types::{
-        Field, FromSql, FromSqlOwned, IsNull, Kind, Oid, ToSql, Type, WasNull, WrongType,
+        to_sql_checked, Field, FromSql, FromSqlOwned, IsNull, Kind, Oid, ToSql, Type, WasNull,
+        WrongType,
     };
 }

@@ -114,16 +114,65 @@ pub fn mogrify(
     params: &[&(dyn ToSql + Sync)],
     standard_conforming_strings: bool,
 ) -> Result<String> {
-    let found = placeholders(sql, standard_conforming_strings)?;
+    substitute(
+        sql,
+        params.len(),
+        standard_conforming_strings,
+        |i, label| render(params[i], standard_conforming_strings, label),
+    )
+}
+
+/// As [`mogrify`], but each parameter comes with its type, so nothing is guessed: the value is
+/// encoded for that type and written as a literal cast to it. For callers that know their
+/// values' types (a query builder's typed values, a prepared statement's parameter types).
+///
+/// # Errors
+///
+/// As [`mogrify`]'s; a value that cannot be encoded as its type is an
+/// [`ErrorKind::Encode`](crate::ErrorKind::Encode) error naming the parameter and the type.
+///
+/// ```
+/// use aiopg_core::mogrify::mogrify_typed;
+/// use aiopg_core::types::Type;
+///
+/// let sql = mogrify_typed("SELECT $1, $2", &[(&7i64, Type::INT8), (&"a'b", Type::VARCHAR)], true)?;
+/// assert_eq!(sql, "SELECT 7::int8, 'a''b'::varchar");
+/// # Ok::<(), aiopg_core::Error>(())
+/// ```
+pub fn mogrify_typed(
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+    standard_conforming_strings: bool,
+) -> Result<String> {
+    substitute(
+        sql,
+        params.len(),
+        standard_conforming_strings,
+        |i, label| {
+            let (value, ty) = &params[i];
+            render_as(*value, ty, standard_conforming_strings, label)
+        },
+    )
+}
+
+/// Replaces each placeholder of `sql` with `literal(index, label)` (each parameter rendered
+/// once, an unused one never).
+fn substitute(
+    sql: &str,
+    count: usize,
+    scs: bool,
+    mut literal: impl FnMut(usize, &str) -> Result<String>,
+) -> Result<String> {
+    let found = placeholders(sql, scs)?;
     // A parameter used several times is rendered once; one never used is never rendered.
-    let mut rendered: Vec<Option<String>> = vec![None; params.len()];
+    let mut rendered: Vec<Option<String>> = vec![None; count];
     let mut out = String::with_capacity(sql.len() + 16 * found.len());
     let mut copied = 0;
     for p in found {
-        let i = param_index(p.number, params.len())?;
+        let i = param_index(p.number, count)?;
         if rendered[i].is_none() {
             let label = format!("${}", i + 1);
-            rendered[i] = Some(render(params[i], standard_conforming_strings, &label)?);
+            rendered[i] = Some(literal(i, &label)?);
         }
         let lit = rendered[i].as_deref().unwrap_or_default();
         out.push_str(&sql[copied..p.span.start]);
@@ -161,6 +210,28 @@ pub fn mogrify(
 /// ```
 pub fn literal(value: &(dyn ToSql + Sync), standard_conforming_strings: bool) -> Result<String> {
     render(value, standard_conforming_strings, "the value")
+}
+
+/// The text form of a non-NULL value of type `ty` given in its binary form (`raw`), as
+/// PostgreSQL would print it (`2024-01-31`, `1.50`, `{"a": 1}`); arrays come as an
+/// `ARRAY[...]::type[]` constructor. `None` for a type mogrify does not know (see the
+/// [module documentation](self)) or bytes that are not a valid value of the type.
+///
+/// ```
+/// use aiopg_core::mogrify::text_form;
+/// use aiopg_core::types::Type;
+///
+/// assert_eq!(text_form(&Type::INT4, &7i32.to_be_bytes()).as_deref(), Some("7"));
+/// assert_eq!(text_form(&Type::INT4, b"xy"), None);
+/// ```
+pub fn text_form(ty: &Type, raw: &[u8]) -> Option<String> {
+    if let Kind::Array(member) = ty.kind() {
+        return render_array(member, raw, true, &sql_type(ty)).ok();
+    }
+    match bare(ty, raw).ok()? {
+        Bare::Keyword(k) => Some(k.to_owned()),
+        Bare::Number(n) | Bare::Text(n) => Some(n),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -488,6 +559,8 @@ fn hstore_type() -> Type {
 enum Fail {
     /// Text with a NUL byte, which PostgreSQL text cannot hold.
     Nul,
+    /// The value's own encoding failed.
+    Encode(BoxError),
     /// Anything else, with the cause.
     Other(BoxError),
 }
@@ -510,52 +583,17 @@ enum Bare {
     Text(String),
 }
 
-/// Writes one parameter as a literal; `label` names it in errors (`$2`).
+/// Writes one parameter as a literal, its type the first candidate it encodes into; `label`
+/// names it in errors (`$2`).
 fn render(value: &(dyn ToSql + Sync), scs: bool, label: &str) -> Result<String> {
     let hstore = hstore_type();
     let mut buf = BytesMut::new();
     for ty in CANDIDATES.iter().chain([&hstore]) {
-        buf.clear();
-        let is_null = match value.to_sql_checked(ty, &mut buf) {
-            Ok(is_null) => is_null,
+        match render_into(value, ty, scs, &mut buf) {
             // Not this type: try the next one.
             Err(e) if e.is::<WrongType>() => continue,
-            Err(e) => {
-                return Err(Error::encode(
-                    format!("{label}: cannot convert the parameter to {}", ty.name()),
-                    Some(e),
-                ))
-            }
-        };
-        let cast = sql_type(ty);
-        let written = match is_null {
-            // A typed NULL: `NULL` alone would be `text` in a SELECT list.
-            IsNull::Yes => Ok(format!("NULL::{cast}")),
-            // A ToSql may send text for its type: that is its input form already.
-            IsNull::No if matches!(value.encode_format(ty), Format::Text) => {
-                std::str::from_utf8(&buf)
-                    .map_err(Fail::from)
-                    .and_then(|text| {
-                        let mut out = String::new();
-                        push_quoted(&mut out, text, scs)?;
-                        Ok(out + "::" + &cast)
-                    })
-            }
-            IsNull::No => render_value(ty, &buf, scs, &cast),
-        };
-        return written.map_err(|fail| match fail {
-            Fail::Nul => Error::encode(
-                format!(
-                    "{label}: the text holds a NUL byte (\\0), which no PostgreSQL text value \
-                     can hold; remove it, or send binary data as bytea (Vec<u8>)"
-                ),
-                None,
-            ),
-            Fail::Other(e) => Error::encode(
-                format!("{label}: mogrify cannot render this {} value", ty.name()),
-                Some(e),
-            ),
-        });
+            written => return written.map_err(|e| written_error(e, ty, label)),
+        }
     }
     Err(Error::encode(
         format!(
@@ -565,6 +603,68 @@ fn render(value: &(dyn ToSql + Sync), scs: bool, label: &str) -> Result<String> 
         ),
         None,
     ))
+}
+
+/// Writes one parameter as a literal of type `ty`; `label` names it in errors.
+fn render_as(value: &(dyn ToSql + Sync), ty: &Type, scs: bool, label: &str) -> Result<String> {
+    render_into(value, ty, scs, &mut BytesMut::new()).map_err(|e| written_error(e, ty, label))
+}
+
+/// Encodes `value` as `ty` (into `buf`) and writes the literal. A [`WrongType`] error comes
+/// back as it is, so that [`render`] can try the next candidate.
+fn render_into(
+    value: &(dyn ToSql + Sync),
+    ty: &Type,
+    scs: bool,
+    buf: &mut BytesMut,
+) -> Result<String, Fail> {
+    buf.clear();
+    let is_null = match value.to_sql_checked(ty, buf) {
+        Ok(is_null) => is_null,
+        Err(e) if e.is::<WrongType>() => return Err(Fail::Other(e)),
+        Err(e) => return Err(Fail::Encode(e)),
+    };
+    let cast = sql_type(ty);
+    match is_null {
+        // A typed NULL: `NULL` alone would be `text` in a SELECT list.
+        IsNull::Yes => Ok(format!("NULL::{cast}")),
+        // A ToSql may send text for its type: that is its input form already.
+        IsNull::No if matches!(value.encode_format(ty), Format::Text) => {
+            let text = std::str::from_utf8(buf)?;
+            let mut out = String::new();
+            push_quoted(&mut out, text, scs)?;
+            Ok(out + "::" + &cast)
+        }
+        IsNull::No => render_value(ty, buf, scs, &cast),
+    }
+}
+
+impl Fail {
+    /// A [`WrongType`] failure, which [`render`] treats as "try the next candidate".
+    fn is<E: std::error::Error + 'static>(&self) -> bool {
+        matches!(self, Fail::Other(e) if e.is::<E>())
+    }
+}
+
+/// The error for a value that could not be written as `ty`.
+fn written_error(fail: Fail, ty: &Type, label: &str) -> Error {
+    match fail {
+        Fail::Nul => Error::encode(
+            format!(
+                "{label}: the text holds a NUL byte (\\0), which no PostgreSQL text value \
+                 can hold; remove it, or send binary data as bytea (Vec<u8>)"
+            ),
+            None,
+        ),
+        Fail::Encode(e) => Error::encode(
+            format!("{label}: cannot convert the parameter to {}", ty.name()),
+            Some(e),
+        ),
+        Fail::Other(e) => Error::encode(
+            format!("{label}: mogrify cannot render this {} value", ty.name()),
+            Some(e),
+        ),
+    }
 }
 
 /// The name to cast to.

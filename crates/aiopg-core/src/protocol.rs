@@ -303,7 +303,8 @@ pub fn bind(
                 Ok(postgres_types::IsNull::Yes) => Ok(IsNull::Yes),
                 Ok(postgres_types::IsNull::No) => Ok(IsNull::No),
                 Err(e) => {
-                    failed = Some((index, ty.clone(), e));
+                    // The first failure is the one reported.
+                    failed.get_or_insert((index, ty.clone(), e));
                     Ok(IsNull::Yes)
                 }
             }

@@ -1,10 +1,13 @@
 //! The engine (aiopg.sa's `create_engine`) and its connections.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aiopg_core::types::FromSqlOwned;
 use aiopg_core::Result;
-use aiopg_pool::{IntoConnectOptions, Pool, PooledConnection};
+use aiopg_pool::{IntoConnectOptions, Pool, PoolBuilder, PooledConnection, Reuse};
+use aiopg_rt::{BoxFuture, Runtime};
 
 use aiopg_conn::TransactionOptions;
 
@@ -16,11 +19,13 @@ use crate::transaction::SATransaction;
 #[derive(Clone)]
 pub struct Engine {
     pool: Pool,
+    server_version: u32,
 }
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
+            .field("server_version", &self.server_version)
             .field("size", &self.pool.size())
             .field("free_size", &self.pool.free_size())
             .finish_non_exhaustive()
@@ -28,15 +33,101 @@ impl fmt::Debug for Engine {
 }
 
 /// An engine over a new pool for `options` (a DSN or `ConnectOptions`), with the pool's
-/// defaults; [`Engine::from_pool`] takes a pool built with any of its options.
+/// defaults; [`Engine::builder`] takes every pool option. It connects once to learn the
+/// server's version, so a wrong DSN or password fails here.
 pub async fn create_engine(options: impl IntoConnectOptions) -> Result<Engine> {
-    Ok(Engine::from_pool(Pool::builder(options).build().await?))
+    Engine::builder(options).build().await
+}
+
+/// Builds an [`Engine`] with any of the pool's options (the same names and defaults as
+/// [`PoolBuilder`]'s, aiopg's `minsize`, `maxsize`, `timeout`, `pool_recycle` among them).
+///
+/// ```no_run
+/// # async fn f() -> aiopg_core::Result<()> {
+/// use std::time::Duration;
+///
+/// let engine = aiopg_sa::Engine::builder("postgresql://app@localhost/app")
+///     .min_size(2)
+///     .max_size(20)
+///     .timeout(Duration::from_secs(5))
+///     .build()
+///     .await?;
+/// assert_eq!(engine.max_size(), 20);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "an EngineBuilder does nothing until build() is awaited"]
+pub struct EngineBuilder(PoolBuilder);
+
+macro_rules! pool_option {
+    ($($(#[$doc:meta])* $name:ident($ty:ty);)*) => {$(
+        $(#[$doc])*
+        pub fn $name(self, value: $ty) -> Self {
+            EngineBuilder(self.0.$name(value))
+        }
+    )*};
+}
+
+impl EngineBuilder {
+    pool_option! {
+        /// [`PoolBuilder::min_size`]: connections opened at creation and kept open.
+        min_size(usize);
+        /// [`PoolBuilder::max_size`]: the most connections, idle and in use.
+        max_size(usize);
+        /// [`PoolBuilder::timeout`]: how long `acquire()` may take (`None`: no limit).
+        timeout(impl Into<Option<Duration>>);
+        /// [`PoolBuilder::recycle`]: replace connections older than this.
+        recycle(impl Into<Option<Duration>>);
+        /// [`PoolBuilder::idle_timeout`]: close connections idle longer than this.
+        idle_timeout(impl Into<Option<Duration>>);
+        /// [`PoolBuilder::max_lifetime`]: replace and close connections older than this.
+        max_lifetime(impl Into<Option<Duration>>);
+        /// [`PoolBuilder::test_on_acquire`]: check connections idle this long before use.
+        test_on_acquire(impl Into<Option<Duration>>);
+        /// [`PoolBuilder::reset_on_release`]: `UNLISTEN *` and `RESET ALL` on release.
+        reset_on_release(bool);
+        /// [`PoolBuilder::reuse`]: which idle connection goes out first.
+        reuse(Reuse);
+        /// [`PoolBuilder::runtime`]: the runtime for timers, tasks and connections.
+        runtime(Arc<dyn Runtime>);
+    }
+
+    /// [`PoolBuilder::on_connect`]: runs on every new connection before it is used.
+    pub fn on_connect<F>(self, callback: F) -> Self
+    where
+        F: for<'a> Fn(&'a aiopg_conn::Connection) -> BoxFuture<'a, Result<()>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        EngineBuilder(self.0.on_connect(callback))
+    }
+
+    /// Creates the pool and the engine; connects once to learn the server's version.
+    pub async fn build(self) -> Result<Engine> {
+        Engine::from_pool(self.0.build().await?).await
+    }
 }
 
 impl Engine {
-    /// An engine over `pool` (built with `Pool::builder(..)` and every option it has).
-    pub fn from_pool(pool: Pool) -> Engine {
-        Engine { pool }
+    /// A builder taking every pool option.
+    pub fn builder(options: impl IntoConnectOptions) -> EngineBuilder {
+        EngineBuilder(Pool::builder(options))
+    }
+
+    /// An engine over `pool`; acquires a connection once to learn the server's version.
+    pub async fn from_pool(pool: Pool) -> Result<Engine> {
+        let server_version = pool.acquire().await?.server_version();
+        Ok(Engine {
+            pool,
+            server_version,
+        })
+    }
+
+    /// The server's version in libpq's integer form (`150010` for 15.10), learned when the
+    /// engine was created.
+    pub fn server_version(&self) -> u32 {
+        self.server_version
     }
 
     /// The SQL dialect: always `"postgresql"`.
@@ -132,6 +223,30 @@ impl SAConnection {
         }
     }
 
+    /// The statement as one SQL string with its values written out as literals, for logs and
+    /// debugging (what runs is always the statement with its values bound). A builder
+    /// statement's values are rendered from their own types (`Value::Int` as `5::int4`,
+    /// `Value::String` as `'...'::text`), following the connection's
+    /// `standard_conforming_strings`; raw SQL's parameters as `Cursor::mogrify` renders them.
+    ///
+    /// # Errors
+    ///
+    /// An `Encode` error naming the parameter when a value cannot be written as a literal (a
+    /// NUL in text, a type mogrify does not know).
+    pub fn mogrify(&self, stmt: impl Executable) -> Result<String> {
+        let scs = self
+            .conn
+            .parameter_status("standard_conforming_strings")
+            .is_none_or(|v| v == "on");
+        match stmt.build() {
+            Built::Raw { sql, params } => aiopg_core::mogrify::mogrify(sql, params, scs),
+            Built::Query { sql, values } => {
+                aiopg_core::mogrify::mogrify_typed(&sql, &values.as_typed(), scs)
+            }
+            Built::Schema(sql) => Ok(sql),
+        }
+    }
+
     /// The first column of the first row a statement returns (`None` without rows, or for
     /// NULL).
     pub async fn scalar<T: FromSqlOwned>(&self, stmt: impl Executable) -> Result<Option<T>> {
@@ -155,6 +270,50 @@ impl SAConnection {
     /// a transaction when none is open.
     pub async fn begin_nested(&self) -> Result<SATransaction> {
         SATransaction::begin(&self.conn, &self.tx, None, true).await
+    }
+
+    /// Begins a transaction to be committed in two phases: `BEGIN`, then
+    /// [`SATransaction::prepare`] (`PREPARE TRANSACTION xid`), then `commit()` / `rollback()`
+    /// (`COMMIT PREPARED` / `ROLLBACK PREPARED`). `xid` names it (1 to 199 bytes, no NUL);
+    /// `None` makes a unique one ([`SATransaction::xid`] tells it). The server must allow
+    /// prepared transactions (`max_prepared_transactions` > 0).
+    ///
+    /// # Errors
+    ///
+    /// `Usage` inside a transaction (a two-phase transaction is the outermost one) and for an
+    /// invalid `xid`.
+    pub async fn begin_twophase(&self, xid: Option<&str>) -> Result<SATransaction> {
+        SATransaction::begin_twophase(&self.conn, &self.tx, xid).await
+    }
+
+    /// The identifiers of the transactions prepared in this database and not yet committed or
+    /// rolled back (prepared transactions of other databases cannot be finished from here, so
+    /// they are not listed), oldest first.
+    pub async fn recover_twophase(&self) -> Result<Vec<String>> {
+        let rows = self
+            .conn
+            .query(
+                "SELECT gid FROM pg_catalog.pg_prepared_xacts \
+                 WHERE database = pg_catalog.current_database() ORDER BY prepared",
+                &[],
+            )
+            .await?;
+        rows.iter().map(|r| r.try_get::<String>(0)).collect()
+    }
+
+    /// Commits a prepared transaction (`COMMIT PREPARED`), whichever session prepared it.
+    /// Outside a transaction block only (the server's error says so otherwise).
+    pub async fn commit_prepared(&self, xid: &str) -> Result<()> {
+        crate::transaction::check_xid(xid)?;
+        let sql = format!("COMMIT PREPARED {}", crate::transaction::xid_literal(xid));
+        self.conn.batch_execute(&sql).await
+    }
+
+    /// Rolls back a prepared transaction (`ROLLBACK PREPARED`), whichever session prepared it.
+    pub async fn rollback_prepared(&self, xid: &str) -> Result<()> {
+        crate::transaction::check_xid(xid)?;
+        let sql = format!("ROLLBACK PREPARED {}", crate::transaction::xid_literal(xid));
+        self.conn.batch_execute(&sql).await
     }
 
     /// True inside a transaction block.

@@ -26,20 +26,32 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Status: the engine, statements, results and transactions (`begin`, `begin_with`,
-//! `begin_nested`) are here; two-phase transactions come next.
+//! Transactions: [`SAConnection::begin`] (an inner `begin()` joins the open transaction, as
+//! in aiopg.sa), [`SAConnection::begin_nested`] (savepoints), and
+//! [`SAConnection::begin_twophase`] with [`SATransaction::prepare`],
+//! [`SAConnection::recover_twophase`], [`SAConnection::commit_prepared`] and
+//! [`SAConnection::rollback_prepared`].
+//!
+//! Builder values are bound checked against the parameter types the server reports (see
+//! [`Values`]): a value that does not fit is an `Encode` error, never bytes the server
+//! misreads. A parameter with no context to type it (`SELECT $1`) is `text` to the server,
+//! so a non-text value there needs a cast (`Expr::val(7).cast_as("int4")`).
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod bind;
 mod engine;
 mod result;
 mod statement;
 mod transaction;
+mod value;
 
-pub use engine::{create_engine, Engine, SAConnection};
+pub use bind::Values;
+pub use engine::{create_engine, Engine, EngineBuilder, SAConnection};
 pub use result::{ResultProxy, RowProxy};
-pub use statement::Executable;
+pub use statement::{Built, Executable};
 pub use transaction::SATransaction;
+pub use value::SqlValue;
 
 /// The query builder, re-exported so that its version always matches this crate's.
 pub use sea_query;

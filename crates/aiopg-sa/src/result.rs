@@ -1,8 +1,9 @@
 //! aiopg.sa's `ResultProxy` and `RowProxy`, over a row stream (bounded memory).
 
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, Index};
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -12,26 +13,83 @@ use aiopg_core::from_row::FromRow;
 use aiopg_core::types::FromSqlOwned;
 use aiopg_core::{Error, Result};
 
-/// One row of a [`ResultProxy`]: read by index or by column name
-/// (`row.get::<i32>("id")`; an unknown name is an error listing the known ones), or into a
-/// [`FromRow`] type. It derefs to aiopg's [`Row`].
-#[derive(Debug)]
-pub struct RowProxy(Row);
+use crate::value::SqlValue;
+
+/// One row of a [`ResultProxy`], read as aiopg.sa's rows are:
+///
+/// - `row["name"]` and `row[0]` give the value as a [`SqlValue`] whatever its type (and, as
+///   indexing a map or a slice does, panic for a column that does not exist, naming the known
+///   ones);
+/// - `row.get::<T>("name")` / `row.try_get::<T>(0)` decode into a Rust type (`try_get`'s error
+///   for an unknown column lists the known ones);
+/// - `row.to::<T>()` reads the whole row into a [`FromRow`] type.
+///
+/// It derefs to aiopg's [`Row`].
+pub struct RowProxy {
+    row: Row,
+    /// Every column as a [`SqlValue`], decoded on the first `row[..]`.
+    values: OnceLock<Box<[SqlValue]>>,
+}
+
+impl fmt::Debug for RowProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RowProxy").field(&self.row).finish()
+    }
+}
 
 impl RowProxy {
+    fn new(row: Row) -> RowProxy {
+        RowProxy {
+            row,
+            values: OnceLock::new(),
+        }
+    }
+
     /// The row as a `FromRow` type.
     pub fn to<T: FromRow>(&self) -> Result<T> {
-        T::from_row(&self.0)
+        T::from_row(&self.row)
     }
 
     /// The column names, in order (aiopg.sa's `keys()`).
     pub fn keys(&self) -> Vec<&str> {
-        self.0.columns().iter().map(|c| c.name()).collect()
+        self.row.columns().iter().map(|c| c.name()).collect()
+    }
+
+    /// The value of a column (by index or name) as a [`SqlValue`]; an unknown column is an
+    /// error listing the known ones.
+    pub fn value(&self, idx: impl aiopg_core::RowIndex) -> Result<&SqlValue> {
+        match idx.index(self.row.columns()) {
+            Some(i) => Ok(&self.values()[i]),
+            // try_get's error names the known columns.
+            None => Err(self
+                .row
+                .try_get::<SqlValue>(idx)
+                .err()
+                .unwrap_or_else(|| Error::usage("unknown column"))),
+        }
     }
 
     /// The underlying row.
     pub fn into_row(self) -> Row {
-        self.0
+        self.row
+    }
+
+    fn values(&self) -> &[SqlValue] {
+        self.values.get_or_init(|| {
+            self.row
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| SqlValue::decode(c.type_(), self.row.raw(i)))
+                .collect()
+        })
+    }
+
+    fn lookup(&self, idx: impl aiopg_core::RowIndex) -> &SqlValue {
+        match self.value(idx) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 
@@ -39,7 +97,26 @@ impl Deref for RowProxy {
     type Target = Row;
 
     fn deref(&self) -> &Row {
-        &self.0
+        &self.row
+    }
+}
+
+impl Index<usize> for RowProxy {
+    type Output = SqlValue;
+
+    /// The column at `i`; panics past the last column (use [`RowProxy::value`] for an error).
+    fn index(&self, i: usize) -> &SqlValue {
+        self.lookup(i)
+    }
+}
+
+impl Index<&str> for RowProxy {
+    type Output = SqlValue;
+
+    /// The column named `name`; panics, naming the known columns, if there is none (use
+    /// [`RowProxy::value`] for an error).
+    fn index(&self, name: &str) -> &SqlValue {
+        self.lookup(name)
     }
 }
 
@@ -146,7 +223,7 @@ impl ResultProxy {
             return Err(closed_error());
         };
         match next(stream).await {
-            Some(Ok(row)) => Ok(Some(RowProxy(row))),
+            Some(Ok(row)) => Ok(Some(RowProxy::new(row))),
             Some(Err(e)) => {
                 self.finish();
                 Err(e)
@@ -225,7 +302,7 @@ impl Stream for ResultProxy {
         };
         match Pin::new(stream).poll_next(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(row))) => Poll::Ready(Some(Ok(RowProxy(row)))),
+            Poll::Ready(Some(Ok(row))) => Poll::Ready(Some(Ok(RowProxy::new(row)))),
             Poll::Ready(Some(Err(e))) => {
                 this.finish();
                 Poll::Ready(Some(Err(e)))

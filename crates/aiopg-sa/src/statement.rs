@@ -5,9 +5,11 @@ use sea_query::{
     PostgresQueryBuilder, SelectStatement, TableAlterStatement, TableCreateStatement,
     TableDropStatement, TableTruncateStatement, UpdateStatement,
 };
-use sea_query_postgres::{PostgresBinder, PostgresValues};
+use sea_query_postgres::PostgresBinder;
 
 use aiopg_conn::Param;
+
+use crate::bind::Values;
 
 /// A statement ready to run: its SQL and the values bound to its `$n` placeholders.
 #[derive(Debug)]
@@ -23,8 +25,8 @@ pub enum Built<'a> {
     Query {
         /// The SQL, with `$n` placeholders.
         sql: String,
-        /// The values, bound as parameters.
-        values: PostgresValues,
+        /// The values, bound as parameters (each checked against the parameter's type).
+        values: Values,
     },
     /// A schema statement (DDL), which has no parameters.
     Schema(String),
@@ -78,7 +80,7 @@ macro_rules! query_statement {
         impl Executable for $t {
             fn build(&self) -> Built<'_> {
                 let (sql, values) = self.build_postgres(PostgresQueryBuilder);
-                Built::Query { sql, values }
+                Built::Query { sql, values: Values::new(values) }
             }
         }
     )*};

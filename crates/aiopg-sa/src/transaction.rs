@@ -1,5 +1,5 @@
-//! aiopg.sa's transactions: `begin()` (a joined inner `begin()` included) and
-//! `begin_nested()` (savepoints).
+//! aiopg.sa's transactions: `begin()` (a joined inner `begin()` included), `begin_nested()`
+//! (savepoints) and `begin_twophase()` (`PREPARE TRANSACTION`).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -31,11 +31,21 @@ enum Kind {
     Joined,
     /// A `begin_nested()` inside a transaction: a savepoint.
     Nested(String),
+    /// An outermost transaction to be committed in two phases.
+    TwoPhase {
+        /// The transaction identifier (`gid`).
+        xid: String,
+        /// True once `PREPARE TRANSACTION` succeeded: the transaction then lives on the
+        /// server, apart from the session.
+        prepared: bool,
+    },
 }
 
 /// A transaction of an [`SAConnection`](crate::SAConnection), as aiopg.sa's `Transaction`:
-/// `commit()` and `rollback()` (and `is_active()`). Dropping an active outermost transaction or
-/// savepoint rolls it back (the statement is queued at once).
+/// `commit()` and `rollback()` (and `is_active()`), and for a two-phase one `prepare()`.
+/// Dropping an active outermost transaction or savepoint rolls it back (the statement is
+/// queued at once); a prepared two-phase transaction is left prepared on the server (that is
+/// its point: find it with `recover_twophase()`).
 pub struct SATransaction {
     conn: Connection,
     shared: Shared,
@@ -62,6 +72,40 @@ fn inactive() -> Error {
 }
 
 impl SATransaction {
+    pub(crate) async fn begin_twophase(
+        conn: &Connection,
+        shared: &Shared,
+        xid: Option<&str>,
+    ) -> Result<SATransaction> {
+        if lock(shared).root.is_some()
+            || conn.transaction_status() != aiopg_core::TransactionStatus::Idle
+        {
+            return Err(Error::usage(
+                "begin_twophase() inside a transaction: a two-phase transaction must be the \
+                 outermost one (commit or roll back the open transaction first)",
+            ));
+        }
+        let xid = match xid {
+            Some(xid) => {
+                check_xid(xid)?;
+                xid.to_owned()
+            }
+            None => new_xid(conn.backend_pid()),
+        };
+        conn.batch_execute("BEGIN").await?;
+        let generation = open_root(shared);
+        Ok(SATransaction {
+            conn: conn.clone(),
+            shared: shared.clone(),
+            kind: Kind::TwoPhase {
+                xid,
+                prepared: false,
+            },
+            generation,
+            active: true,
+        })
+    }
+
     pub(crate) async fn begin(
         conn: &Connection,
         shared: &Shared,
@@ -97,12 +141,7 @@ impl SATransaction {
         }
         let sql = options.unwrap_or_default().begin_sql();
         conn.batch_execute(&sql).await?;
-        let generation = {
-            let mut st = lock(shared);
-            st.generation += 1;
-            st.root = Some(st.generation);
-            st.generation
-        };
+        let generation = open_root(shared);
         Ok(SATransaction {
             conn: conn.clone(),
             shared: shared.clone(),
@@ -112,9 +151,58 @@ impl SATransaction {
         })
     }
 
-    /// True until it is committed or rolled back, or the transaction it belongs to is.
+    /// True until it is committed or rolled back, or the transaction it belongs to is. A
+    /// prepared two-phase transaction stays active until `commit()` or `rollback()`.
     pub fn is_active(&self) -> bool {
-        self.active && lock(&self.shared).root == Some(self.generation)
+        self.active
+            && (matches!(self.kind, Kind::TwoPhase { prepared: true, .. })
+                || lock(&self.shared).root == Some(self.generation))
+    }
+
+    /// A two-phase transaction's identifier (`None` for the other kinds).
+    pub fn xid(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::TwoPhase { xid, .. } => Some(xid),
+            _ => None,
+        }
+    }
+
+    /// Prepares a two-phase transaction (`PREPARE TRANSACTION`): its work is kept by the
+    /// server, apart from this session, until `commit()` / `rollback()` here or
+    /// `commit_prepared(xid)` / `rollback_prepared(xid)` from any connection to the database.
+    /// The connection is then outside any transaction and can be used for other work.
+    ///
+    /// # Errors
+    ///
+    /// `Usage` for a transaction that is not two-phase, one already prepared, or an inactive
+    /// one. If the server refuses (`max_prepared_transactions` is 0, a serialization failure),
+    /// the transaction is rolled back, as PostgreSQL does, and becomes inactive.
+    pub async fn prepare(&mut self) -> Result<()> {
+        let active = self.is_active();
+        let Kind::TwoPhase { xid, prepared } = &mut self.kind else {
+            return Err(Error::usage(
+                "prepare() is only for a two-phase transaction (begin_twophase)",
+            ));
+        };
+        if *prepared {
+            return Err(Error::usage(
+                "this two-phase transaction is already prepared: commit() or rollback() it",
+            ));
+        }
+        if !active {
+            self.active = false;
+            return Err(inactive());
+        }
+        let res = self
+            .conn
+            .batch_execute(&format!("PREPARE TRANSACTION {}", xid_literal(xid)))
+            .await;
+        match res {
+            Ok(()) => *prepared = true,
+            Err(_) => self.active = false,
+        }
+        self.end_root();
+        res
     }
 
     /// Commits: the outermost transaction sends `COMMIT`, a savepoint is released, a joined
@@ -133,7 +221,15 @@ impl SATransaction {
                     .batch_execute(&format!("RELEASE SAVEPOINT {name}"))
                     .await
             }
-            Kind::Root => {
+            Kind::TwoPhase {
+                xid,
+                prepared: true,
+            } => {
+                self.conn
+                    .batch_execute(&format!("COMMIT PREPARED {}", xid_literal(xid)))
+                    .await
+            }
+            Kind::Root | Kind::TwoPhase { .. } => {
                 let res = self.conn.batch_execute("COMMIT").await;
                 self.end_root();
                 res
@@ -156,7 +252,15 @@ impl SATransaction {
                     .batch_execute(&format!("ROLLBACK TO SAVEPOINT {name}"))
                     .await
             }
-            Kind::Root | Kind::Joined => {
+            Kind::TwoPhase {
+                xid,
+                prepared: true,
+            } => {
+                self.conn
+                    .batch_execute(&format!("ROLLBACK PREPARED {}", xid_literal(xid)))
+                    .await
+            }
+            Kind::Root | Kind::Joined | Kind::TwoPhase { .. } => {
                 let res = self.conn.batch_execute("ROLLBACK").await;
                 self.end_root();
                 res
@@ -180,10 +284,64 @@ impl Drop for SATransaction {
         match &self.kind {
             Kind::Joined => {}
             Kind::Nested(name) => self.conn.detach(&format!("ROLLBACK TO SAVEPOINT {name}")),
-            Kind::Root => {
+            // A prepared transaction outlives the session: it waits for the coordinator.
+            Kind::TwoPhase { prepared: true, .. } => {}
+            Kind::Root | Kind::TwoPhase { .. } => {
                 self.conn.detach("ROLLBACK");
                 self.end_root();
             }
         }
     }
+}
+
+/// Records a new outermost transaction; returns its generation.
+fn open_root(shared: &Shared) -> u64 {
+    let mut st = lock(shared);
+    st.generation += 1;
+    st.root = Some(st.generation);
+    st.generation
+}
+
+/// The longest transaction identifier PostgreSQL takes (`GIDSIZE` is 200 with the NUL).
+const MAX_XID_LEN: usize = 199;
+
+/// Checks a transaction identifier before it is written into a statement.
+pub(crate) fn check_xid(xid: &str) -> Result<()> {
+    if xid.is_empty() || xid.len() > MAX_XID_LEN || xid.contains('\0') {
+        return Err(Error::usage(format!(
+            "a two-phase transaction identifier must be 1 to {MAX_XID_LEN} bytes without NUL \
+             (this one has {} bytes{})",
+            xid.len(),
+            if xid.contains('\0') { " and a NUL" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// The identifier as a string literal (`PREPARE TRANSACTION` and friends take no parameters).
+/// An escape string when it holds a backslash, which means the same whatever
+/// `standard_conforming_strings` is.
+pub(crate) fn xid_literal(xid: &str) -> String {
+    let quoted = xid.replace('\'', "''");
+    if xid.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+/// An identifier for `begin_twophase(None)`: unique among the server's prepared transactions
+/// (the backend's pid, the time and a per-process counter, mixed with a random key).
+fn new_xid(pid: i32) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u64(n);
+    format!("_sa_{pid:x}_{nanos:x}_{n:x}_{:016x}", h.finish())
 }
