@@ -20,6 +20,7 @@ mod notify;
 mod pipeline;
 mod pool;
 mod report;
+mod sa;
 mod stream;
 
 use std::process::Command;
@@ -44,6 +45,9 @@ const WORKLOADS: &[&str] = &[
     "copy-in",
     "copy-out",
     "notify",
+    "sa-select",
+    "sa-select-1k",
+    "sa-stream-1m",
 ];
 const LATER: &[(&str, &str)] = &[];
 
@@ -212,6 +216,14 @@ fn main() {
 /// The client contenders of a workload: (contender, runtime).
 fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)> {
     let mut v = Vec::new();
+    if workload.starts_with("sa-") {
+        // aiopg.sa's layer beside the plain connection running the same statement.
+        for &rt in &s.runtimes {
+            v.push(("aiopg-sa", rt));
+            v.push(("aiopg", rt));
+        }
+        return v;
+    }
     for &rt in &s.runtimes {
         v.push(("aiopg", rt));
         if workload == "pipeline" {
@@ -267,7 +279,7 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
     );
     let amount = if s.smoke {
         Amount::Count(match workload {
-            "fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify" => 1000,
+            "fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify" | "sa-stream-1m" => 1000,
             _ => 200,
         })
     } else {
@@ -280,7 +292,10 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
                     .unwrap_or_else(|e| panic!("{contender}/{rt} on {workload}: {e}"));
                 let name = format!("{contender}/{rt}");
                 report.add(workload, layout.name(), &name, r.clone(), unit(workload));
-                if matches!(workload, "fetch-1m" | "stream-5m" | "copy-out") {
+                if matches!(
+                    workload,
+                    "fetch-1m" | "stream-5m" | "copy-out" | "sa-stream-1m"
+                ) {
                     let what = format!("{workload} peak RSS growth");
                     report.add(&what, layout.name(), &name, Sample::rss(&r), "MB");
                 }
@@ -303,7 +318,9 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
 
 fn unit(workload: &str) -> &'static str {
     match workload {
-        "fetch-1m" | "stream-5m" | "insert-batch" | "copy-in" | "copy-out" => "rows/s",
+        "fetch-1m" | "stream-5m" | "insert-batch" | "copy-in" | "copy-out" | "sa-stream-1m" => {
+            "rows/s"
+        }
         "notify" => "notifications/s",
         "acquire" => "acquires/s",
         _ => "ops/s",
@@ -314,7 +331,9 @@ fn unit(workload: &str) -> &'static str {
 /// preparing, shutting down), divided by N.
 fn instructions_for(s: &Settings, workload: &str, report: &mut Report) {
     let n: u64 = match (workload, s.smoke) {
-        ("fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify", false) => 100_000,
+        ("fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify" | "sa-stream-1m", false) => {
+            100_000
+        }
         ("insert-batch", false) => 10_000,
         ("acquire", false) => 20_000,
         ("fetch-1m" | "stream-5m" | "insert-batch", true) => 1_000,

@@ -58,6 +58,11 @@ impl RowStream {
         &self.columns
     }
 
+    /// The result columns, shared (every row of the stream holds the same list).
+    pub fn shared_columns(&self) -> Arc<[Column]> {
+        self.columns.clone()
+    }
+
     /// Rows returned or affected, once the stream has ended (`None` before, and for commands
     /// without a count).
     pub fn rows_affected(&self) -> Option<u64> {

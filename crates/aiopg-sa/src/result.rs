@@ -3,12 +3,12 @@
 use std::fmt;
 use std::ops::{Deref, Index};
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use aiopg_conn::{Row, RowStream};
+use aiopg_conn::{Column, Row, RowStream};
 use aiopg_core::from_row::FromRow;
 use aiopg_core::types::FromSqlOwned;
 use aiopg_core::{Error, Result};
@@ -133,7 +133,7 @@ enum Source {
 /// fetching from a closed result is an error saying so.
 pub struct ResultProxy {
     source: Source,
-    keys: Vec<String>,
+    columns: Arc<[Column]>,
     returns_rows: bool,
     rowcount: i64,
     closed: bool,
@@ -142,7 +142,7 @@ pub struct ResultProxy {
 impl fmt::Debug for ResultProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResultProxy")
-            .field("keys", &self.keys)
+            .field("keys", &self.keys())
             .field("rowcount", &self.rowcount)
             .field("closed", &self.closed)
             .finish_non_exhaustive()
@@ -156,26 +156,22 @@ fn closed_error() -> Error {
 impl ResultProxy {
     /// A result reading `stream`; a statement without result columns is read to its end now.
     pub(crate) async fn new(mut stream: RowStream) -> Result<ResultProxy> {
-        let keys: Vec<String> = stream
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-        if keys.is_empty() {
+        let columns = stream.shared_columns();
+        if columns.is_empty() {
             while let Some(row) = next(&mut stream).await {
                 row?;
             }
             return Ok(ResultProxy {
                 rowcount: stream.rows_affected().map_or(-1, |n| n as i64),
                 source: Source::Done,
-                keys,
+                columns,
                 returns_rows: false,
                 closed: true,
             });
         }
         Ok(ResultProxy {
             source: Source::Rows(stream),
-            keys,
+            columns,
             returns_rows: true,
             rowcount: -1,
             closed: false,
@@ -186,16 +182,16 @@ impl ResultProxy {
     pub(crate) fn empty() -> ResultProxy {
         ResultProxy {
             source: Source::Done,
-            keys: Vec::new(),
+            columns: Arc::new([]),
             returns_rows: false,
             rowcount: -1,
             closed: true,
         }
     }
 
-    /// The column names.
-    pub fn keys(&self) -> &[String] {
-        &self.keys
+    /// The column names, in order.
+    pub fn keys(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.name()).collect()
     }
 
     /// Rows affected by a statement without rows; for one with rows, how many it returned
@@ -237,23 +233,46 @@ impl ResultProxy {
 
     /// Up to `n` more rows (fewer at the end).
     pub async fn fetchmany(&mut self, n: usize) -> Result<Vec<RowProxy>> {
-        let mut out = Vec::with_capacity(n.min(1024));
-        while out.len() < n {
-            match self.fetchone().await? {
-                Some(row) => out.push(row),
-                None => break,
-            }
-        }
-        Ok(out)
+        self.fetch_up_to(n).await
     }
 
     /// Every remaining row; the result closes.
     pub async fn fetchall(&mut self) -> Result<Vec<RowProxy>> {
-        let mut out = Vec::new();
-        while let Some(row) = self.fetchone().await? {
-            out.push(row);
+        self.fetch_up_to(usize::MAX).await
+    }
+
+    /// Up to `n` rows in one future (not one per row); the result closes at the end.
+    async fn fetch_up_to(&mut self, n: usize) -> Result<Vec<RowProxy>> {
+        if self.closed {
+            return Err(closed_error());
         }
-        Ok(out)
+        let Source::Rows(stream) = &mut self.source else {
+            return Err(closed_error());
+        };
+        let mut out = Vec::new();
+        let end = std::future::poll_fn(|cx| {
+            while out.len() < n {
+                match Pin::new(&mut *stream).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(row))) => out.push(RowProxy::new(row)),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                }
+            }
+            Poll::Ready(Some(Ok(())))
+        })
+        .await;
+        match end {
+            Some(Ok(())) => Ok(out),
+            Some(Err(e)) => {
+                self.finish();
+                Err(e)
+            }
+            None => {
+                self.finish();
+                Ok(out)
+            }
+        }
     }
 
     /// The first row, and the result closes (the rest is discarded).
