@@ -89,3 +89,47 @@ rt_test! {
         assert!(conn.is_closed());
     }
 }
+
+/// The xtask server's TCP address.
+fn server_addr() -> std::net::SocketAddr {
+    let c = crate::support::cluster().expect("the xtask cluster");
+    format!("127.0.0.1:{}", c.port).parse().unwrap()
+}
+
+rt_test! {
+    async fn a_commit_whose_answer_is_lost_is_reported_as_unknown() {
+        use crate::fault_proxy::{dsn_via, Proxy};
+        let admin = connect().await;
+        let t = format!("commit_unknown_{}_{}", crate::support::runtime_name().replace('-', "_"), std::process::id());
+        admin.batch_execute(&format!("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int)")).await.unwrap();
+
+        // The server runs the COMMIT; its answer never reaches the client.
+        let proxy = Proxy::losing_answer_to(server_addr(), b"COMMIT");
+        let conn = crate::support::options(&dsn_via(proxy.port)).connect().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        conn.execute(&format!("INSERT INTO {t} VALUES (1)"), &[]).await.unwrap();
+        let err = tx.commit().await.unwrap_err();
+        assert!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(err.kind(), aiopg::ErrorKind::CommitUnknown, "{err}");
+        assert!(err.is_commit_unknown() && err.is_closed(), "{err}");
+        assert!(err.to_string().contains("may or may not have committed"), "{err}");
+        assert!(conn.is_closed());
+        // Here it did commit.
+        let n: i64 = admin.query(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap()[0].get(0);
+        assert_eq!(n, 1);
+
+        // A commit on a connection already known to be closed never left the client: a
+        // plain failure, and nothing committed.
+        let conn = connect().await;
+        let mut tx = conn.begin().await.unwrap();
+        conn.execute(&format!("INSERT INTO {t} VALUES (2)"), &[]).await.unwrap();
+        let pid = conn.backend_pid();
+        admin.query("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+        assert!(conn.query("SELECT 1", &[]).await.unwrap_err().is_closed());
+        let err = tx.commit().await.unwrap_err();
+        assert_eq!(err.kind(), aiopg::ErrorKind::Closed, "{err}");
+        let n: i64 = admin.query(&format!("SELECT count(*) FROM {t} WHERE id = 2"), &[]).await.unwrap()[0].get(0);
+        assert_eq!(n, 0);
+        admin.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    }
+}

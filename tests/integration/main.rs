@@ -10,6 +10,7 @@ mod cursor;
 mod engine;
 mod failover;
 mod failure;
+mod fault_proxy;
 mod from_row;
 mod hostile_server;
 mod hosts;

@@ -330,8 +330,13 @@ impl Connection {
     where
         I: IntoIterator<Item = &'p [Param<'p>]>,
     {
+        // Outside a transaction block the batch is one implicit transaction, which commits.
+        let implicit = self.transaction_status() == TransactionStatus::Idle;
         let req = self.start(|st| {
             stmt.check_owner(&st.statements)?;
+            if implicit || stmt.commits() {
+                st.commits();
+            }
             let w = &mut st.write;
             for params in param_sets {
                 if stmt.name().is_empty() {
@@ -354,6 +359,9 @@ impl Connection {
     async fn execute_inner(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<Output> {
         self.start(|st| {
             encode_execute(st, stmt, params)?;
+            if stmt.commits() {
+                st.commits();
+            }
             Ok(Collector::rows(stmt.columns_arc().clone()))
         })?
         .await
@@ -383,6 +391,9 @@ impl Connection {
                 frontend::sync(w);
                 Ok(())
             })?;
+            if protocol::may_commit(sql) {
+                st.commits();
+            }
             Ok(Collector::described_rows())
         })?;
         let Output::Rows {
@@ -426,6 +437,9 @@ impl Connection {
         self.shared.check_pooling(sql)?;
         let req = self.start(|st| {
             protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w))?;
+            if protocol::may_commit(sql) {
+                st.commits();
+            }
             Ok(Collector::simple())
         })?;
         match req.await? {
@@ -534,7 +548,23 @@ impl Connection {
                  copied); the connection is still usable",
             ));
         }
-        let executing = last != u64::MAX && self.shared.lock().is_executing(last);
+        let (executing, in_doubt) = if last == u64::MAX {
+            (false, false)
+        } else {
+            let st = self.shared.lock();
+            (st.is_executing(last), st.commit_in_doubt(last))
+        };
+        if !executing && in_doubt {
+            // Sent whole but still queued behind others: it will run, unseen by the caller.
+            return Err(Error::commit_unknown(
+                format!(
+                    "the statement outlived its timeout ({} s) while waiting behind other \
+                     requests",
+                    limit.as_secs_f64()
+                ),
+                None,
+            ));
+        }
         if !executing {
             // Queued behind other callers (or between requests): leave the neighbours alone.
             return Err(timed_out(
@@ -575,6 +605,18 @@ impl Connection {
                 limit.as_secs_f64()
             ))),
             Ok(Err(e)) => Err(e),
+            Err(()) if in_doubt => {
+                self.shared.lock().close_stuck();
+                Err(Error::commit_unknown(
+                    format!(
+                        "the statement outlived its timeout ({} s), the server did not confirm \
+                         its cancellation{} and the connection was closed",
+                        limit.as_secs_f64(),
+                        cancel_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                    ),
+                    None,
+                ))
+            }
             Err(()) => {
                 self.shared.lock().close_stuck();
                 Err(timed_out(&format!(

@@ -58,6 +58,11 @@ struct Net {
     /// a flush, which pends while `write_limit` is 0 (the socket under it is full).
     stage: bool,
     staged: Vec<u8>,
+    /// The link is cut: reads see the end of the stream, writes fail.
+    dead: bool,
+    /// When set, how many more bytes writes take in all before they pend (so that a cut can
+    /// land inside a message).
+    write_budget: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -76,6 +81,9 @@ impl futures_io::AsyncRead for Sock {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let mut net = self.0.lock().unwrap();
+        if net.dead {
+            return Poll::Ready(Ok(0));
+        }
         if net.s2c.is_empty() {
             if !net.held.is_empty() {
                 let held = std::mem::take(&mut net.held);
@@ -102,16 +110,23 @@ impl futures_io::AsyncWrite for Sock {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut net = self.0.lock().unwrap();
+        if net.dead {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         // Once staged, bytes keep their order: later ones queue behind them.
         if net.stage || !net.staged.is_empty() {
             net.staged.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
-        if net.write_limit == 0 {
+        let budget = net.write_budget.unwrap_or(usize::MAX);
+        if net.write_limit == 0 || budget == 0 {
             net.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        let n = buf.len().min(net.write_limit);
+        let n = buf.len().min(net.write_limit).min(budget);
+        if let Some(b) = net.write_budget.as_mut() {
+            *b -= n;
+        }
         net.c2s.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
     }
@@ -204,6 +219,8 @@ struct Server {
     copy_in: Option<u64>,
     /// Protocol violations seen: any is a client bug.
     violations: Vec<String>,
+    /// The ids of the `COMMIT -- id` statements the server ran.
+    committed: Vec<u64>,
 }
 
 fn put_msg(out: &mut VecDeque<u8>, tag: u8, body: &[u8]) {
@@ -346,6 +363,12 @@ impl Server {
         if tag == b'Q' {
             let sql = cstr(b, &mut at);
             self.skipping = false;
+            if let Some(id) = sql.strip_prefix("COMMIT -- ") {
+                self.committed.push(id.parse().unwrap());
+                put_msg(out, b'C', b"COMMIT\0");
+                put_msg(out, b'Z', b"I");
+                return;
+            }
             if let Some(v) = sql.strip_prefix("COPYIN ") {
                 let v: i64 = v.parse().unwrap();
                 if v < 0 {
@@ -1212,6 +1235,200 @@ proptest! {
         actions in proptest::collection::vec(action(), 1..120),
     ) {
         if let Err(e) = Model::with_capacity(cache, events).run(&actions) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+/// What one step of the commit-outcome model does.
+#[derive(Debug, Clone)]
+enum CommitAction {
+    /// Caller `i` (if free) issues a `COMMIT` (true) or a plain simple query.
+    Issue(usize, bool),
+    Poll(usize),
+    Server(usize),
+    Net {
+        read: usize,
+        write: usize,
+    },
+    /// Writes take this many more bytes in all, then pend (`None`: no limit).
+    Budget(Option<usize>),
+}
+
+fn commit_action() -> impl Strategy<Value = CommitAction> {
+    prop_oneof![
+        3 => (0..CALLERS, any::<bool>()).prop_map(|(i, c)| CommitAction::Issue(i, c)),
+        4 => (0..CALLERS).prop_map(CommitAction::Poll),
+        2 => (0..4usize).prop_map(CommitAction::Server),
+        2 => (prop_oneof![Just(1usize), Just(3), Just(64), Just(1 << 20)],
+              prop_oneof![Just(0usize), Just(1), Just(7), Just(1 << 20)])
+            .prop_map(|(read, write)| CommitAction::Net { read, write }),
+        2 => prop_oneof![Just(None), Just(Some(0usize)), Just(Some(3)), Just(Some(9)), Just(Some(20))]
+            .prop_map(CommitAction::Budget),
+    ]
+}
+
+type CommitFut = Pin<Box<dyn Future<Output = aiopg_core::Result<()>> + Send>>;
+/// A caller of the commit model: its commit id (`None` for a plain query), future, waker.
+type CommitCaller = (Option<u64>, CommitFut, Arc<Flag>);
+
+/// Random traffic of commits and plain queries from several callers, then the link is cut
+/// at a random point (the server still runs every message it received whole, its answers
+/// lost). Every commit must be reported truthfully: `Ok` only if the server ran it, a plain
+/// `Closed` only if the server never got it whole (so it never ran), and `CommitUnknown`
+/// exactly when it was written whole without its answer; plain queries never say
+/// `CommitUnknown`. Nothing hangs after the cut.
+fn commit_outcomes(actions: &[CommitAction]) -> Result<(), String> {
+    let mut m = Model::new(100);
+    let mut callers: Vec<Option<CommitCaller>> = (0..CALLERS).map(|_| None).collect();
+    let mut next_id = 0u64;
+    // Commit ids whose futures finished, with what they returned.
+    let mut outcomes: Vec<(u64, aiopg_core::Result<()>)> = Vec::new();
+    let poll = |c: &mut CommitCaller| -> Poll<aiopg_core::Result<()>> {
+        c.2 .0.store(false, Ordering::SeqCst);
+        let waker = Waker::from(c.2.clone());
+        c.1.as_mut().poll(&mut Context::from_waker(&waker))
+    };
+    let record = |id: Option<u64>, r: aiopg_core::Result<()>, outcomes: &mut Vec<_>| {
+        match id {
+            Some(id) => outcomes.push((id, r)),
+            None => {
+                if let Err(e) = r {
+                    if e.kind() != ErrorKind::Closed {
+                        return Err(format!("a plain query failed with {e}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    for a in actions {
+        match a {
+            CommitAction::Issue(i, commit) => {
+                if callers[*i].is_none() {
+                    let c = m.conn.clone();
+                    let (id, fut): (Option<u64>, CommitFut) = if *commit {
+                        next_id += 1;
+                        let id = next_id;
+                        (
+                            Some(id),
+                            Box::pin(
+                                async move { c.batch_execute(&format!("COMMIT -- {id}")).await },
+                            ),
+                        )
+                    } else {
+                        (None, Box::pin(async move { c.batch_execute("Q 1").await }))
+                    };
+                    let mut caller = (id, fut, Arc::new(Flag(AtomicBool::new(false))));
+                    match poll(&mut caller) {
+                        Poll::Ready(r) => record(id, r, &mut outcomes)?,
+                        Poll::Pending => callers[*i] = Some(caller),
+                    }
+                }
+            }
+            CommitAction::Poll(i) => {
+                if let Some(c) = callers[*i].as_mut() {
+                    if let Poll::Ready(r) = poll(c) {
+                        let id = c.0;
+                        callers[*i] = None;
+                        record(id, r, &mut outcomes)?;
+                    }
+                }
+            }
+            CommitAction::Server(n) => {
+                let mut net = m.net.lock().unwrap();
+                m.server.step(&mut net, *n);
+            }
+            CommitAction::Budget(b) => {
+                let mut net = m.net.lock().unwrap();
+                net.write_budget = *b;
+                if let Some(w) = net.write_waker.take() {
+                    w.wake();
+                }
+            }
+            CommitAction::Net { read, write } => {
+                let mut net = m.net.lock().unwrap();
+                net.read_limit = *read;
+                net.write_limit = *write;
+                if *write > 0 {
+                    if let Some(w) = net.write_waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+        m.conn.shared.lock().check()?;
+    }
+    // The cut: what reached the server whole still runs; its answers are lost.
+    let committed = {
+        let mut net = m.net.lock().unwrap();
+        m.server.step(&mut net, usize::MAX);
+        net.s2c.clear();
+        net.dead = true;
+        for w in [net.read_waker.take(), net.write_waker.take()]
+            .into_iter()
+            .flatten()
+        {
+            w.wake();
+        }
+        std::mem::take(&mut m.server.committed)
+    };
+    for _ in 0..1000 {
+        if callers.iter().all(Option::is_none) {
+            break;
+        }
+        for slot in callers.iter_mut() {
+            if let Some(c) = slot.as_mut() {
+                if let Poll::Ready(r) = poll(c) {
+                    let id = c.0;
+                    *slot = None;
+                    record(id, r, &mut outcomes)?;
+                }
+            }
+        }
+    }
+    if callers.iter().any(Option::is_some) {
+        return Err("a caller hangs after the link was cut".into());
+    }
+    for (id, r) in outcomes {
+        let ran = committed.contains(&id);
+        match r {
+            Ok(()) if ran => {}
+            Ok(()) => {
+                return Err(format!(
+                    "commit {id} returned Ok but the server never ran it"
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::Closed && ran => {
+                return Err(format!(
+                    "commit {id} ran on the server but was reported as {e}"
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::CommitUnknown && !ran => {
+                return Err(format!(
+                    "commit {id} never reached the server whole, yet: {e}"
+                ))
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::Closed | ErrorKind::CommitUnknown) => {}
+            Err(e) => return Err(format!("commit {id} failed with {e}")),
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("AIOPG_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
+        max_shrink_iters: 20_000,
+        ..ProptestConfig::default()
+    })]
+
+    /// See [`commit_outcomes`].
+    #[test]
+    fn a_lost_commit_is_reported_as_unknown_and_only_then(
+        actions in proptest::collection::vec(commit_action(), 1..80),
+    ) {
+        if let Err(e) = commit_outcomes(&actions) {
             return Err(TestCaseError::fail(e));
         }
     }

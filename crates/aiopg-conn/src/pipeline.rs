@@ -179,9 +179,14 @@ impl<'c, 'p> Pipeline<'c, 'p> {
                     .map_err(|e| e.context(format!("pipeline statement {i}")))?,
             });
         }
+        // Outside a transaction block the pipeline is one implicit transaction, which commits.
+        let implicit = self.conn.transaction_status() == TransactionStatus::Idle;
         let req = self.conn.start(|st| {
             for stmt in &stmts {
                 stmt.check_owner(&st.statements)?;
+            }
+            if implicit || stmts.iter().any(Statement::commits) {
+                st.commits();
             }
             let w = &mut st.write;
             let mut parts = Vec::with_capacity(stmts.len());

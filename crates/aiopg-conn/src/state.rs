@@ -92,6 +92,9 @@ struct Entry {
     /// The request's own bytes end the server's COPY mode (its abandoned owner's CopyFail, or
     /// the refusal of a COPY FROM STDIN sent through a query): nothing more to send for it.
     ends_copy: bool,
+    /// The request may commit (a `COMMIT`, an implicit transaction): lost once written whole,
+    /// its outcome is unknown, which its error says (`CommitUnknown`).
+    commits: bool,
 }
 
 /// Why the connection closed: enough to build a fresh error for every caller.
@@ -137,6 +140,8 @@ pub(crate) struct State {
     sent: u64,
     queue: VecDeque<Entry>,
     next_id: u64,
+    /// The request being encoded may commit (see [`State::commits`]); taken by `push`.
+    next_commits: bool,
     /// How many entries at the queue's front are answered (their messages are all read).
     answered: usize,
     closed: Option<CloseReason>,
@@ -194,6 +199,7 @@ impl State {
             sent: 0,
             queue: VecDeque::new(),
             next_id: 0,
+            next_commits: false,
             answered: 0,
             closed: None,
             flush_due: false,
@@ -258,11 +264,27 @@ impl State {
             Err(e) => {
                 self.write.truncate(len);
                 self.statements.requeue_closes(closes);
+                self.next_commits = false;
                 Err(e)
             }
         };
         debug_assert_eq!(self.check(), Ok(()));
         res
+    }
+
+    /// Called by an encoder inside [`State::issue`]: the request it encodes may commit, so
+    /// that losing the connection once it is written whole is reported as `CommitUnknown`.
+    pub(crate) fn commits(&mut self) {
+        self.next_commits = true;
+    }
+
+    /// True when request `id` may commit and was written whole without its answer: its
+    /// outcome is unknown if it ends now.
+    pub(crate) fn commit_in_doubt(&self, id: u64) -> bool {
+        self.index(id).is_some_and(|i| {
+            let e = &self.queue[i];
+            e.commits && e.end <= self.sent && i >= self.answered
+        })
     }
 
     /// Queues a request nobody waits for (clean-up: ROLLBACK, CLOSE of a cursor): its answer is
@@ -295,6 +317,7 @@ impl State {
             abandoned: false,
             on_abandon: None,
             ends_copy: false,
+            commits: std::mem::take(&mut self.next_commits),
         });
         id
     }
@@ -1035,6 +1058,8 @@ impl State {
             self.closed = Some(reason);
         }
         self.stream = None;
+        // What the server can have seen: the bytes on the socket, not those dropped now.
+        let written = self.sent;
         self.sent += self.write.len() as u64;
         self.write.clear();
         self.paused = false;
@@ -1045,7 +1070,14 @@ impl State {
         for e in self.queue.iter_mut().skip(self.answered) {
             e.slot = if e.abandoned {
                 Slot::Gone
+            } else if e.commits && e.end <= written {
+                // The server had all of it: it may have run, and committed.
+                Slot::Done(Err(Error::commit_unknown(
+                    "the connection was lost",
+                    Some(Box::new(reason.to_error())),
+                )))
             } else {
+                // Not a whole request reached the server: it never ran.
                 Slot::Done(Err(reason.to_error()))
             };
             if let Some(w) = e.waker.take() {

@@ -50,6 +50,8 @@ struct Inner {
     sql: Arc<str>,
     params: Vec<Type>,
     columns: Arc<[Column]>,
+    /// The SQL ends a transaction with a commit ([`aiopg_core::protocol::may_commit`]).
+    commits: bool,
     close_list: Weak<CloseList>,
 }
 
@@ -87,6 +89,11 @@ impl Statement {
     }
     pub(crate) fn columns_arc(&self) -> &Arc<[Column]> {
         &self.0.columns
+    }
+    /// The statement commits (`COMMIT`, `END`, `PREPARE TRANSACTION`): see
+    /// [`State::commits`](crate::state::State::commits).
+    pub(crate) fn commits(&self) -> bool {
+        self.0.commits
     }
 
     /// Fails unless this statement was prepared on the connection owning `cache`.
@@ -170,6 +177,7 @@ impl StatementCache {
         Statement(Arc::new(Inner {
             owner: self.id,
             name,
+            commits: aiopg_core::protocol::may_commit(&sql),
             sql,
             params,
             columns: columns.into(),

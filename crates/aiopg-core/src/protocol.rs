@@ -334,6 +334,48 @@ pub fn bind(
     Ok(())
 }
 
+/// True when `sql` holds a statement that ends a transaction with a commit: `COMMIT` (and
+/// `COMMIT PREPARED`), `END`, or `PREPARE TRANSACTION`, at the start of any of its
+/// `;`-separated statements (after whitespace and comments). Used to tell a lost commit's
+/// "may or may not have committed" from a plain failure. A `;` inside a string can make it
+/// see a statement start that is not one: it errs towards "may have committed", never the
+/// other way.
+pub fn may_commit(sql: &str) -> bool {
+    sql.split(';').any(|stmt| {
+        let mut words = words_after_comments(stmt);
+        match words.next() {
+            Some(w) if w.eq_ignore_ascii_case("commit") || w.eq_ignore_ascii_case("end") => true,
+            Some(w) if w.eq_ignore_ascii_case("prepare") => words
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case("transaction")),
+            _ => false,
+        }
+    })
+}
+
+/// The leading words of a statement, skipping whitespace and `--` / `/* */` comments.
+fn words_after_comments(stmt: &str) -> impl Iterator<Item = &str> {
+    let mut rest = stmt;
+    std::iter::from_fn(move || loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            let end = rest
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(rest.len());
+            if end == 0 {
+                return None;
+            }
+            let (word, after) = rest.split_at(end);
+            rest = after;
+            return Some(word);
+        }
+    })
+}
+
 /// Runs an encoder that may fail part-way, leaving `buf` as it was on error.
 pub fn encode_or_rollback(
     buf: &mut BytesMut,
@@ -351,6 +393,34 @@ pub fn encode_or_rollback(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn may_commit_finds_commits_at_statement_starts() {
+        for sql in [
+            "COMMIT",
+            "  commit work",
+            "END",
+            "end transaction;",
+            "INSERT INTO t VALUES (1); COMMIT",
+            "-- done\n/* really */ COMMIT",
+            "COMMIT PREPARED 'x'",
+            "PREPARE TRANSACTION 'x'",
+        ] {
+            assert!(may_commit(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "ROLLBACK",
+            "SELECT CASE WHEN true THEN 1 END",
+            "PREPARE p AS SELECT 1",
+            "-- COMMIT\nSELECT 1",
+            "/* COMMIT */ SELECT 1",
+            "committed",
+            "",
+        ] {
+            assert!(!may_commit(sql), "{sql}");
+        }
+    }
+
     use super::*;
 
     #[test]

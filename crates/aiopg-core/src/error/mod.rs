@@ -65,6 +65,13 @@ pub enum ErrorKind {
     /// A bounded stream of events (notifications, notices) dropped some because its consumer
     /// fell behind; [`Error::missed`] says how many. The stream goes on with the next one.
     Lagged,
+    /// The connection was lost (or closed after a timeout) once a `COMMIT`, or an implicit
+    /// transaction (`execute_many`, a pipeline outside a transaction block), had been sent
+    /// whole, before its answer came: the transaction **may or may not have committed**.
+    /// Check (for a row it wrote, say) before running it again. The connection is closed, as
+    /// for [`Closed`](ErrorKind::Closed). A commit that provably never left the client fails
+    /// with `Closed` (nothing was committed).
+    CommitUnknown,
 }
 
 impl ErrorKind {
@@ -87,6 +94,7 @@ impl ErrorKind {
             ErrorKind::RowCount => "unexpected number of rows",
             ErrorKind::WrongServer => "server does not match target_session_attrs",
             ErrorKind::Lagged => "events dropped",
+            ErrorKind::CommitUnknown => "commit outcome unknown",
         }
     }
 }
@@ -245,9 +253,30 @@ impl Error {
         self.0.kind
     }
 
-    /// True when the connection is closed and a new one is needed.
+    /// True when the connection is closed and a new one is needed (a
+    /// [`CommitUnknown`](ErrorKind::CommitUnknown) error included).
     pub fn is_closed(&self) -> bool {
-        self.0.kind == ErrorKind::Closed
+        matches!(self.0.kind, ErrorKind::Closed | ErrorKind::CommitUnknown)
+    }
+
+    /// True when a commit was sent but its answer never came: it may or may not have taken
+    /// effect (see [`ErrorKind::CommitUnknown`]).
+    pub fn is_commit_unknown(&self) -> bool {
+        self.0.kind == ErrorKind::CommitUnknown
+    }
+
+    /// A commit sent whole whose answer never came; `why` says what happened (the connection
+    /// closed, a timeout), `source` is the cause.
+    pub fn commit_unknown(why: impl std::fmt::Display, source: Option<BoxError>) -> Error {
+        Error::new(
+            ErrorKind::CommitUnknown,
+            format!(
+                "{why} after a COMMIT (or an implicit transaction) was sent and before its \
+                 answer came: the transaction may or may not have committed; check before \
+                 running it again"
+            ),
+            source,
+        )
     }
 
     /// True when an operation outlived its timeout.
