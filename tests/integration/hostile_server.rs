@@ -74,6 +74,9 @@ enum Act {
     Answer(Vec<u8>),
     /// As `Answer`, then waits for the client's CancelRequest on the listener and hangs up.
     AnswerThenHangUpOnCancel(Vec<u8>),
+    /// Asks for SCRAM-SHA-256 and answers the client's first message with a valid challenge
+    /// (the client's own nonce extended) asking for this many iterations.
+    ScramIterations(u32),
 }
 
 /// What the fake server saw.
@@ -136,6 +139,31 @@ fn serve(listener: TcpListener, act: Act) -> io::Result<Seen> {
             });
         }
         Act::Answer(bytes) => bytes,
+        Act::ScramIterations(iterations) => {
+            s.write_all(&message(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0"))?;
+            // SASLInitialResponse: type, length, mechanism, length of the data, the data
+            // ("n,,n=,r=<client nonce>").
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head)?;
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            s.read_exact(&mut body)?;
+            let text = String::from_utf8_lossy(&body);
+            let nonce = text
+                .split("r=")
+                .nth(1)
+                .unwrap_or_default()
+                .trim_end_matches('\0');
+            let mut challenge = 11u32.to_be_bytes().to_vec();
+            challenge.extend_from_slice(
+                format!("r={nonce}hostile,s=c2FsdHNhbHRzYWx0,i={iterations}").as_bytes(),
+            );
+            s.write_all(&message(b'R', &challenge))?;
+            return Ok(Seen {
+                client_closed: closed_by_peer(&mut s),
+                cancelled: false,
+            });
+        }
         Act::AnswerThenHangUpOnCancel(bytes) => {
             s.write_all(&trust_start_up())?;
             read_message(&mut s)?;
@@ -342,6 +370,22 @@ rt_test! {
             );
         }
         drop(conn);
+    }
+}
+
+rt_test! {
+    async fn a_scram_challenge_with_a_huge_iteration_count_is_refused_at_once() {
+        let server = FakeServer::start(Act::ScramIterations(2_000_000_000));
+        let started = Instant::now();
+        let err = options(&format!("{} password=secret", server.dsn()))
+            .connect()
+            .await
+            .expect_err("two billion PBKDF2 rounds");
+        assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+        assert!(err.to_string().contains("2000000000 iterations"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(server.finish().client_closed);
     }
 }
 

@@ -18,6 +18,7 @@ macro_rules! errln {
 }
 
 mod codegen;
+mod fuzz;
 mod pg;
 mod pgbouncer;
 mod pki;
@@ -70,6 +71,11 @@ commands:
   demo                  run examples/quickstart and examples/sa on each runtime against a cluster
   bench [args..]        run aiopg-bench (release) against a benchmark-tuned cluster
                         (AIOPG_BENCH_DSN, AIOPG_BENCH_PG_BINDIR)
+  fuzz [--seconds N] [--target NAME] [--require]
+                        run the cargo-fuzz targets of fuzz/ (dsn, pgpass, mogrify,
+                        server) for N seconds each (default 60) and print the
+                        executions; needs nightly and cargo-fuzz, and says SKIPPED
+                        without them (fails instead with --require)
   help                  print this text
 
 Clusters live in $TMPDIR/aiopg-pg-*; `pg start`'s state file is
@@ -102,6 +108,7 @@ fn main() {
         Some("test-all-runtimes") => tasks::test_all_runtimes(&root(), rest),
         Some("demo") => tasks::demo(&root()),
         Some("bench") => tasks::bench(&root(), rest),
+        Some("fuzz") => fuzz::fuzz(&root(), rest),
         Some("help" | "--help" | "-h") => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), USAGE.as_bytes());
             Ok(0)

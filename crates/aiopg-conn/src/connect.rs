@@ -922,6 +922,29 @@ async fn authenticate(
     }
 }
 
+/// The most PBKDF2 iterations a server's SCRAM challenge may ask for. The client computes
+/// them on its own thread before it can tell whether the server is genuine, so an unbounded
+/// count would let any server it reaches keep it busy for hours. PostgreSQL's default is 4096;
+/// a million takes well under a second.
+const MAX_SCRAM_ITERATIONS: u64 = 1_000_000;
+
+/// Refuses a SCRAM server-first message asking for more than [`MAX_SCRAM_ITERATIONS`]
+/// (anything else wrong with it is the SCRAM implementation's to report).
+fn check_scram_iterations(server_first: &[u8]) -> Result<()> {
+    let count = server_first
+        .split(|&b| b == b',')
+        .find_map(|attr| attr.strip_prefix(b"i="))
+        .and_then(|i| std::str::from_utf8(i).ok()?.parse::<u64>().ok());
+    match count {
+        Some(n) if n > MAX_SCRAM_ITERATIONS => Err(Error::auth(format!(
+            "the server's SCRAM challenge asks for {n} iterations, more than the \
+             {MAX_SCRAM_ITERATIONS} aiopg computes (PostgreSQL's default is 4096): refused \
+             rather than spend that long; lower the server's scram_iterations"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn scram_exchange(
     password: &[u8],
     mechanism: &str,
@@ -936,6 +959,7 @@ async fn scram_exchange(
     write_all(stream, &mut buf).await?;
     match read_message(stream, rb).await? {
         Message::AuthenticationSaslContinue(body) => {
+            check_scram_iterations(body.data())?;
             scram.update(body.data()).map_err(|e| {
                 Error::auth(format!("the server's SCRAM challenge is invalid: {e}"))
             })?;

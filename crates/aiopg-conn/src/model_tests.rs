@@ -1220,11 +1220,7 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("AIOPG_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
-        max_shrink_iters: 20_000,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(model_config())]
 
     /// Several callers, every kind of request, random drops, splits and server pacing: every
     /// completed request gets its own answer and the connection ends in sync.
@@ -1237,6 +1233,18 @@ proptest! {
         if let Err(e) = Model::with_capacity(cache, events).run(&actions) {
             return Err(TestCaseError::fail(e));
         }
+    }
+}
+
+/// Cases per run: `AIOPG_MODEL_CASES`, 3000 by default.
+fn model_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("AIOPG_MODEL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000),
+        max_shrink_iters: 20_000,
+        ..ProptestConfig::default()
     }
 }
 
@@ -1417,11 +1425,7 @@ fn commit_outcomes(actions: &[CommitAction]) -> Result<(), String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("AIOPG_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
-        max_shrink_iters: 20_000,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(model_config())]
 
     /// See [`commit_outcomes`].
     #[test]

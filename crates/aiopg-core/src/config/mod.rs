@@ -43,6 +43,13 @@ pub const DEFAULT_PORT: u16 = 5432;
 /// The smallest `connect_timeout` libpq accepts: anything from 1 up to this counts as this.
 const MIN_CONNECT_TIMEOUT_SECS: u32 = 2;
 
+/// For the `fuzz/` crate only (not part of the API): looks a connection up in `text` as in
+/// a password file; true when a line matches.
+#[doc(hidden)]
+pub fn fuzz_pgpass_lookup(text: &[u8], host: &str, port: u16, dbname: &str, user: &str) -> bool {
+    pgpass::lookup(text, &Host::parse(host), port, dbname, user).is_some()
+}
+
 /// One host to try, from `host` (or `PGHOST`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
