@@ -1497,3 +1497,137 @@ rt_test! {
         );
     }
 }
+
+/// How the commits of [`commits_under_killed_backends_are_reported_truthfully`] ended.
+#[derive(Default)]
+struct CommitLedger {
+    /// Returned `Ok`: their rows must be there.
+    committed: Vec<i64>,
+    /// `CommitUnknown`: either way.
+    unknown: Vec<i64>,
+    /// Any other error: their rows must not be there.
+    failed: Vec<i64>,
+}
+
+impl CommitLedger {
+    fn record(&mut self, ids: &[i64], res: aiopg::Result<()>) {
+        let to = match &res {
+            Ok(()) => &mut self.committed,
+            Err(e) if e.is_commit_unknown() => &mut self.unknown,
+            Err(_) => &mut self.failed,
+        };
+        to.extend_from_slice(ids);
+    }
+}
+
+rt_test! {
+    // Backends of the pool are killed (pg_terminate_backend) at random while tasks commit
+    // transactions and implicit-transaction batches: a commit that returned Ok is there, one
+    // that failed with anything but CommitUnknown is not, and nothing else appears.
+    async fn commits_under_killed_backends_are_reported_truthfully() {
+        let app = app_name("commit_ledger");
+        let admin = connect().await;
+        let table = format!("pool_faults_ledger_{}", std::process::id());
+        admin
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; CREATE UNLOGGED TABLE {table} (id int8 PRIMARY KEY)"
+            ))
+            .await
+            .unwrap();
+        let pool = Pool::builder(options(&with_app_name(&dsn(), &app)))
+            .runtime(runtime())
+            .min_size(2)
+            .max_size(6)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .await
+            .unwrap();
+        let next = Arc::new(AtomicI64::new(1));
+        let ledger = Arc::new(Mutex::new(CommitLedger::default()));
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
+        let tasks: Vec<Join<()>> = (0..12)
+            .map(|task| {
+                let (pool, next, ledger, insert) =
+                    (pool.clone(), next.clone(), ledger.clone(), insert.clone());
+                spawn(async move {
+                    let mut round = task;
+                    while Instant::now() < deadline {
+                        round += 1;
+                        if round % 3 == 0 {
+                            // Two rows in one implicit transaction (execute_many).
+                            let ids = [next.fetch_add(2, Ordering::Relaxed), 0];
+                            let ids = [ids[0], ids[0] + 1];
+                            let res = async {
+                                let conn = pool.acquire().await?;
+                                let stmt = conn.prepare(&insert).await?;
+                                let (a, b): (aiopg::Param<'_>, aiopg::Param<'_>) = (&ids[0], &ids[1]);
+                                let sets: [&[aiopg::Param<'_>]; 2] = [&[a], &[b]];
+                                conn.execute_many(&stmt, sets).await.map(drop)
+                            }
+                            .await;
+                            lock(&ledger).record(&ids, res);
+                        } else {
+                            let id = next.fetch_add(1, Ordering::Relaxed);
+                            let res = async {
+                                let conn = pool.acquire().await?;
+                                let mut tx = conn.begin().await?;
+                                conn.execute(&insert, &[&id]).await?;
+                                tx.commit().await
+                            }
+                            .await;
+                            lock(&ledger).record(&[id], res);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut kills = 0u64;
+        while Instant::now() < deadline {
+            let rows = admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1 ORDER BY random() LIMIT 1",
+                    &[&app],
+                )
+                .await
+                .unwrap();
+            kills += rows.len() as u64;
+            // Pacing, so that commits get through between kills.
+            runtime().sleep(Duration::from_millis(15)).await;
+        }
+        for t in tasks {
+            t.await;
+        }
+        let found: HashSet<i64> = admin
+            .query(&format!("SELECT id FROM {table}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<i64>(0))
+            .collect();
+        {
+            let ledger = lock(&ledger);
+            let missing: Vec<&i64> = ledger.committed.iter().filter(|id| !found.contains(id)).take(10).collect();
+            assert!(missing.is_empty(), "rows of commits that returned Ok are missing: {missing:?}");
+            let phantoms: Vec<&i64> = ledger.failed.iter().filter(|id| found.contains(id)).take(10).collect();
+            assert!(phantoms.is_empty(), "rows of commits that failed (not CommitUnknown) are there: {phantoms:?}");
+            let known: HashSet<i64> =
+                ledger.committed.iter().chain(&ledger.unknown).copied().collect();
+            assert!(found.is_subset(&known), "rows nobody committed");
+            assert!(kills > 0 && !ledger.committed.is_empty() && !ledger.failed.is_empty());
+            let unknown_kept = ledger.unknown.iter().filter(|id| found.contains(id)).count();
+            eprintln!(
+                "commit ledger on {}: {kills} backends killed; {} rows committed, {} failed (all \
+                 absent), {} unknown ({unknown_kept} of them present)",
+                crate::support::runtime_name(),
+                ledger.committed.len(),
+                ledger.failed.len(),
+                ledger.unknown.len(),
+            );
+}
+        pool.close();
+        pool.wait_closed().await.unwrap();
+        admin.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    }
+}
