@@ -74,9 +74,15 @@ enum Act {
     Answer(Vec<u8>),
     /// As `Answer`, then waits for the client's CancelRequest on the listener and hangs up.
     AnswerThenHangUpOnCancel(Vec<u8>),
-    /// Asks for SCRAM-SHA-256 and answers the client's first message with a valid challenge
-    /// (the client's own nonce extended) asking for this many iterations.
-    ScramIterations(u32),
+    /// Asks for SCRAM-SHA-256 and answers the client's first message with a challenge asking
+    /// for `iterations`, whose nonce extends the client's (or, with `echo` false, does not);
+    /// then, if the client goes on, answers its proof with `last` (an AuthenticationSASLFinal,
+    /// say, with a server signature that is not the right one).
+    Scram {
+        iterations: u32,
+        echo: bool,
+        last: Option<Vec<u8>>,
+    },
 }
 
 /// What the fake server saw.
@@ -139,7 +145,11 @@ fn serve(listener: TcpListener, act: Act) -> io::Result<Seen> {
             });
         }
         Act::Answer(bytes) => bytes,
-        Act::ScramIterations(iterations) => {
+        Act::Scram {
+            iterations,
+            echo,
+            last,
+        } => {
             s.write_all(&message(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0"))?;
             // SASLInitialResponse: type, length, mechanism, length of the data, the data
             // ("n,,n=,r=<client nonce>").
@@ -154,11 +164,22 @@ fn serve(listener: TcpListener, act: Act) -> io::Result<Seen> {
                 .nth(1)
                 .unwrap_or_default()
                 .trim_end_matches('\0');
+            let nonce = if echo {
+                nonce.to_owned()
+            } else {
+                "not-the-clients".to_owned()
+            };
             let mut challenge = 11u32.to_be_bytes().to_vec();
             challenge.extend_from_slice(
                 format!("r={nonce}hostile,s=c2FsdHNhbHRzYWx0,i={iterations}").as_bytes(),
             );
             s.write_all(&message(b'R', &challenge))?;
+            if let Some(last) = last {
+                // The client's proof (SASLResponse), then the forged answer.
+                if read_message(&mut s).is_ok() {
+                    s.write_all(&last)?;
+                }
+            }
             return Ok(Seen {
                 client_closed: closed_by_peer(&mut s),
                 cancelled: false,
@@ -375,7 +396,11 @@ rt_test! {
 
 rt_test! {
     async fn a_scram_challenge_with_a_huge_iteration_count_is_refused_at_once() {
-        let server = FakeServer::start(Act::ScramIterations(2_000_000_000));
+        let server = FakeServer::start(Act::Scram {
+            iterations: 2_000_000_000,
+            echo: true,
+            last: None,
+        });
         let started = Instant::now();
         let err = options(&format!("{} password=secret", server.dsn()))
             .connect()
@@ -386,6 +411,117 @@ rt_test! {
         assert!(!err.to_string().contains("secret"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(server.finish().client_closed);
+    }
+}
+
+/// Connects with a password to a fake SCRAM server doing `act`: the connect must fail with
+/// an `Auth` error containing `what` within 5 s, without showing the password, and the
+/// client must hang up.
+async fn scram_refused(act: Act, what: &str) {
+    let server = FakeServer::start(act);
+    let started = Instant::now();
+    let err = options(&format!("{} password=Zq9xSecret", server.dsn()))
+        .connect()
+        .await
+        .expect_err("a forged SCRAM exchange");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.to_string().contains(what), "{err}");
+    assert!(!format!("{err} {err:?}").contains("Zq9xSecret"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.finish().client_closed);
+}
+
+rt_test! {
+    async fn a_scram_challenge_that_does_not_extend_the_clients_nonce_is_refused() {
+        let act = Act::Scram { iterations: 4096, echo: false, last: None };
+        scram_refused(act, "SCRAM challenge is invalid").await;
+    }
+}
+
+rt_test! {
+    async fn a_scram_server_signature_that_is_wrong_is_refused() {
+        // A well-formed AuthenticationSASLFinal whose signature (v=) is 32 zero bytes.
+        let mut last = 12u32.to_be_bytes().to_vec();
+        last.extend_from_slice(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        let act = Act::Scram { iterations: 4096, echo: true, last: Some(message(b'R', &last)) };
+        scram_refused(act, "could not prove it knows the password").await;
+        // An answer that is no SASLFinal at all: an AuthenticationOk in its place.
+        let act = Act::Scram {
+            iterations: 4096,
+            echo: true,
+            last: Some(message(b'R', &0u32.to_be_bytes())),
+        };
+        let server = FakeServer::start(act);
+        let err = options(&format!("{} password=Zq9xSecret", server.dsn()))
+            .connect()
+            .await
+            .expect_err("AuthenticationOk without the server's proof");
+        assert!(matches!(err.kind(), ErrorKind::Protocol | ErrorKind::Auth), "{err}");
+        assert!(server.finish().client_closed);
+    }
+}
+
+rt_test! {
+    async fn a_ready_for_query_with_an_unknown_status_is_a_protocol_error() {
+        let mut bytes = one_text_column();
+        bytes.extend(message(b'D', &[0, 1, 0, 0, 0, 1, b'1']));
+        bytes.extend(message(b'C', b"SELECT 1\0"));
+        bytes.extend(message(b'Z', b"X"));
+        answer_with(bytes, "unknown transaction status 'X'").await;
+    }
+}
+
+rt_test! {
+    async fn a_flood_of_notices_and_notifications_stays_bounded() {
+        const EACH: usize = 50_000;
+        let before = memory();
+        let mut bytes = Vec::new();
+        for i in 0..EACH {
+            bytes.extend(message(
+                b'N',
+                format!("SNOTICE\0C00000\0Mnotice {i}\0\0").as_bytes(),
+            ));
+            let mut n = 7u32.to_be_bytes().to_vec();
+            n.extend_from_slice(format!("chan\0payload {i}\0").as_bytes());
+            bytes.extend(message(b'A', &n));
+        }
+        bytes.extend(one_text_column());
+        bytes.extend(message(b'D', &[0, 1, 0, 0, 0, 1, b'1']));
+        bytes.extend(message(b'C', b"SELECT 1\0"));
+        bytes.extend(message(b'Z', b"I"));
+        let server = FakeServer::start(Act::Answer(bytes));
+        let conn = server.connect().await;
+        let started = Instant::now();
+        let rows = conn.simple_query("SELECT 1").await.expect("the answer after the flood");
+        assert!(!rows.is_empty());
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        // What no stream took is bounded by the event capacity; the first stream learns how
+        // many were dropped, then gets the newest ones.
+        let mut notes = conn.notifies();
+        let first = futures_util::StreamExt::next(&mut notes).await.expect("an item");
+        let err = first.expect_err("a Lagged error first");
+        assert_eq!(err.kind(), ErrorKind::Lagged, "{err}");
+        let kept = aiopg::DEFAULT_EVENT_CAPACITY;
+        assert_eq!(err.missed(), Some((EACH - kept) as u64), "{err}");
+        let next = futures_util::StreamExt::next(&mut notes).await.expect("an item").unwrap();
+        assert_eq!(next.payload, format!("payload {}", EACH - kept));
+        let mut notices = conn.notices();
+        let err = futures_util::StreamExt::next(&mut notices).await.unwrap().unwrap_err();
+        assert_eq!(err.missed(), Some((EACH - kept) as u64), "{err}");
+        if let (Some((_, peak0)), Some((_, peak1))) = (before, memory()) {
+            eprintln!(
+                "{EACH} notices and {EACH} notifications: peak resident memory grew by {} KiB",
+                peak1.saturating_sub(peak0) / 1024
+            );
+            assert!(peak1 < peak0 + MEMORY_MARGIN, "peak memory grew from {peak0} to {peak1}");
+        }
+        drop((notes, notices));
+        drop(conn);
+        server.finish();
     }
 }
 
