@@ -109,7 +109,7 @@ rt_test! {
         let mut tx = conn.begin().await.unwrap();
         conn.execute(&format!("INSERT INTO {t} VALUES (1)"), &[]).await.unwrap();
         let err = tx.commit().await.unwrap_err();
-        assert!(proxy.cut.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(proxy.fired.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(err.kind(), aiopg::ErrorKind::CommitUnknown, "{err}");
         assert!(err.is_commit_unknown() && err.is_closed(), "{err}");
         assert!(err.to_string().contains("may or may not have committed"), "{err}");

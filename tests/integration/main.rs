@@ -11,6 +11,7 @@ mod engine;
 mod failover;
 mod failure;
 mod fault_proxy;
+mod faults;
 mod from_row;
 mod hostile_server;
 mod hosts;
