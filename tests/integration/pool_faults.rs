@@ -1498,7 +1498,7 @@ rt_test! {
     }
 }
 
-/// How the commits of [`commits_under_killed_backends_are_reported_truthfully`] ended.
+/// How the commits of a [`ledger_load`] ended, and what else it counted.
 #[derive(Default)]
 struct CommitLedger {
     /// Returned `Ok`: their rows must be there.
@@ -1507,6 +1507,10 @@ struct CommitLedger {
     unknown: Vec<i64>,
     /// Any other error: their rows must not be there.
     failed: Vec<i64>,
+    /// Operations run, by kind.
+    ops: [u64; 5],
+    /// Errors that are not a fault's expected result (a desynchronised answer, a panic).
+    wrong: Vec<String>,
 }
 
 impl CommitLedger {
@@ -1520,114 +1524,258 @@ impl CommitLedger {
     }
 }
 
-rt_test! {
-    // Backends of the pool are killed (pg_terminate_backend) at random while tasks commit
-    // transactions and implicit-transaction batches: a commit that returned Ok is there, one
-    // that failed with anything but CommitUnknown is not, and nothing else appears.
-    async fn commits_under_killed_backends_are_reported_truthfully() {
-        let app = app_name("commit_ledger");
-        let admin = connect().await;
-        let table = format!("pool_faults_ledger_{}", std::process::id());
-        admin
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table}; CREATE UNLOGGED TABLE {table} (id int8 PRIMARY KEY)"
-            ))
-            .await
-            .unwrap();
-        let pool = Pool::builder(options(&with_app_name(&dsn(), &app)))
-            .runtime(runtime())
-            .min_size(2)
-            .max_size(6)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .await
-            .unwrap();
-        let next = Arc::new(AtomicI64::new(1));
-        let ledger = Arc::new(Mutex::new(CommitLedger::default()));
-        let deadline = Instant::now() + Duration::from_secs(4);
-        let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
-        let tasks: Vec<Join<()>> = (0..12)
-            .map(|task| {
-                let (pool, next, ledger, insert) =
-                    (pool.clone(), next.clone(), ledger.clone(), insert.clone());
-                spawn(async move {
-                    let mut round = task;
-                    while Instant::now() < deadline {
-                        round += 1;
-                        if round % 3 == 0 {
-                            // Two rows in one implicit transaction (execute_many).
-                            let ids = [next.fetch_add(2, Ordering::Relaxed), 0];
-                            let ids = [ids[0], ids[0] + 1];
-                            let res = async {
-                                let conn = pool.acquire().await?;
-                                let stmt = conn.prepare(&insert).await?;
-                                let (a, b): (aiopg::Param<'_>, aiopg::Param<'_>) = (&ids[0], &ids[1]);
-                                let sets: [&[aiopg::Param<'_>]; 2] = [&[a], &[b]];
-                                conn.execute_many(&stmt, sets).await.map(drop)
-                            }
-                            .await;
-                            lock(&ledger).record(&ids, res);
-                        } else {
-                            let id = next.fetch_add(1, Ordering::Relaxed);
-                            let res = async {
-                                let conn = pool.acquire().await?;
-                                let mut tx = conn.begin().await?;
-                                conn.execute(&insert, &[&id]).await?;
-                                tx.commit().await
-                            }
-                            .await;
-                            lock(&ledger).record(&[id], res);
-                        }
-                    }
-                })
-            })
-            .collect();
-        let mut kills = 0u64;
-        while Instant::now() < deadline {
-            let rows = admin
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = $1 ORDER BY random() LIMIT 1",
-                    &[&app],
+/// The names of [`CommitLedger::ops`].
+const LEDGER_OPS: [&str; 5] = [
+    "transaction",
+    "execute_many batch",
+    "checked query",
+    "query timed out",
+    "query dropped mid-flight",
+];
+
+/// One operation of a [`ledger_load`] task; `round` picks which.
+async fn ledger_op(
+    pool: &Pool,
+    insert: &str,
+    next: &AtomicI64,
+    ledger: &Mutex<CommitLedger>,
+    round: u64,
+) {
+    let kind = (round % 10) as usize;
+    let kind = match kind {
+        0..=3 => 0,
+        4..=5 => 1,
+        6..=7 => 2,
+        8 => 3,
+        _ => 4,
+    };
+    lock(ledger).ops[kind] += 1;
+    match kind {
+        0 => {
+            let id = next.fetch_add(1, Ordering::Relaxed);
+            let res = async {
+                let conn = pool.acquire().await?;
+                let mut tx = conn.begin().await?;
+                conn.execute(insert, &[&id]).await?;
+                tx.commit().await
+            }
+            .await;
+            lock(ledger).record(&[id], res);
+        }
+        1 => {
+            // Two rows in one implicit transaction.
+            let first = next.fetch_add(2, Ordering::Relaxed);
+            let ids = [first, first + 1];
+            let res = async {
+                let conn = pool.acquire().await?;
+                let stmt = conn.prepare(insert).await?;
+                let (a, b): (aiopg::Param<'_>, aiopg::Param<'_>) = (&ids[0], &ids[1]);
+                let sets: [&[aiopg::Param<'_>]; 2] = [&[a], &[b]];
+                conn.execute_many(&stmt, sets).await.map(drop)
+            }
+            .await;
+            lock(ledger).record(&ids, res);
+        }
+        2 => {
+            let v = next.fetch_add(1, Ordering::Relaxed);
+            let res = async {
+                let conn = pool.acquire().await?;
+                let rows = conn.query("SELECT $1::int8 + 1", &[&v]).await?;
+                Ok::<i64, aiopg::Error>(rows[0].get(0))
+            }
+            .await;
+            if let Ok(got) = res {
+                if got != v + 1 {
+                    lock(ledger)
+                        .wrong
+                        .push(format!("SELECT {v} + 1 answered {got}"));
+                }
+            }
+        }
+        3 => {
+            let res = async {
+                let conn = pool.acquire().await?;
+                conn.with_timeout(
+                    Some(Duration::from_millis(5)),
+                    conn.query("SELECT 1 FROM pg_sleep(0.05)", &[]),
                 )
                 .await
-                .unwrap();
-            kills += rows.len() as u64;
-            // Pacing, so that commits get through between kills.
-            runtime().sleep(Duration::from_millis(15)).await;
+            }
+            .await;
+            if let Err(e) = res {
+                if !(e.is_timeout()
+                    || e.is_closed()
+                    || e.code().is_some_and(|c| c.code() == "57P01"))
+                {
+                    lock(ledger)
+                        .wrong
+                        .push(format!("a timed-out query failed with {e}"));
+                }
+            }
         }
-        for t in tasks {
-            t.await;
+        _ => {
+            let v = next.fetch_add(1, Ordering::Relaxed);
+            if let Ok(conn) = pool.acquire().await {
+                let params: [aiopg::Param<'_>; 1] = [&v];
+                let q = conn.query("SELECT $1::int8 FROM pg_sleep(0.001)", &params);
+                if let Some(Ok(rows)) = poll_then_drop(q, 1 + (round % 5) as usize).await {
+                    if rows[0].get::<i64>(0) != v {
+                        lock(ledger)
+                            .wrong
+                            .push(format!("a dropped query's rows: {rows:?}"));
+                    }
+                }
+            }
         }
-        let found: HashSet<i64> = admin
-            .query(&format!("SELECT id FROM {table}"), &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<i64>(0))
-            .collect();
-        {
-            let ledger = lock(&ledger);
-            let missing: Vec<&i64> = ledger.committed.iter().filter(|id| !found.contains(id)).take(10).collect();
-            assert!(missing.is_empty(), "rows of commits that returned Ok are missing: {missing:?}");
-            let phantoms: Vec<&i64> = ledger.failed.iter().filter(|id| found.contains(id)).take(10).collect();
-            assert!(phantoms.is_empty(), "rows of commits that failed (not CommitUnknown) are there: {phantoms:?}");
-            let known: HashSet<i64> =
-                ledger.committed.iter().chain(&ledger.unknown).copied().collect();
-            assert!(found.is_subset(&known), "rows nobody committed");
-            assert!(kills > 0 && !ledger.committed.is_empty() && !ledger.failed.is_empty());
-            let unknown_kept = ledger.unknown.iter().filter(|id| found.contains(id)).count();
-            eprintln!(
-                "commit ledger on {}: {kills} backends killed; {} rows committed, {} failed (all \
-                 absent), {} unknown ({unknown_kept} of them present)",
-                crate::support::runtime_name(),
-                ledger.committed.len(),
-                ledger.failed.len(),
-                ledger.unknown.len(),
-            );
+    }
 }
-        pool.close();
-        pool.wait_closed().await.unwrap();
-        admin.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+
+/// `tasks` tasks share a pool of at most 6 for `secs` seconds (transactions, implicit-
+/// transaction batches, checked queries, timeouts, drops) while the pool's backends are
+/// killed (`pg_terminate_backend`) at random; then every commit that returned `Ok` is in the
+/// table, every one that failed with anything but `CommitUnknown` is not, nothing else is,
+/// no answer went to the wrong caller, and the pool and the server agree on its connections.
+async fn ledger_load(name: &str, secs: u64, tasks: u64) {
+    let began = Instant::now();
+    let app = app_name(name);
+    let admin = connect().await;
+    let table = format!("pool_faults_{name}_{}", std::process::id());
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE UNLOGGED TABLE {table} (id int8 PRIMARY KEY)"
+        ))
+        .await
+        .unwrap();
+    let pool = Pool::builder(options(&with_app_name(&dsn(), &app)))
+        .runtime(runtime())
+        .min_size(2)
+        .max_size(6)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let next = Arc::new(AtomicI64::new(1));
+    let ledger = Arc::new(Mutex::new(CommitLedger::default()));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
+    let workers: Vec<Join<()>> = (0..tasks)
+        .map(|task| {
+            let (pool, next, ledger, insert) =
+                (pool.clone(), next.clone(), ledger.clone(), insert.clone());
+            spawn(async move {
+                let mut round = task;
+                while Instant::now() < deadline {
+                    round += 1;
+                    ledger_op(&pool, &insert, &next, &ledger, round).await;
+                }
+            })
+        })
+        .collect();
+    let mut kills = 0u64;
+    while Instant::now() < deadline {
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 ORDER BY random() LIMIT 1",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        kills += rows.len() as u64;
+        // Pacing, so that work gets through between kills.
+        runtime().sleep(Duration::from_millis(15)).await;
+    }
+    for w in workers {
+        w.await;
+    }
+    let found: HashSet<i64> = admin
+        .query(&format!("SELECT id FROM {table}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<i64>(0))
+        .collect();
+    // Every connection the pool kept works and the server lists exactly those.
+    let pids = settle(&pool, &admin, &app, None).await;
+    check_every_connection(&pool, &admin, &app, &pids).await;
+    let leaked = backends(&admin, &app).await.len().abs_diff(pool.size());
+    {
+        let ledger = lock(&ledger);
+        assert!(ledger.wrong.is_empty(), "wrong answers: {:?}", ledger.wrong);
+        let missing: Vec<&i64> = ledger
+            .committed
+            .iter()
+            .filter(|id| !found.contains(id))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "rows of commits that returned Ok are missing: {missing:?}"
+        );
+        let phantoms: Vec<&i64> = ledger
+            .failed
+            .iter()
+            .filter(|id| found.contains(id))
+            .take(10)
+            .collect();
+        assert!(
+            phantoms.is_empty(),
+            "rows of commits that failed (not CommitUnknown) are there: {phantoms:?}"
+        );
+        let known: HashSet<i64> = ledger
+            .committed
+            .iter()
+            .chain(&ledger.unknown)
+            .copied()
+            .collect();
+        let strangers = found.difference(&known).count();
+        assert_eq!(strangers, 0, "rows nobody committed");
+        assert_eq!(
+            leaked, 0,
+            "the server and the pool disagree on its connections"
+        );
+        assert!(kills > 0 && !ledger.committed.is_empty() && !ledger.failed.is_empty());
+        let unknown_kept = ledger
+            .unknown
+            .iter()
+            .filter(|id| found.contains(id))
+            .count();
+        eprintln!(
+            "{name} on {} ({:.1?}): {kills} faults injected (backends killed); operations {:?}; \
+             panics 0, hangs 0, wrong answers {}, lost commits {}, phantom rows {}, leaked \
+             connections {leaked}; commits: {} Ok, {} failed, {} reported unknown ({unknown_kept} \
+             of those present)",
+            crate::support::runtime_name(),
+            began.elapsed(),
+            LEDGER_OPS.iter().zip(ledger.ops).collect::<Vec<_>>(),
+            ledger.wrong.len(),
+            missing.len(),
+            phantoms.len(),
+            ledger.committed.len(),
+            ledger.failed.len(),
+            ledger.unknown.len(),
+        );
+    }
+    pool.close();
+    pool.wait_closed().await.unwrap();
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+rt_test! {
+    async fn commits_under_killed_backends_are_reported_truthfully() {
+        ledger_load("ledger", 4, 12).await;
+    }
+}
+
+rt_test! {
+    /// `cargo xtask soak --minutes N`: the same load for as long as `AIOPG_SOAK_SECS` says.
+    #[ignore = "a soak: run by `cargo xtask soak`"]
+    async fn soak() {
+        let secs = crate::support::soak_secs();
+        assert!(secs > 0, "AIOPG_SOAK_SECS is not set: run `cargo xtask soak --minutes N`");
+        ledger_load("soak", secs, 24).await;
     }
 }

@@ -36,12 +36,23 @@ pub fn runtime() -> Arc<dyn Runtime> {
         .unwrap_or_else(|| panic!("AIOPG_TEST_RUNTIME={name}: not a runtime this build has"))
 }
 
-/// Runs `f` to completion on the runtime under test, failing after [`TEST_DEADLINE`].
+/// How long a soak runs on each runtime (`AIOPG_SOAK_SECS`, set by `cargo xtask soak`); 0
+/// when no soak was asked for.
+pub fn soak_secs() -> u64 {
+    std::env::var("AIOPG_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `f` to completion on the runtime under test, failing after [`TEST_DEADLINE`] (a
+/// minute past the soak's length in a soak).
 pub fn block_on<F: Future<Output = ()> + Send + 'static>(f: F) {
+    let deadline = TEST_DEADLINE.max(Duration::from_secs(soak_secs() + 60));
     let guarded = async move {
         let rt = runtime();
-        if aiopg::rt::timeout(&*rt, TEST_DEADLINE, f).await.is_err() {
-            panic!("test did not finish within {TEST_DEADLINE:?}: it hangs");
+        if aiopg::rt::timeout(&*rt, deadline, f).await.is_err() {
+            panic!("test did not finish within {deadline:?}: it hangs");
         }
     };
     match runtime_name().as_str() {

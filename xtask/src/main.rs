@@ -76,6 +76,9 @@ commands:
                         server) for N seconds each (default 60) and print the
                         executions; needs nightly and cargo-fuzz, and says SKIPPED
                         without them (fails instead with --require)
+  soak [--minutes N]    the pool soak (mixed load, backends killed at random; commits,
+                        answers and connections checked) for N minutes in all (default 1),
+                        split over the three runtimes
   help                  print this text
 
 Clusters live in $TMPDIR/aiopg-pg-*; `pg start`'s state file is
@@ -109,6 +112,7 @@ fn main() {
         Some("demo") => tasks::demo(&root()),
         Some("bench") => tasks::bench(&root(), rest),
         Some("fuzz") => fuzz::fuzz(&root(), rest),
+        Some("soak") => tasks::soak(&root(), rest),
         Some("help" | "--help" | "-h") => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), USAGE.as_bytes());
             Ok(0)

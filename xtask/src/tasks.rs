@@ -48,6 +48,41 @@ fn passthrough(args: &[String]) -> &[String] {
     }
 }
 
+/// `cargo xtask soak [--minutes N]`: the pool soak (`pool_faults::soak`: mixed load while its
+/// backends are killed at random) for N minutes in all (default 1), split over the three
+/// runtimes, against a throwaway cluster; each runtime prints its counts.
+pub fn soak(root: &Path, args: &[String]) -> Result<i32> {
+    let mut minutes = 1.0f64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--minutes" => {
+                minutes = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|m: &f64| *m > 0.0)
+                    .ok_or("--minutes takes a positive number")?
+            }
+            other => return Err(format!("soak: unknown argument {other:?}").into()),
+        }
+    }
+    let per_runtime = ((minutes * 60.0 / 3.0).round() as u64).max(5);
+    errln!("xtask: soak of {per_runtime} s on each of tokio, async-std and smol");
+    // Read by the test process (and only there): the soak's length.
+    std::env::set_var("AIOPG_SOAK_SECS", per_runtime.to_string());
+    std::env::set_var(NO_FAILOVER, "1");
+    let args: Vec<String> = [
+        "--",
+        "pool_faults::soak",
+        "--ignored",
+        "--nocapture",
+        "--exact",
+    ]
+    .map(String::from)
+    .to_vec();
+    test_all_runtimes(root, &args)
+}
+
 pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
     sys::catch_termination();
     let mut test_args: Vec<String> = passthrough(args).to_vec();
