@@ -62,9 +62,10 @@
 pub use aiopg_conn::{
     connect, BinaryCopyInWriter, BinaryCopyOutStream, BinaryCopyRow, Column, ConnectOptions,
     Connection, CopyInWriter, CopyOutReader, IsolationLevel, Listener, ListenerEvent,
-    ListenerStream, Notices, Notification, Notifies, Param, Pipeline, QueryResult, Row, RowStream,
-    Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction, TransactionOptions,
-    CANCEL_GRACE, DEFAULT_EVENT_CAPACITY, DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
+    ListenerStream, Notices, Notification, Notifies, Param, Pipeline, QueryResult, RetryPolicy,
+    Row, RowStream, Savepoint, SimpleQueryMessage, SimpleRow, Statement, Transaction,
+    TransactionOptions, TransactionOutcome, TransactionStep, CANCEL_GRACE, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_STATEMENT_CACHE_SIZE, DEFAULT_TIMEOUT,
 };
 pub use aiopg_core::config::{self, Config};
 pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};

@@ -7,7 +7,7 @@ use aiopg::{ErrorKind, SimpleQueryMessage, SqlState};
 use futures_util::{StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng};
 
-use crate::support::{connect, dsn, options, poll_then_drop, rt_test, spawn};
+use crate::support::{connect, dsn, options, poll_then_drop, rt_test, spawn, wait_until_blocked};
 
 fn text(msgs: &[SimpleQueryMessage]) -> Vec<String> {
     msgs.iter()
@@ -34,27 +34,6 @@ async fn release_lock(holder: &aiopg::Connection, key: i64) {
         .query("SELECT pg_advisory_unlock($1)", &[&key])
         .await
         .unwrap();
-}
-
-/// Polls until the server shows `pid` waiting for a lock (bounded): only the server can make
-/// this true.
-async fn wait_until_blocked(observer: &aiopg::Connection, pid: i32) {
-    for _ in 0..2_000 {
-        let rows = observer
-            .query(
-                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted",
-                &[&pid],
-            )
-            .await
-            .unwrap();
-        if rows[0].get::<i64>(0) > 0 {
-            return;
-        }
-        crate::support::runtime()
-            .sleep(Duration::from_millis(5))
-            .await;
-    }
-    panic!("backend {pid} never blocked on the advisory lock");
 }
 
 /// Polls `fut` once; `Some` if it finished.

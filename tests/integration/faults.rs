@@ -142,3 +142,75 @@ rt_test! {
         assert!(proxy.fired.load(Ordering::SeqCst) && conn.is_closed());
     }
 }
+
+rt_test! {
+    async fn a_lost_answer_to_a_pipelined_transaction_is_commit_unknown_and_truthful() {
+        let admin = connect().await;
+        let t = table("ptx");
+        admin
+            .batch_execute(&format!("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (v int4)"))
+            .await
+            .unwrap();
+        let insert = format!("INSERT INTO {t} VALUES ($1)");
+        // The statements are prepared first; BEGIN is in the transaction's request only.
+        let (proxy, conn) = through(Fault::LoseAnswer, b"BEGIN").await;
+        let (one, two) = (1i32, 2i32);
+        let mut p = conn.pipeline();
+        p.query(&insert, &[&one]).query(&insert, &[&two]);
+        let err = p
+            .transaction(aiopg::TransactionOptions::default())
+            .await
+            .expect_err("the answer was lost");
+        // Sent whole, answer lost: the client cannot know, and says so.
+        assert_eq!(err.kind(), ErrorKind::CommitUnknown, "{err}");
+        assert!(err.is_commit_unknown() && err.is_closed());
+        assert!(proxy.fired.load(Ordering::SeqCst) && conn.is_closed());
+        // Whatever happened, it happened whole.
+        let n: i64 = admin.query(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap()[0].get(0);
+        assert!(n == 0 || n == 2, "{n} rows: half a transaction");
+
+        // A transaction that fails at a statement never commits, answer lost or not.
+        let (proxy, conn) = through(Fault::LoseAnswer, b"BEGIN").await;
+        let zero = 0i32;
+        let mut p = conn.pipeline();
+        p.query(&insert, &[&one])
+            .query("SELECT 1 / $1::int4", &[&zero]);
+        let before = n;
+        let err = p
+            .transaction(aiopg::TransactionOptions::default())
+            .await
+            .expect_err("the answer was lost");
+        assert!(err.is_closed(), "{err}");
+        assert!(proxy.fired.load(Ordering::SeqCst));
+        let n: i64 = admin.query(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap()[0].get(0);
+        assert_eq!(n, before, "a failed transaction left rows");
+        admin.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    }
+}
+
+rt_test! {
+    async fn a_pipelined_transaction_cut_before_its_commit_left_commits_nothing() {
+        let admin = connect().await;
+        let t = table("ptx_cut");
+        admin
+            .batch_execute(&format!("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (v int4, pad text)"))
+            .await
+            .unwrap();
+        // The link is cut soon after the request's start: the rest of its 4 MB, COMMIT
+        // included, never reaches the server.
+        let (proxy, conn) = through(Fault::CutAfterClientBytes(60), b"BEGIN").await;
+        let insert = format!("INSERT INTO {t} VALUES ($1, $2)");
+        let (one, pad) = (1i32, "p".repeat(2 << 20));
+        let mut p = conn.pipeline();
+        p.query(&insert, &[&one, &pad]).query(&insert, &[&one, &pad]);
+        let err = p
+            .transaction(aiopg::TransactionOptions::default())
+            .await
+            .expect_err("the link was cut");
+        assert!(err.is_closed(), "{err}");
+        assert!(proxy.fired.load(Ordering::SeqCst) && conn.is_closed());
+        let n: i64 = admin.query(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap()[0].get(0);
+        assert_eq!(n, 0, "a transaction whose COMMIT never left committed");
+        admin.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    }
+}

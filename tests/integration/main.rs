@@ -19,6 +19,7 @@ mod mogrify;
 mod notify;
 mod pgbouncer;
 mod pipeline;
+mod pipelined_tx;
 mod pool;
 mod pool_faults;
 mod pool_handout;

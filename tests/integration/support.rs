@@ -155,3 +155,22 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     m.extend_from_slice(body);
     m
 }
+
+/// Polls until the server shows `pid` waiting for a lock (bounded): only the server can make
+/// this true.
+pub async fn wait_until_blocked(observer: &aiopg::Connection, pid: i32) {
+    for _ in 0..2_000 {
+        let rows = observer
+            .query(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if rows[0].get::<i64>(0) > 0 {
+            return;
+        }
+        runtime().sleep(Duration::from_millis(5)).await;
+    }
+    panic!("backend {pid} never blocked on a lock");
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use postgres_protocol::message::backend::Message;
 
-use aiopg_core::protocol::rows_from_tag;
+use aiopg_core::protocol::{rows_from_tag, TransactionStatus};
 use aiopg_core::row::{parse_row_description, type_for_oid, Column, Row, SimpleRow};
 use aiopg_core::types::Type;
 use aiopg_core::{Error, Result};
@@ -86,6 +86,25 @@ pub(crate) struct Batch {
     current: usize,
     /// The first error and the part it belongs to.
     failed: Option<(usize, Error)>,
+    /// A pipelined transaction: `BEGIN` ahead of the parts, `COMMIT` after their Sync.
+    tx: Option<TxEnds>,
+}
+
+/// What the server said of a pipelined transaction's own statements: its `BEGIN` (before the
+/// parts, under their Sync) and its `COMMIT` (a simple Query after that Sync, which the server
+/// runs as `ROLLBACK` when the block failed).
+#[derive(Debug, Default)]
+pub(crate) struct TxEnds {
+    /// BEGIN's CommandComplete arrived.
+    pub(crate) begun: bool,
+    /// BEGIN failed (the parts never ran).
+    pub(crate) begin_error: Option<Error>,
+    /// The transaction status at the parts' Sync, once it came.
+    pub(crate) synced: Option<TransactionStatus>,
+    /// The COMMIT's command tag: `COMMIT`, or `ROLLBACK` for a failed block.
+    pub(crate) end_tag: Option<String>,
+    /// The COMMIT failed (a deferred constraint, a serialization failure at commit).
+    pub(crate) end_error: Option<Error>,
 }
 
 /// One statement's answer within a [`Collector::Batch`].
@@ -278,10 +297,12 @@ pub(crate) enum Output {
         columns: Option<Arc<[Column]>>,
     },
     Simple(Vec<SimpleQueryMessage>),
-    /// The answers of a pipeline, up to the first failure, and that failure.
+    /// The answers of a pipeline, up to the first failure, and that failure; for a
+    /// pipelined transaction, what its BEGIN and COMMIT got.
     Batch {
         parts: Vec<BatchPart>,
         failed: Option<(usize, Error)>,
+        tx: Option<TxEnds>,
     },
     /// A row stream's remaining rows and its end.
     Stream(StreamRows),
@@ -333,7 +354,32 @@ impl Collector {
             parts,
             current: 0,
             failed: None,
+            tx: None,
         })
+    }
+
+    /// A pipelined transaction's answer: BEGIN, the parts, Sync, then COMMIT (two
+    /// `ReadyForQuery`s: see [`State::syncs`](crate::state::State::syncs)).
+    pub(crate) fn transaction(parts: Vec<BatchPart>) -> Collector {
+        Collector::Batch(Batch {
+            parts,
+            current: 0,
+            failed: None,
+            tx: Some(TxEnds::default()),
+        })
+    }
+
+    /// One of the request's inner `ReadyForQuery`s arrived, with the transaction status it
+    /// carried. Returns false when what follows can no longer commit.
+    pub(crate) fn sync_point(&mut self, status: TransactionStatus) -> bool {
+        match self {
+            Collector::Batch(Batch { tx: Some(t), .. }) => {
+                t.synced = Some(status);
+                // COMMIT commits only an open, healthy block.
+                status == TransactionStatus::InTransaction
+            }
+            _ => true,
+        }
     }
 
     pub(crate) fn stream(columns: Arc<[Column]>) -> Collector {
@@ -419,10 +465,21 @@ impl Collector {
     /// result (a pipeline keeps the answers before its failure).
     pub(crate) fn take_error(&mut self, err: Error) -> Option<Error> {
         match self {
-            Collector::Batch(b) if b.failed.is_none() => {
-                b.failed = Some((b.current, err));
-                None
-            }
+            Collector::Batch(b) => match &mut b.tx {
+                Some(t) if t.synced.is_some() => {
+                    t.end_error.get_or_insert(err);
+                    None
+                }
+                Some(t) if !t.begun => {
+                    t.begin_error.get_or_insert(err);
+                    None
+                }
+                _ if b.failed.is_none() => {
+                    b.failed = Some((b.current, err));
+                    None
+                }
+                _ => Some(err),
+            },
             _ => Some(err),
         }
     }
@@ -497,6 +554,16 @@ impl Collector {
                 let t = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
                 s.affected = rows_from_tag(t);
                 s.tag = Some(t.to_owned());
+            }
+            (Collector::Batch(Batch { tx: Some(t), .. }), Message::CommandComplete(body))
+                if !t.begun || t.synced.is_some() =>
+            {
+                let tag = body.tag().map_err(|e| Error::protocol(e.to_string()))?;
+                if t.synced.is_some() {
+                    t.end_tag = Some(tag.to_owned());
+                } else {
+                    t.begun = true;
+                }
             }
             (Collector::Batch(b), Message::CommandComplete(body)) => {
                 if b.failed.is_none() {
@@ -607,6 +674,7 @@ impl Collector {
             Collector::Batch(b) => Output::Batch {
                 parts: b.parts,
                 failed: b.failed,
+                tx: b.tx,
             },
             Collector::CopyIn(c) => Output::Copied(c.rows),
             Collector::Stream(_) | Collector::CopyOut(_) => unreachable!("handled above"),

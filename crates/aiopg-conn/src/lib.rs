@@ -82,10 +82,10 @@ pub use copy::{
 pub use events::DEFAULT_EVENT_CAPACITY;
 pub use listener::{Listener, ListenerEvent, ListenerStream};
 pub use notify::{Notices, Notifies};
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, TransactionOutcome, TransactionStep};
 pub use statement::Statement;
 pub use stream::RowStream;
-pub use transaction::{IsolationLevel, Savepoint, Transaction, TransactionOptions};
+pub use transaction::{IsolationLevel, RetryPolicy, Savepoint, Transaction, TransactionOptions};
 
 /// One part of a simple query's answer.
 #[derive(Debug)]

@@ -219,8 +219,19 @@ struct Server {
     copy_in: Option<u64>,
     /// Protocol violations seen: any is a client bug.
     violations: Vec<String>,
-    /// The ids of the `COMMIT -- id` statements the server ran.
+    /// The ids of the `COMMIT -- id` statements the server ran, and of the pipelined
+    /// transactions it committed (their statements' value).
     committed: Vec<u64>,
+    /// The ids of every COMMIT the server received whole, whether it committed or not.
+    commits_seen: Vec<u64>,
+    /// Inside a transaction block: `Some(failed)`.
+    tx: Option<bool>,
+    /// The values the statements of the open block ran with.
+    tx_values: Vec<i64>,
+    /// The open block's statements are synced: its COMMIT must come next, nothing else.
+    tx_synced: bool,
+    /// The portal is a BEGIN's.
+    begin_portal: bool,
 }
 
 fn put_msg(out: &mut VecDeque<u8>, tag: u8, body: &[u8]) {
@@ -313,6 +324,17 @@ impl Server {
     fn fail(&mut self, out: &mut VecDeque<u8>, code: &str, msg: &str) {
         put_msg(out, b'E', &error_body(code, msg));
         self.skipping = true;
+        if self.tx.is_some() {
+            self.tx = Some(true);
+        }
+    }
+
+    fn status(&self) -> &'static [u8] {
+        match self.tx {
+            None => b"I",
+            Some(false) => b"T",
+            Some(true) => b"E",
+        }
     }
 
     fn handle(&mut self, tag: u8, b: &[u8], out: &mut VecDeque<u8>) {
@@ -355,16 +377,55 @@ impl Server {
             // had already ended (an error). The server ignores them, as PostgreSQL does.
             return;
         }
+        if self.tx_synced {
+            // A pipelined transaction's COMMIT follows its Sync in the same request.
+            let commit = tag == b'Q' && b.starts_with(b"COMMIT\0");
+            if !commit {
+                self.violations.push(format!(
+                    "message {:?} landed between a pipelined transaction's Sync and its COMMIT",
+                    tag as char
+                ));
+            }
+        }
         if tag == b'S' {
             self.skipping = false;
-            put_msg(out, b'Z', b"I");
+            self.tx_synced = self.tx.is_some();
+            put_msg(out, b'Z', self.status());
             return;
         }
         if tag == b'Q' {
             let sql = cstr(b, &mut at);
             self.skipping = false;
+            if sql == "COMMIT" {
+                self.tx_synced = false;
+                let values = std::mem::take(&mut self.tx_values);
+                let id = values.first().map(|&v| v as u64);
+                match self.tx.take() {
+                    Some(failed) => {
+                        self.commits_seen.extend(id);
+                        if !failed {
+                            self.committed.extend(id);
+                        }
+                        let tag: &[u8] = if failed { b"ROLLBACK\0" } else { b"COMMIT\0" };
+                        put_msg(out, b'C', tag);
+                    }
+                    None => {
+                        self.violations
+                            .push("COMMIT outside a transaction block".into());
+                        put_msg(out, b'C', b"COMMIT\0");
+                    }
+                }
+                put_msg(out, b'Z', b"I");
+                return;
+            }
+            if self.tx.is_some() {
+                self.violations.push(format!(
+                    "simple query {sql:?} inside a pipelined transaction"
+                ));
+            }
             if let Some(id) = sql.strip_prefix("COMMIT -- ") {
                 self.committed.push(id.parse().unwrap());
+                self.commits_seen.push(id.parse().unwrap());
                 put_msg(out, b'C', b"COMMIT\0");
                 put_msg(out, b'Z', b"I");
                 return;
@@ -460,6 +521,14 @@ impl Server {
                 let nfmt = i16_at(b, &mut at);
                 at += 2 * nfmt as usize;
                 let nparams = i16_at(b, &mut at);
+                if self.statements[&name].starts_with("BEGIN") {
+                    if nparams != 0 {
+                        self.violations.push("BEGIN bound with parameters".into());
+                    }
+                    self.begin_portal = true;
+                    put_msg(out, b'2', b"");
+                    return;
+                }
                 if nparams != 1 {
                     self.violations
                         .push(format!("Bind with {nparams} parameters"));
@@ -475,12 +544,24 @@ impl Server {
                 put_msg(out, b'2', b"");
             }
             b'E' => {
+                if std::mem::take(&mut self.begin_portal) {
+                    if self.tx.is_some() {
+                        self.violations
+                            .push("BEGIN inside a transaction block".into());
+                    }
+                    self.tx = Some(false);
+                    put_msg(out, b'C', b"BEGIN\0");
+                    return;
+                }
                 let Some(v) = self.portal.take() else {
                     self.violations.push("Execute with no portal".into());
                     return self.fail(out, "34000", "no portal");
                 };
                 if v < 0 {
                     return self.fail(out, "22023", "bad value");
+                }
+                if self.tx.is_some() {
+                    self.tx_values.push(v);
                 }
                 let n = rows_for(v);
                 for _ in 0..n {
@@ -505,11 +586,18 @@ impl Server {
 // ---------------------------------------------------------------------------------------
 // Callers.
 
+/// A rolled-back pipelined transaction: the failing statement, its SQLSTATE, the values of
+/// the statements before it.
+type RolledBack = (usize, String, Vec<Vec<i64>>);
+
 #[derive(Debug, Clone, PartialEq)]
 enum Got {
     Values(Vec<i64>),
     Statement(String),
     Batch(Vec<Result<Vec<i64>, ErrorKind>>),
+    /// A pipelined transaction: committed with each statement's values, or rolled back at
+    /// a statement with the error's SQLSTATE and the values of those before it.
+    Tx(Result<Vec<Vec<i64>>, RolledBack>),
     Notification(String),
     Unit,
 }
@@ -527,6 +615,8 @@ enum Kind {
     Query(u8, i64),
     Simple(i64),
     Batch(Vec<(u8, i64)>),
+    /// The same statements as one pipelined transaction.
+    Tx(Vec<(u8, i64)>),
     Stream(u8, i64),
     /// Two parameters for a one-parameter statement: fails to encode, sends nothing.
     EncodeFail(u8),
@@ -563,6 +653,38 @@ async fn yield_once() {
         }
     })
     .await
+}
+
+/// Runs `items` as one pipelined transaction.
+async fn run_tx(c: &Connection, items: &[(u8, i64)]) -> Result<Got, aiopg_core::Error> {
+    let sqls: Vec<String> = items.iter().map(|(k, _)| sql_for(*k)).collect();
+    let mut p = c.pipeline();
+    for ((_, v), sql) in items.iter().zip(&sqls) {
+        p.query(sql, &[v]);
+    }
+    let values = |r: &[crate::QueryResult]| -> Vec<Vec<i64>> {
+        r.iter()
+            .map(|q| q.rows.iter().map(|r| r.get::<i64>(0)).collect())
+            .collect()
+    };
+    Ok(Got::Tx(
+        match p.transaction(crate::TransactionOptions::default()).await? {
+            crate::TransactionOutcome::Committed(r) => Ok(values(&r)),
+            crate::TransactionOutcome::RolledBack {
+                step: crate::TransactionStep::Statement(i),
+                error,
+                results,
+            } => Err((
+                i,
+                error
+                    .code()
+                    .map(|c| c.code().to_owned())
+                    .unwrap_or_default(),
+                values(&results),
+            )),
+            other => return Err(aiopg_core::Error::usage(format!("{other:?}"))),
+        },
+    ))
 }
 
 impl Kind {
@@ -604,6 +726,7 @@ impl Kind {
                         .collect(),
                 ))
             }),
+            Kind::Tx(items) => Box::pin(async move { run_tx(&c, &items).await }),
             Kind::Stream(k, v) => Box::pin(async move {
                 let mut s = c.query_stream(&sql_for(k), &[&v]).await?;
                 let mut vals = Vec::new();
@@ -752,6 +875,21 @@ impl Kind {
                         _ => Ok(rows(*v)),
                     })
                     .collect();
+                if res == want {
+                    Ok(())
+                } else {
+                    bad(&format!("{res:?}, want {want:?}"))
+                }
+            }
+            (Kind::Tx(items), Ok(Got::Tx(res))) => {
+                let want = match items.iter().position(|(_, v)| *v < 0) {
+                    Some(f) => Err((
+                        f,
+                        "22023".to_owned(),
+                        items[..f].iter().map(|(_, v)| rows(*v)).collect(),
+                    )),
+                    None => Ok(items.iter().map(|(_, v)| rows(*v)).collect()),
+                };
                 if res == want {
                     Ok(())
                 } else {
@@ -1191,6 +1329,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         5 => (k.clone(), value()).prop_map(|(k, v)| Kind::Query(k, v)),
         2 => value().prop_map(Kind::Simple),
         2 => proptest::collection::vec((k.clone(), value()), 1..4).prop_map(Kind::Batch),
+        2 => proptest::collection::vec((k.clone(), value()), 1..4).prop_map(Kind::Tx),
         3 => (k.clone(), value()).prop_map(|(k, v)| Kind::Stream(k, v)),
         1 => k.prop_map(Kind::EncodeFail),
         1 => Just(Kind::Settle),
@@ -1251,8 +1390,9 @@ fn model_config() -> ProptestConfig {
 /// What one step of the commit-outcome model does.
 #[derive(Debug, Clone)]
 enum CommitAction {
-    /// Caller `i` (if free) issues a `COMMIT` (true) or a plain simple query.
-    Issue(usize, bool),
+    /// Caller `i` (if free) issues a plain simple query (0), a `COMMIT` (1), a pipelined
+    /// transaction (2) or one whose second statement fails (3).
+    Issue(usize, u8),
     Poll(usize),
     Server(usize),
     Net {
@@ -1265,7 +1405,7 @@ enum CommitAction {
 
 fn commit_action() -> impl Strategy<Value = CommitAction> {
     prop_oneof![
-        3 => (0..CALLERS, any::<bool>()).prop_map(|(i, c)| CommitAction::Issue(i, c)),
+        3 => (0..CALLERS, 0u8..4).prop_map(|(i, c)| CommitAction::Issue(i, c)),
         4 => (0..CALLERS).prop_map(CommitAction::Poll),
         2 => (0..4usize).prop_map(CommitAction::Server),
         2 => (prop_oneof![Just(1usize), Just(3), Just(64), Just(1 << 20)],
@@ -1276,7 +1416,8 @@ fn commit_action() -> impl Strategy<Value = CommitAction> {
     ]
 }
 
-type CommitFut = Pin<Box<dyn Future<Output = aiopg_core::Result<()>> + Send>>;
+/// `Ok(true)`: committed; `Ok(false)`: a pipelined transaction rolled back.
+type CommitFut = Pin<Box<dyn Future<Output = aiopg_core::Result<bool>> + Send>>;
 /// A caller of the commit model: its commit id (`None` for a plain query), future, waker.
 type CommitCaller = (Option<u64>, CommitFut, Arc<Flag>);
 
@@ -1291,45 +1432,68 @@ fn commit_outcomes(actions: &[CommitAction]) -> Result<(), String> {
     let mut callers: Vec<Option<CommitCaller>> = (0..CALLERS).map(|_| None).collect();
     let mut next_id = 0u64;
     // Commit ids whose futures finished, with what they returned.
-    let mut outcomes: Vec<(u64, aiopg_core::Result<()>)> = Vec::new();
-    let poll = |c: &mut CommitCaller| -> Poll<aiopg_core::Result<()>> {
+    let mut outcomes: Vec<(u64, bool, aiopg_core::Result<bool>)> = Vec::new();
+    // Ids of the pipelined transactions made to fail.
+    let mut failing: Vec<u64> = Vec::new();
+    let poll = |c: &mut CommitCaller| -> Poll<aiopg_core::Result<bool>> {
         c.2 .0.store(false, Ordering::SeqCst);
         let waker = Waker::from(c.2.clone());
         c.1.as_mut().poll(&mut Context::from_waker(&waker))
     };
-    let record = |id: Option<u64>, r: aiopg_core::Result<()>, outcomes: &mut Vec<_>| {
-        match id {
-            Some(id) => outcomes.push((id, r)),
-            None => {
-                if let Err(e) = r {
-                    if e.kind() != ErrorKind::Closed {
-                        return Err(format!("a plain query failed with {e}"));
+    let record =
+        |id: Option<u64>, r: aiopg_core::Result<bool>, outcomes: &mut Vec<_>, failing: &[u64]| {
+            match id {
+                Some(id) => outcomes.push((id, failing.contains(&id), r)),
+                None => {
+                    if let Err(e) = r {
+                        if e.kind() != ErrorKind::Closed {
+                            return Err(format!("a plain query failed with {e}"));
+                        }
                     }
                 }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     for a in actions {
         match a {
             CommitAction::Issue(i, commit) => {
                 if callers[*i].is_none() {
                     let c = m.conn.clone();
-                    let (id, fut): (Option<u64>, CommitFut) = if *commit {
+                    let (id, fut): (Option<u64>, CommitFut) = if *commit > 0 {
                         next_id += 1;
                         let id = next_id;
-                        (
-                            Some(id),
-                            Box::pin(
-                                async move { c.batch_execute(&format!("COMMIT -- {id}")).await },
-                            ),
-                        )
+                        let fut: CommitFut = if *commit == 1 {
+                            Box::pin(async move {
+                                c.batch_execute(&format!("COMMIT -- {id}")).await?;
+                                Ok(true)
+                            })
+                        } else {
+                            let second = if *commit == 3 { -1 } else { id as i64 };
+                            if *commit == 3 {
+                                failing.push(id);
+                            }
+                            Box::pin(async move {
+                                let sql = sql_for(0);
+                                let first = id as i64;
+                                let mut p = c.pipeline();
+                                p.query(&sql, &[&first]).query(&sql, &[&second]);
+                                let out = p.transaction(crate::TransactionOptions::default());
+                                Ok(out.await?.is_committed())
+                            })
+                        };
+                        (Some(id), fut)
                     } else {
-                        (None, Box::pin(async move { c.batch_execute("Q 1").await }))
+                        (
+                            None,
+                            Box::pin(async move {
+                                c.batch_execute("Q 1").await?;
+                                Ok(true)
+                            }),
+                        )
                     };
                     let mut caller = (id, fut, Arc::new(Flag(AtomicBool::new(false))));
                     match poll(&mut caller) {
-                        Poll::Ready(r) => record(id, r, &mut outcomes)?,
+                        Poll::Ready(r) => record(id, r, &mut outcomes, &failing)?,
                         Poll::Pending => callers[*i] = Some(caller),
                     }
                 }
@@ -1339,7 +1503,7 @@ fn commit_outcomes(actions: &[CommitAction]) -> Result<(), String> {
                     if let Poll::Ready(r) = poll(c) {
                         let id = c.0;
                         callers[*i] = None;
-                        record(id, r, &mut outcomes)?;
+                        record(id, r, &mut outcomes, &failing)?;
                     }
                 }
             }
@@ -1379,8 +1543,12 @@ fn commit_outcomes(actions: &[CommitAction]) -> Result<(), String> {
         {
             w.wake();
         }
-        std::mem::take(&mut m.server.committed)
+        (
+            std::mem::take(&mut m.server.committed),
+            std::mem::take(&mut m.server.commits_seen),
+        )
     };
+    let (committed, seen) = committed;
     for _ in 0..1000 {
         if callers.iter().all(Option::is_none) {
             break;
@@ -1390,7 +1558,7 @@ fn commit_outcomes(actions: &[CommitAction]) -> Result<(), String> {
                 if let Poll::Ready(r) = poll(c) {
                     let id = c.0;
                     *slot = None;
-                    record(id, r, &mut outcomes)?;
+                    record(id, r, &mut outcomes, &failing)?;
                 }
             }
         }
@@ -1398,21 +1566,28 @@ fn commit_outcomes(actions: &[CommitAction]) -> Result<(), String> {
     if callers.iter().any(Option::is_some) {
         return Err("a caller hangs after the link was cut".into());
     }
-    for (id, r) in outcomes {
+    for (id, fails, r) in outcomes {
         let ran = committed.contains(&id);
+        if fails && ran {
+            return Err(format!(
+                "transaction {id} failed at a statement, yet committed"
+            ));
+        }
         match r {
-            Ok(()) if ran => {}
-            Ok(()) => {
+            Ok(true) if ran => {}
+            Ok(true) => {
                 return Err(format!(
                     "commit {id} returned Ok but the server never ran it"
                 ))
             }
+            Ok(false) if fails => {}
+            Ok(false) => return Err(format!("transaction {id} reported rolled back")),
             Err(e) if e.kind() == ErrorKind::Closed && ran => {
                 return Err(format!(
                     "commit {id} ran on the server but was reported as {e}"
                 ))
             }
-            Err(e) if e.kind() == ErrorKind::CommitUnknown && !ran => {
+            Err(e) if e.kind() == ErrorKind::CommitUnknown && !seen.contains(&id) => {
                 return Err(format!(
                     "commit {id} never reached the server whole, yet: {e}"
                 ))

@@ -8,7 +8,9 @@ use postgres_protocol::message::frontend;
 
 use crate::collect::{BatchPart, Collector, Output};
 use crate::connection::{is_stale_statement, Connection, Param, QueryResult};
+use crate::state::State;
 use crate::statement::Statement;
+use crate::transaction::{is_retryable, RetryPolicy, TransactionOptions};
 
 /// Several statements sent to the server in one go and answered in one round trip, like
 /// libpq's pipeline mode: the Bind/Execute messages of every statement go out together,
@@ -157,17 +159,18 @@ impl<'c, 'p> Pipeline<'c, 'p> {
         }
         // Only the failing statement is known to be stale; later ones never ran. Evict it and
         // run again: any other stale statement fails the second run, and is returned.
-        self.conn
-            .shared
-            .lock()
-            .statements
-            .remove(stmts[stale].sql());
-        drop(stmts);
+        self.evict(stmts, stale);
         tracing::debug!("a pipelined statement went stale after a schema change; running again");
         Ok(self.run_once().await?.1)
     }
 
-    async fn run_once(&self) -> Result<(Vec<Statement>, Vec<Result<QueryResult>>)> {
+    /// Drops stale statement `i` from the cache (and this run's handles on the others).
+    fn evict(&self, stmts: Vec<Statement>, i: usize) {
+        self.conn.shared.lock().statements.remove(stmts[i].sql());
+    }
+
+    /// Prepares every statement not prepared yet, in order.
+    async fn statements(&self) -> Result<Vec<Statement>> {
         let mut stmts = Vec::with_capacity(self.items.len());
         for (i, item) in self.items.iter().enumerate() {
             stmts.push(match &item.target {
@@ -179,55 +182,58 @@ impl<'c, 'p> Pipeline<'c, 'p> {
                     .map_err(|e| e.context(format!("pipeline statement {i}")))?,
             });
         }
+        Ok(stmts)
+    }
+
+    /// Writes each statement's (Parse,) Bind and Execute, and returns their collectors' parts.
+    fn encode(&self, st: &mut State, stmts: &[Statement]) -> Result<Vec<BatchPart>> {
+        for stmt in stmts {
+            stmt.check_owner(&st.statements)?;
+        }
+        let w = &mut st.write;
+        let mut parts = Vec::with_capacity(stmts.len());
+        for (i, (item, stmt)) in self.items.iter().zip(stmts).enumerate() {
+            if stmt.name().is_empty() {
+                protocol::encode_or_rollback(w, |w| {
+                    frontend::parse("", stmt.sql(), std::iter::empty(), w)
+                })?;
+            }
+            protocol::bind(
+                w,
+                stmt.name(),
+                stmt.params(),
+                &self.params[item.params.clone()],
+            )
+            .map_err(|e| e.context(format!("pipeline statement {i}")))?;
+            protocol::encode_or_rollback(w, |w| frontend::execute("", 0, w))?;
+            parts.push(BatchPart::new(stmt.columns_arc().clone()));
+        }
+        Ok(parts)
+    }
+
+    async fn run_once(&self) -> Result<(Vec<Statement>, Vec<Result<QueryResult>>)> {
+        let stmts = self.statements().await?;
         // Outside a transaction block the pipeline is one implicit transaction, which commits.
         let implicit = self.conn.transaction_status() == TransactionStatus::Idle;
         let req = self.conn.start(|st| {
-            for stmt in &stmts {
-                stmt.check_owner(&st.statements)?;
-            }
             if implicit || stmts.iter().any(Statement::commits) {
                 st.commits();
             }
-            let w = &mut st.write;
-            let mut parts = Vec::with_capacity(stmts.len());
-            for (i, (item, stmt)) in self.items.iter().zip(&stmts).enumerate() {
-                if stmt.name().is_empty() {
-                    protocol::encode_or_rollback(w, |w| {
-                        frontend::parse("", stmt.sql(), std::iter::empty(), w)
-                    })?;
-                }
-                protocol::bind(
-                    w,
-                    stmt.name(),
-                    stmt.params(),
-                    &self.params[item.params.clone()],
-                )
-                .map_err(|e| e.context(format!("pipeline statement {i}")))?;
-                protocol::encode_or_rollback(w, |w| frontend::execute("", 0, w))?;
-                parts.push(BatchPart::new(stmt.columns_arc().clone()));
-            }
-            frontend::sync(w);
+            let parts = self.encode(st, &stmts)?;
+            frontend::sync(&mut st.write);
             Ok(Collector::batch(parts))
         })?;
-        let Output::Batch { parts, failed } = req.await? else {
+        let Output::Batch { parts, failed, .. } = req.await? else {
             return Err(Error::protocol("unexpected answer to a pipeline"));
         };
-        let mut results = Vec::with_capacity(stmts.len());
-        let mut failed = failed;
         let fail_at = failed.as_ref().map_or(usize::MAX, |(i, _)| *i);
-        let mut parts = parts.into_iter();
+        let mut failed = failed;
+        let mut done = completed(parts, stmts.len().min(fail_at)).into_iter();
+        let mut results = Vec::with_capacity(stmts.len());
         for i in 0..stmts.len() {
-            let part = parts.next();
             results.push(if i < fail_at {
-                match part {
-                    Some(p) => Ok(QueryResult {
-                        rows: p.rows,
-                        columns: p.columns,
-                        tag: p.tag,
-                        rows_affected: p.affected,
-                    }),
-                    None => Err(Error::protocol("a pipelined statement got no result")),
-                }
+                done.next()
+                    .unwrap_or_else(|| Err(Error::protocol("a pipelined statement got no result")))
             } else if i == fail_at {
                 Err(failed.take().map_or_else(
                     || Error::protocol("a pipelined statement got no result"),
@@ -240,5 +246,273 @@ impl<'c, 'p> Pipeline<'c, 'p> {
             });
         }
         Ok((stmts, results))
+    }
+
+    /// Runs the statements as one transaction, in one round trip: `BEGIN` (with `options`),
+    /// every statement, Sync, then `COMMIT`, all written together. The outcome is exact:
+    ///
+    /// - [`TransactionOutcome::Committed`] with each statement's result, in order: the server
+    ///   answered the `COMMIT`.
+    /// - [`TransactionOutcome::RolledBack`]: the step that failed ([`TransactionStep`]) and
+    ///   its error (a server error keeps its SQLSTATE); nothing of the transaction remains.
+    ///   A `COMMIT` that fails (a deferred constraint, a serialization failure at commit) is
+    ///   the step [`TransactionStep::Commit`].
+    /// - `Err` of kind [`CommitUnknown`](aiopg_core::ErrorKind::CommitUnknown): the
+    ///   connection was lost after the `COMMIT` went out whole and before its answer came:
+    ///   the transaction **may or may not have committed**. Any other `Err` means nothing
+    ///   committed: the connection was closed before the `COMMIT` left or after the
+    ///   transaction had failed, a statement could not be prepared or its parameters encoded
+    ///   (nothing was sent), or the pipeline holds a statement that begins or ends a
+    ///   transaction itself (refused with a `Usage` error).
+    ///
+    /// The `COMMIT` goes after the statements' Sync, as a query of its own: when a statement
+    /// fails, the server skips the rest up to that Sync and then runs the `COMMIT` as a
+    /// `ROLLBACK`, so a failure never leaves a transaction open, needs no second round trip,
+    /// and never touches requests other callers pipelined behind this one. The whole
+    /// transaction is one request: nothing another caller issues on the same connection can
+    /// land inside it.
+    ///
+    /// Statements that depend on an earlier statement's result cannot be pipelined, since
+    /// every parameter is bound before anything runs. Keep such work in one statement:
+    /// `INSERT ... RETURNING` feeding a data-modifying CTE (`WITH new AS (INSERT ... RETURNING
+    /// id) INSERT INTO child SELECT id, ... FROM new`), or an `UPDATE ... FROM`; or use an
+    /// interactive [`Transaction`](crate::Transaction), one round trip per statement.
+    ///
+    /// Fails with a `Usage` error, sending nothing, when the connection is inside a
+    /// transaction block already. A transaction needs its connection to itself: an
+    /// interactive transaction another caller runs on the same connection cannot be seen
+    /// before its `BEGIN` is answered.
+    ///
+    /// A dropped future leaves the connection in step: before any byte was written nothing
+    /// runs; after, the transaction runs to its end as sent and its answer is discarded.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// use aiopg_conn::{IsolationLevel, TransactionOptions, TransactionOutcome};
+    /// let (from, to, amount) = (1i32, 2i32, 100i64);
+    /// let mut p = conn.pipeline();
+    /// p.query("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &[&from, &amount]);
+    /// p.query("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &[&to, &amount]);
+    /// p.query("INSERT INTO transfers (src, dst, amount) VALUES ($1, $2, $3)", &[&from, &to, &amount]);
+    /// let options = TransactionOptions {
+    ///     isolation_level: IsolationLevel::Serializable,
+    ///     ..TransactionOptions::default()
+    /// };
+    /// match p.transaction(options).await? {
+    ///     TransactionOutcome::Committed(results) => assert_eq!(results.len(), 3),
+    ///     TransactionOutcome::RolledBack { step, error, .. } => {
+    ///         eprintln!("rolled back at {step:?}: {error}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction(&self, options: TransactionOptions) -> Result<TransactionOutcome> {
+        let (stmts, outcome) = self.transaction_once(options).await?;
+        // A cached statement gone stale: the transaction had no effect; run it once more.
+        let stale = match &outcome {
+            TransactionOutcome::RolledBack {
+                step: TransactionStep::Statement(i),
+                error,
+                ..
+            } if is_stale_statement(error) => *i,
+            _ => return Ok(outcome),
+        };
+        self.evict(stmts, stale);
+        tracing::debug!("a statement of a pipelined transaction went stale; running it again");
+        Ok(self.transaction_once(options).await?.1)
+    }
+
+    async fn transaction_once(
+        &self,
+        options: TransactionOptions,
+    ) -> Result<(Vec<Statement>, TransactionOutcome)> {
+        for (i, item) in self.items.iter().enumerate() {
+            let sql = match &item.target {
+                Target::Sql(sql) => *sql,
+                Target::Prepared(s) => s.sql(),
+            };
+            if protocol::controls_transaction(sql) {
+                return Err(Error::usage(format!(
+                    "pipeline statement {i} begins or ends a transaction itself; a pipelined \
+                     transaction sends its own BEGIN and COMMIT"
+                )));
+            }
+            if protocol::is_copy(sql) {
+                return Err(Error::usage(format!(
+                    "pipeline statement {i} is a COPY, which cannot be pipelined; run it with \
+                     copy_in or copy_out inside an interactive transaction"
+                )));
+            }
+        }
+        let stmts = self.statements().await?;
+        let begin = options.begin_sql();
+        let req = self.conn.start(|st| {
+            if st.tx_status != TransactionStatus::Idle {
+                return Err(Error::usage(
+                    "a pipelined transaction cannot start inside a transaction block",
+                ));
+            }
+            st.commits();
+            st.syncs(2);
+            protocol::encode_or_rollback(&mut st.write, |w| {
+                frontend::parse("", &begin, std::iter::empty(), w)
+            })?;
+            protocol::bind(&mut st.write, "", &[], &[])?;
+            protocol::encode_or_rollback(&mut st.write, |w| frontend::execute("", 0, w))?;
+            let parts = self.encode(st, &stmts)?;
+            frontend::sync(&mut st.write);
+            protocol::encode_or_rollback(&mut st.write, |w| frontend::query("COMMIT", w))?;
+            Ok(Collector::transaction(parts))
+        })?;
+        let Output::Batch {
+            parts,
+            failed,
+            tx: Some(tx),
+        } = req.await?
+        else {
+            return Err(Error::protocol(
+                "unexpected answer to a pipelined transaction",
+            ));
+        };
+        let n = stmts.len();
+        let rolled_back = |step, error, results| TransactionOutcome::RolledBack {
+            step,
+            error,
+            results,
+        };
+        let ended = tx.end_tag.as_deref();
+        let outcome = if let Some(e) = tx.begin_error {
+            rolled_back(TransactionStep::Begin, e, Vec::new())
+        } else if let Some((i, e)) = failed {
+            if ended == Some("COMMIT") {
+                return Err(Error::protocol(format!(
+                    "the server committed a transaction whose statement {i} failed"
+                )));
+            }
+            let done = completed(parts, i).into_iter().collect::<Result<_>>()?;
+            rolled_back(TransactionStep::Statement(i), e, done)
+        } else if let Some(e) = tx.end_error {
+            let done = completed(parts, n).into_iter().collect::<Result<_>>()?;
+            rolled_back(TransactionStep::Commit, e, done)
+        } else if tx.synced == Some(TransactionStatus::InTransaction) && ended == Some("COMMIT") {
+            TransactionOutcome::Committed(completed(parts, n).into_iter().collect::<Result<_>>()?)
+        } else {
+            return Err(Error::protocol(format!(
+                "a pipelined transaction ended with status {:?} and COMMIT answered {:?}",
+                tx.synced, ended
+            )));
+        };
+        Ok((stmts, outcome))
+    }
+
+    /// [`transaction`](Self::transaction), run again while it fails with a serialization
+    /// failure (SQLSTATE 40001) or a deadlock (40P01), as `retry` allows. The statements are
+    /// sent again as they are: a pipelined transaction's parameters cannot depend on what it
+    /// reads, so no closure is needed to rebuild it. After the last attempt the outcome is
+    /// returned as it is (`RolledBack`, its error saying how many attempts were made).
+    pub async fn transaction_with_retry(
+        &self,
+        options: TransactionOptions,
+        retry: &RetryPolicy,
+    ) -> Result<TransactionOutcome> {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.transaction(options).await?;
+            match outcome {
+                TransactionOutcome::RolledBack {
+                    step,
+                    error,
+                    results,
+                } if is_retryable(&error) => {
+                    if attempt >= retry.max_attempts {
+                        return Ok(TransactionOutcome::RolledBack {
+                            step,
+                            error: error.context(format!("gave up after {attempt} attempts")),
+                            results,
+                        });
+                    }
+                    tracing::debug!(attempt, "pipelined transaction: {error}; retrying");
+                    self.conn.runtime().sleep(retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                outcome => return Ok(outcome),
+            }
+        }
+    }
+}
+
+/// The first `n` parts as statement results.
+fn completed(parts: Vec<BatchPart>, n: usize) -> Vec<Result<QueryResult>> {
+    let mut out: Vec<Result<QueryResult>> = parts
+        .into_iter()
+        .take(n)
+        .map(|p| {
+            Ok(QueryResult {
+                rows: p.rows,
+                columns: p.columns,
+                tag: p.tag,
+                rows_affected: p.affected,
+            })
+        })
+        .collect();
+    while out.len() < n {
+        out.push(Err(Error::protocol("a pipelined statement got no result")));
+    }
+    out
+}
+
+/// Where a pipelined transaction failed: see [`Pipeline::transaction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionStep {
+    /// Its `BEGIN`: no statement ran.
+    Begin,
+    /// The statement at this index (from 0, in the order they were added); the statements
+    /// before it ran, and were rolled back with it, the ones after it never ran.
+    Statement(usize),
+    /// Its `COMMIT`: every statement ran, and the server rolled them back at commit.
+    Commit,
+}
+
+/// How a pipelined transaction ended, from [`Pipeline::transaction`]. A lost answer is not
+/// an outcome but an error (`CommitUnknown`): see there.
+#[derive(Debug)]
+#[must_use]
+pub enum TransactionOutcome {
+    /// Committed: every statement's result, in order.
+    Committed(Vec<QueryResult>),
+    /// Rolled back: nothing of the transaction remains.
+    RolledBack {
+        /// The step that failed.
+        step: TransactionStep,
+        /// Its error.
+        error: Error,
+        /// The results of the statements that ran before it (rolled back with it).
+        results: Vec<QueryResult>,
+    },
+}
+
+impl TransactionOutcome {
+    /// True when the transaction committed.
+    pub fn is_committed(&self) -> bool {
+        matches!(self, TransactionOutcome::Committed(_))
+    }
+
+    /// The statements' results if the transaction committed; otherwise the error of the
+    /// step that failed (its kind and SQLSTATE kept), its message saying which step and
+    /// that the transaction was rolled back.
+    pub fn committed(self) -> Result<Vec<QueryResult>> {
+        match self {
+            TransactionOutcome::Committed(r) => Ok(r),
+            TransactionOutcome::RolledBack { step, error, .. } => {
+                let at = match step {
+                    TransactionStep::Begin => "its BEGIN".to_owned(),
+                    TransactionStep::Statement(i) => format!("statement {i}"),
+                    TransactionStep::Commit => "its COMMIT".to_owned(),
+                };
+                Err(error.context(format!(
+                    "the pipelined transaction was rolled back: {at} failed"
+                )))
+            }
+        }
     }
 }

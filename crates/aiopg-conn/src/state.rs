@@ -95,6 +95,9 @@ struct Entry {
     /// The request may commit (a `COMMIT`, an implicit transaction): lost once written whole,
     /// its outcome is unknown, which its error says (`CommitUnknown`).
     commits: bool,
+    /// How many `ReadyForQuery` messages end the answer: 1, except for a pipelined
+    /// transaction, whose COMMIT follows its statements' Sync (see `pipeline.rs`).
+    syncs: u32,
 }
 
 /// Why the connection closed: enough to build a fresh error for every caller.
@@ -142,6 +145,9 @@ pub(crate) struct State {
     next_id: u64,
     /// The request being encoded may commit (see [`State::commits`]); taken by `push`.
     next_commits: bool,
+    /// The request being encoded ends with this many Syncs (see [`State::syncs`]); taken
+    /// by `push`.
+    next_syncs: u32,
     /// How many entries at the queue's front are answered (their messages are all read).
     answered: usize,
     closed: Option<CloseReason>,
@@ -200,6 +206,7 @@ impl State {
             queue: VecDeque::new(),
             next_id: 0,
             next_commits: false,
+            next_syncs: 1,
             answered: 0,
             closed: None,
             flush_due: false,
@@ -265,6 +272,7 @@ impl State {
                 self.write.truncate(len);
                 self.statements.requeue_closes(closes);
                 self.next_commits = false;
+                self.next_syncs = 1;
                 Err(e)
             }
         };
@@ -276,6 +284,14 @@ impl State {
     /// that losing the connection once it is written whole is reported as `CommitUnknown`.
     pub(crate) fn commits(&mut self) {
         self.next_commits = true;
+    }
+
+    /// Called by an encoder inside [`State::issue`]: the request it encodes holds `n` Syncs
+    /// (or simple Queries), so its answer ends with the `n`-th `ReadyForQuery`. The bytes are
+    /// still one request: taken back whole or not at all, so that no other request can land
+    /// between its parts.
+    pub(crate) fn syncs(&mut self, n: u32) {
+        self.next_syncs = n.max(1);
     }
 
     /// True when request `id` may commit and was written whole without its answer: its
@@ -318,6 +334,7 @@ impl State {
             on_abandon: None,
             ends_copy: false,
             commits: std::mem::take(&mut self.next_commits),
+            syncs: std::mem::replace(&mut self.next_syncs, 1),
         });
         id
     }
@@ -1268,7 +1285,20 @@ impl State {
 
         match msg {
             Message::ReadyForQuery(body) => {
-                self.tx_status = TransactionStatus::from_byte(body.status())?;
+                let status = TransactionStatus::from_byte(body.status())?;
+                if entry.syncs > 1 {
+                    // One of the request's inner Syncs: its answer goes on. The connection's
+                    // status stays the one between requests, which is what other callers
+                    // (and this request's end) go by.
+                    entry.syncs -= 1;
+                    if !collector.sync_point(status) {
+                        // What follows can no longer commit (a failed transaction block only
+                        // rolls back): losing it now is a plain failure.
+                        entry.commits = false;
+                    }
+                    return Ok(());
+                }
+                self.tx_status = status;
                 let held = self.exclusive == Some(entry.id);
                 let Slot::Waiting { collector, error } =
                     std::mem::replace(&mut entry.slot, Slot::Gone)
@@ -1318,7 +1348,8 @@ impl State {
                 // Sync the server skipped in COPY mode). A request pipelined behind it has
                 // already been swallowed as COPY data, so the connection cannot be kept in
                 // step: close it.
-                if entry.end < self.sent {
+                // (A request of several Syncs has its own messages behind the COPY: the same.)
+                if entry.end < self.sent || entry.syncs > 1 {
                     self.close(CloseReason::new(
                         ErrorKind::Closed,
                         "COPY ... FROM STDIN was sent through query() while other requests \
@@ -1391,13 +1422,14 @@ impl State {
                 Slot::Gone => "Gone".into(),
             };
             out.push_str(&format!(
-                "  id={} {}..{} {slot} waker={} abandoned={} ends_copy={}\n",
+                "  id={} {}..{} {slot} waker={} abandoned={} ends_copy={} syncs={}\n",
                 e.id,
                 e.start,
                 e.end,
                 e.waker.is_some(),
                 e.abandoned,
-                e.ends_copy
+                e.ends_copy,
+                e.syncs
             ));
         }
         out
@@ -1423,6 +1455,9 @@ impl State {
             last_id = Some(e.id);
             if e.start > e.end {
                 return Err(format!("request {} has range {}..{}", e.id, e.start, e.end));
+            }
+            if e.syncs == 0 {
+                return Err(format!("request {} waits for no ReadyForQuery", e.id));
             }
             if e.end <= self.sent {
                 continue;

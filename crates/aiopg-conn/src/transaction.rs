@@ -1,7 +1,11 @@
 //! Transactions with real `commit()` and `rollback()`, and savepoints to any depth.
 
 use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
 
+use aiopg_core::error::SqlState;
 use aiopg_core::{Error, Result};
 
 use crate::Connection;
@@ -401,5 +405,136 @@ impl Connection {
         let mut tx = Transaction::new(self.clone(), options);
         tx.begin().await?;
         Ok(tx)
+    }
+}
+
+/// How [`Connection::transact`] and
+/// [`Pipeline::transaction_with_retry`](crate::Pipeline::transaction_with_retry) retry a
+/// transaction that failed with a serialization failure (SQLSTATE 40001) or a deadlock
+/// (40P01): the errors PostgreSQL documents as "retry the transaction".
+///
+/// Attempt `n` (from 1) that fails is followed by a pause drawn at random between half and
+/// all of `initial_backoff × 2ⁿ⁻¹`, capped at `max_backoff`, so that the transactions that
+/// collided do not collide again in step. No other error is retried: a lost connection, a
+/// `CommitUnknown` (the transaction may have committed), a constraint violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub max_attempts: u32,
+    /// The pause after the first failed attempt.
+    pub initial_backoff: Duration,
+    /// The longest pause.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts; pauses from 5 ms up to 500 ms.
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause after failed attempt `attempt` (from 1).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = aiopg_conn::RetryPolicy::default();
+    /// let d = p.backoff(3);
+    /// assert!(d >= Duration::from_millis(10) && d <= Duration::from_millis(20));
+    /// assert!(p.backoff(30) <= p.max_backoff);
+    /// ```
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff);
+        // A random point in the upper half: RandomState is seeded at random per instance.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(attempt);
+        let frac = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        ceiling.mul_f64(0.5 + frac / 2.0)
+    }
+}
+
+/// True for the errors a transaction is retried on: serialization failure (40001) and
+/// deadlock detected (40P01).
+pub(crate) fn is_retryable(e: &Error) -> bool {
+    e.code().is_some_and(|c| {
+        c == &SqlState::T_R_SERIALIZATION_FAILURE || c == &SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+impl Connection {
+    /// Runs `f` in a transaction begun with `options` and commits it, retrying the whole
+    /// transaction as `retry` allows when it fails with a serialization failure (40001) or
+    /// a deadlock (40P01): the loop every service on `SERIALIZABLE` or `REPEATABLE READ`
+    /// writes by hand.
+    ///
+    /// `f` gets the connection (a clone, cheap) and runs its statements on it; it must not
+    /// commit or roll back itself. Its error ends the attempt: the transaction is rolled
+    /// back, then retried if the error is one of those two, else returned. A `COMMIT` that
+    /// fails with one of them is retried too. `f` runs once per attempt, so whatever it does
+    /// besides the database must be safe to repeat. After the last attempt its error is
+    /// returned, saying how many attempts were made. A lost connection or a
+    /// [`CommitUnknown`](aiopg_core::ErrorKind::CommitUnknown) commit is never retried.
+    ///
+    /// A transaction needs its connection to itself: do not share the connection with other
+    /// callers while this runs.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// use aiopg_conn::{IsolationLevel, RetryPolicy, TransactionOptions};
+    /// let options = TransactionOptions {
+    ///     isolation_level: IsolationLevel::Serializable,
+    ///     ..TransactionOptions::default()
+    /// };
+    /// let total: i64 = conn
+    ///     .transact(options, &RetryPolicy::default(), |c| async move {
+    ///         let n: i64 = c.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
+    ///         c.execute("INSERT INTO order_counts (n) VALUES ($1)", &[&n]).await?;
+    ///         Ok(n)
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transact<T, F, Fut>(
+        &self,
+        options: TransactionOptions,
+        retry: &RetryPolicy,
+        mut f: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Connection) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_with(options).await?;
+            let res = match f(self.clone()).await {
+                Ok(v) => tx.commit().await.map(|()| v),
+                Err(e) => match tx.rollback().await {
+                    Ok(()) => Err(e),
+                    // The connection is gone: that is what the caller must hear.
+                    Err(closed) => Err(closed.context(format!("rolling back after: {e}"))),
+                },
+            };
+            match res {
+                Err(e) if is_retryable(&e) => {
+                    if attempt >= retry.max_attempts {
+                        return Err(e.context(format!("gave up after {attempt} attempts")));
+                    }
+                    tracing::debug!(attempt, "transaction: {e}; retrying");
+                    self.runtime().sleep(retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                res => return res,
+            }
+        }
     }
 }

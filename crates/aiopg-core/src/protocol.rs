@@ -353,6 +353,33 @@ pub fn may_commit(sql: &str) -> bool {
     })
 }
 
+/// True when the statement `sql` begins or ends a transaction block: `BEGIN`, `START
+/// TRANSACTION`, `COMMIT`, `END`, `ROLLBACK` (`ROLLBACK TO SAVEPOINT` included), `ABORT`,
+/// `PREPARE TRANSACTION`. Only its first statement is looked at (after whitespace and
+/// comments): this is for statements sent with the extended protocol, which holds one.
+pub fn controls_transaction(sql: &str) -> bool {
+    let mut words = words_after_comments(sql);
+    match words.next() {
+        Some(w) => {
+            ["begin", "start", "commit", "end", "rollback", "abort"]
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(k))
+                || (w.eq_ignore_ascii_case("prepare")
+                    && words
+                        .next()
+                        .is_some_and(|w| w.eq_ignore_ascii_case("transaction")))
+        }
+        None => false,
+    }
+}
+
+/// True when the statement `sql` is a `COPY` (its first word, after whitespace and comments).
+pub fn is_copy(sql: &str) -> bool {
+    words_after_comments(sql)
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("copy"))
+}
+
 /// The leading words of a statement, skipping whitespace and `--` / `/* */` comments.
 fn words_after_comments(stmt: &str) -> impl Iterator<Item = &str> {
     let mut rest = stmt;
@@ -393,6 +420,32 @@ pub fn encode_or_rollback(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn controls_transaction_looks_at_the_first_word_only() {
+        for sql in [
+            "BEGIN",
+            " /* x */ begin isolation level serializable",
+            "START TRANSACTION",
+            "-- c\ncommit",
+            "END",
+            "ROLLBACK TO SAVEPOINT a",
+            "abort",
+            "PREPARE TRANSACTION 'x'",
+        ] {
+            assert!(super::controls_transaction(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 'begin'",
+            "UPDATE t SET x = 1; COMMIT",
+            "PREPARE p AS SELECT 1",
+            "INSERT INTO commit_log VALUES (1)",
+            "",
+            "beginning",
+        ] {
+            assert!(!super::controls_transaction(sql), "{sql}");
+        }
+    }
+
     #[test]
     fn may_commit_finds_commits_at_statement_starts() {
         for sql in [
