@@ -15,6 +15,7 @@ mod faults;
 mod from_row;
 mod hostile_server;
 mod hosts;
+mod matrix;
 mod mogrify;
 mod notify;
 mod pgbouncer;

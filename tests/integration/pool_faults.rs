@@ -802,14 +802,41 @@ impl PrivateCluster {
     }
 
     /// `pg_ctl start`, waiting until the server accepts connections.
-    fn start(&self) -> Result<(), String> {
+    pub(crate) fn start(&self) -> Result<(), String> {
         let log = self.log().display().to_string();
         self.pg_ctl("start", &["-l", &log])
     }
 
     /// `pg_ctl stop -m fast`: sessions are ended (FATAL 57P01), then the server stops.
-    fn stop(&self) -> Result<(), String> {
+    pub(crate) fn stop(&self) -> Result<(), String> {
         self.pg_ctl("stop", &["-m", "fast"])
+    }
+
+    /// `kill -9` of the postmaster; its backends exit when they notice, and then the server
+    /// starts again (`pg_ctl start` retried until the old shared memory is released).
+    pub(crate) fn kill_postmaster_and_start(&self) -> Result<(), String> {
+        let pid_file = self.data().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
+        let pid = text.lines().next().unwrap_or("").trim().to_owned();
+        let killed = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .map_err(|e| format!("kill -9 {pid}: {e}"))?;
+        if !killed.success() {
+            return Err(format!("kill -9 {pid} failed"));
+        }
+        let mut last = String::new();
+        for _ in 0..100 {
+            match self.start() {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "the server did not start again after kill -9: {last}"
+        ))
     }
 
     /// `pg_ctl restart -m fast`, waiting until the new server accepts connections.
@@ -972,7 +999,7 @@ fn remove_orphans(bindir: &Path, user: Option<(u32, u32)>) {
 
 /// Runs blocking `f` on a thread of its own, so that the runtime under test keeps running the
 /// pool's tasks meanwhile; a panic in `f` is raised again here.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     type Slot<T> = Mutex<(Option<std::thread::Result<T>>, Option<Waker>)>;
     let slot: Arc<Slot<T>> = Arc::new(Mutex::new((None, None)));
     let theirs = slot.clone();

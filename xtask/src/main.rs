@@ -19,6 +19,7 @@ macro_rules! errln {
 
 mod codegen;
 mod fuzz;
+mod matrix;
 mod pg;
 mod pgbouncer;
 mod pki;
@@ -79,6 +80,9 @@ commands:
   soak [--minutes N]    the pool soak (mixed load, backends killed at random; commits,
                         answers and connections checked) for N minutes in all (default 1),
                         split over the three runtimes
+  fault-matrix          every fault at every phase of every operation on the three
+                        runtimes (tests/integration/matrix.rs); writes docs/faults.md
+                        from the verdicts the test recorded
   help                  print this text
 
 Clusters live in $TMPDIR/aiopg-pg-*; `pg start`'s state file is
@@ -113,6 +117,7 @@ fn main() {
         Some("bench") => tasks::bench(&root(), rest),
         Some("fuzz") => fuzz::fuzz(&root(), rest),
         Some("soak") => tasks::soak(&root(), rest),
+        Some("fault-matrix") => matrix::fault_matrix(&root()),
         Some("help" | "--help" | "-h") => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), USAGE.as_bytes());
             Ok(0)

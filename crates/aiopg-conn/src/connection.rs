@@ -539,14 +539,29 @@ impl Connection {
             )
         };
         let last = last.load(Ordering::Relaxed);
-        if last != u64::MAX && self.shared.lock().holds(last) {
+        if last != u64::MAX && self.shared.lock().awaits_copy_data(last) {
             // A COPY FROM STDIN still taking data: the server waits for the client, which a
-            // cancel does not interrupt. Dropping the future drops its writer, whose CopyFail
-            // ends the COPY (nothing is copied).
-            return Err(timed_out(
-                "the COPY was still taking data and was aborted (CopyFail: nothing was \
-                 copied); the connection is still usable",
-            ));
+            // cancel does not interrupt. CopyFail ends it (nothing is copied); the server's
+            // answer to that must come within the grace, or the link is dead.
+            self.shared.lock().abandon(last);
+            let rt = &*self.shared.runtime;
+            return match aiopg_rt::timeout(rt, CANCEL_GRACE, self.settle()).await {
+                Ok(Ok(())) => Err(timed_out(
+                    "the COPY was still taking data and was aborted (CopyFail: nothing was \
+                     copied); the connection is still usable",
+                )),
+                Ok(Err(e)) => Err(e.context(format!(
+                    "the COPY outlived its timeout ({} s) and was being aborted",
+                    limit.as_secs_f64()
+                ))),
+                Err(_) => {
+                    self.shared.lock().close_stuck();
+                    Err(timed_out(
+                        "the COPY was aborted (CopyFail: nothing was copied) but the server \
+                         did not answer in time; the connection was closed",
+                    ))
+                }
+            };
         }
         let (executing, in_doubt) = if last == u64::MAX {
             (false, false)

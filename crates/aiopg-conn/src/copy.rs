@@ -347,6 +347,9 @@ impl CopyInWriter {
                 self.ex = None;
                 return Poll::Ready(Err(e));
             }
+            // With CopyDone the COPY commits (outside a transaction block): its outcome is
+            // unknown if the answer is lost from here on.
+            ex.commits_unless_in_block();
             ex.release();
         }
         let Some(ex) = self.ex.as_mut() else {

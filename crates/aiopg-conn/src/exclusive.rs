@@ -51,6 +51,15 @@ impl Exclusive {
         self.conn.shared.lock().append_copy_data(self.id, data)
     }
 
+    /// The request may commit once written whole (a COPY FROM STDIN's CopyDone outside a
+    /// transaction block: it commits on its own): losing it then is `CommitUnknown`.
+    pub(crate) fn commits_unless_in_block(&self) {
+        let mut st = self.conn.shared.lock();
+        if st.tx_status == aiopg_core::TransactionStatus::Idle {
+            st.mark_commits(self.id);
+        }
+    }
+
     /// Ends the hold: the request is complete on the wire.
     pub(crate) fn release(&self) {
         self.conn.shared.lock().release(self.id);

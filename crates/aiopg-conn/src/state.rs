@@ -294,6 +294,13 @@ impl State {
         self.next_syncs = n.max(1);
     }
 
+    /// Request `id`, already queued, may commit (see [`State::commits`]).
+    pub(crate) fn mark_commits(&mut self, id: u64) {
+        if let Some(i) = self.index(id) {
+            self.queue[i].commits = true;
+        }
+    }
+
     /// True when request `id` may commit and was written whole without its answer: its
     /// outcome is unknown if it ends now.
     pub(crate) fn commit_in_doubt(&self, id: u64) -> bool {
@@ -534,9 +541,16 @@ impl State {
         }
     }
 
-    /// True while request `id` holds the connection exclusively.
-    pub(crate) fn holds(&self, id: u64) -> bool {
-        self.exclusive == Some(id)
+    /// True while request `id` is a COPY FROM STDIN the server has started: the server waits
+    /// for the client's data, which a cancel request does not interrupt.
+    pub(crate) fn awaits_copy_data(&self, id: u64) -> bool {
+        self.exclusive == Some(id) && self.index(id).is_some_and(|i| {
+            matches!(
+                &self.queue[i].slot,
+                Slot::Waiting { collector, .. }
+                    if matches!(collector, Collector::CopyIn(_)) && collector.copy_info().is_some()
+            )
+        })
     }
 
     /// True while a request holds the connection exclusively.
