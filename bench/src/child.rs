@@ -91,6 +91,7 @@ pub fn run(job: Job) {
         "copy-in" | "copy-out" => crate::copy::run(&job),
         "notify" => crate::notify::run(&job),
         "sa-select" | "sa-select-1k" | "sa-stream-1m" => crate::sa::run(&job),
+        "tpcb" => crate::tpcb::run(&job),
         other => panic!("unknown workload {other}"),
     };
     println!("RESULT ops={ops} secs={secs} rss_kb={}", peak_rss_kb());

@@ -7,12 +7,16 @@
 //! figure is the median over rounds. `--instructions` runs each client once under callgrind
 //! and reports client instructions per operation, which repeat exactly from run to run.
 //!
+//! The `@<n>ms` workloads run their base workload through a loopback proxy adding `n` ms to
+//! every round trip ([`delay`]), so that what a client does per round trip shows.
+//!
 //! Environment (set by `cargo xtask bench`): `AIOPG_BENCH_DSN`, `AIOPG_BENCH_PG_BINDIR`
 //! (pgbench, psql) and `AIOPG_BENCH_PG_PID` (the postmaster, to pin).
 
 mod child;
 mod connect;
 mod copy;
+mod delay;
 mod fetch;
 mod insert;
 mod latency;
@@ -22,9 +26,12 @@ mod pool;
 mod report;
 mod sa;
 mod stream;
+mod tpcb;
 
-use std::process::Command;
-use std::time::Instant;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use child::{Amount, Job};
 use report::{Report, Sample};
@@ -48,6 +55,16 @@ const WORKLOADS: &[&str] = &[
     "sa-select",
     "sa-select-1k",
     "sa-stream-1m",
+    "tpcb",
+    "latency@0ms",
+    "latency@1ms",
+    "latency@5ms",
+    "tpcb@0ms",
+    "tpcb@1ms",
+    "tpcb@5ms",
+    "pool@0ms",
+    "pool@1ms",
+    "pool@5ms",
 ];
 const LATER: &[(&str, &str)] = &[];
 
@@ -76,7 +93,7 @@ impl Layout {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Settings {
     dsn: String,
     bindir: Option<String>,
@@ -93,8 +110,9 @@ fn usage() -> ! {
     eprintln!(
         "usage: aiopg-bench [WORKLOAD..] [--runtime tokio|async-std|smol|all] [--rounds N] \
          [--seconds S] [--layout same|other|both|none] [--instructions] [--smoke] [--json FILE]\n\
-         workloads: {}",
-        WORKLOADS.join(", ")
+         workloads: {} (and <{}>@<n>ms for any round-trip delay n)",
+        WORKLOADS.join(", "),
+        delay::DELAYABLE.join("|")
     );
     std::process::exit(2)
 }
@@ -103,6 +121,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
         return child_main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("--proxy") {
+        return proxy_main(&args[1..]);
     }
     let mut it = args.into_iter();
     let mut workloads: Vec<String> = Vec::new();
@@ -190,7 +211,7 @@ fn main() {
     };
     let mut report = Report::default();
     for w in &workloads {
-        if !WORKLOADS.contains(&w.as_str()) {
+        if !known(w) {
             match LATER.iter().find(|(n, _)| n == w) {
                 Some((_, needs)) => println!("skipping `{w}`: it needs {needs}, not built yet"),
                 None => {
@@ -213,9 +234,32 @@ fn main() {
     }
 }
 
+/// Whether `workload` is one of [`WORKLOADS`], or a delayable one at another delay.
+fn known(workload: &str) -> bool {
+    if WORKLOADS.contains(&workload) {
+        return true;
+    }
+    let (base, rtt) = delay::split(workload);
+    rtt.is_some() && delay::DELAYABLE.contains(&base)
+}
+
 /// The client contenders of a workload: (contender, runtime).
 fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)> {
     let mut v = Vec::new();
+    // `<workload>@<n>ms` has the contenders of its base workload.
+    let (workload, _) = delay::split(workload);
+    if workload == "tpcb" {
+        // Interactive and pipelined transactions on 8 connections, beside the pooled peers.
+        for &rt in &s.runtimes {
+            v.push(("aiopg", rt));
+            v.push(("aiopg-pipelined", rt));
+            if rt == "tokio" {
+                v.push(("deadpool-postgres", "tokio"));
+            }
+            v.push(("sqlx", rt));
+        }
+        return v;
+    }
     if workload.starts_with("sa-") {
         // aiopg.sa's layer beside the plain connection running the same statement.
         for &rt in &s.runtimes {
@@ -267,7 +311,61 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
     v
 }
 
+/// pgbench's tables for `tpcb`, created once per run (before the first tpcb measurement).
+fn tpcb_tables(s: &Settings) -> &'static Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let bindir = s
+            .bindir
+            .as_deref()
+            .ok_or("AIOPG_BENCH_PG_BINDIR is not set: pgbench creates its tables")?;
+        let pgbench = format!("{bindir}/pgbench");
+        if !std::path::Path::new(&pgbench).is_file() {
+            return Err(format!(
+                "{pgbench} does not exist: pgbench creates its tables"
+            ));
+        }
+        println!(
+            "tpcb: creating pgbench's tables at scale {} (pgbench -i)",
+            tpcb::SCALE
+        );
+        let layout = s.layouts.first().copied().unwrap_or(Layout::Unpinned);
+        let out = pinned(layout, &pgbench)
+            .args(["-i", "-q", "-s", &tpcb::SCALE.to_string()])
+            .args(conn_args(s).ok_or("the DSN lacks host, port or user")?)
+            .arg(dsn_value(&s.dsn, "dbname").ok_or("the DSN lacks dbname")?)
+            .output()
+            .map_err(|e| format!("starting {pgbench}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pgbench -i failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    })
+}
+
+/// False (having said why) when `workload` cannot run: `tpcb` without pgbench's tables.
+fn ready(s: &Settings, workload: &str) -> bool {
+    if delay::split(workload).0 != "tpcb" {
+        return true;
+    }
+    match tpcb_tables(s) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("skipping `{workload}`: {e}");
+            false
+        }
+    }
+}
+
 fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
+    if !ready(s, workload) {
+        return;
+    }
     println!(
         "{workload}: {} round(s), layouts: {}",
         s.rounds,
@@ -278,7 +376,7 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
             .join(", ")
     );
     let amount = if s.smoke {
-        Amount::Count(match workload {
+        Amount::Count(match delay::split(workload).0 {
             "fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify" | "sa-stream-1m" => 1000,
             _ => 200,
         })
@@ -317,12 +415,13 @@ fn wall_time_for(s: &Settings, workload: &str, report: &mut Report) {
 }
 
 fn unit(workload: &str) -> &'static str {
-    match workload {
+    match delay::split(workload).0 {
         "fetch-1m" | "stream-5m" | "insert-batch" | "copy-in" | "copy-out" | "sa-stream-1m" => {
             "rows/s"
         }
         "notify" => "notifications/s",
         "acquire" => "acquires/s",
+        "tpcb" => "tx/s",
         _ => "ops/s",
     }
 }
@@ -330,7 +429,10 @@ fn unit(workload: &str) -> &'static str {
 /// Client instructions per operation: a run of N operations minus a run of none (connecting,
 /// preparing, shutting down), divided by N.
 fn instructions_for(s: &Settings, workload: &str, report: &mut Report) {
-    let n: u64 = match (workload, s.smoke) {
+    if !ready(s, workload) {
+        return;
+    }
+    let n: u64 = match (delay::split(workload).0, s.smoke) {
         ("fetch-1m" | "stream-5m" | "copy-in" | "copy-out" | "notify" | "sa-stream-1m", false) => {
             100_000
         }
@@ -456,6 +558,23 @@ fn child_main(args: &[String]) {
         _ => usage(),
     };
     let dsn = std::env::var("AIOPG_BENCH_DSN").unwrap_or_else(|_| usage());
+    // `<workload>@<n>ms`: the same workload through this process's own delay proxy, which
+    // every client reaches in place of the server (it lives until the measurement is done).
+    let (workload, proxy) = match delay::split(&workload) {
+        (base, Some(rtt)) => {
+            let host = dsn_value(&dsn, "host").unwrap_or_else(|| "127.0.0.1".into());
+            let port = dsn_value(&dsn, "port")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(5432);
+            let proxy = delay::Proxy::start(&host, port, rtt).expect("start the delay proxy");
+            (base.to_string(), Some(proxy))
+        }
+        (_, None) => (workload, None),
+    };
+    let dsn = match &proxy {
+        Some(p) => via_port(&dsn, p.port()),
+        None => dsn,
+    };
     // `<workload>-tls`: the same workload, every client over TLS checking the cluster's CA.
     let (workload, tls_ca) = match workload.strip_suffix("-tls") {
         Some(base) => {
@@ -501,6 +620,70 @@ fn child_main(args: &[String]) {
     });
 }
 
+/// `aiopg-bench --proxy HOST PORT RTT_MICROS`: a delay proxy to HOST:PORT, for the pgbench
+/// ceilings of the `@<n>ms` workloads. Prints `PROXY port=<port>` once listening and runs
+/// until its stdin closes.
+fn proxy_main(args: &[String]) {
+    let [host, port, micros] = args else { usage() };
+    let port: u16 = port.parse().unwrap_or_else(|_| usage());
+    let rtt = Duration::from_micros(micros.parse().unwrap_or_else(|_| usage()));
+    let proxy = delay::Proxy::start(host, port, rtt).unwrap_or_else(|e| {
+        eprintln!("delay proxy: {e}");
+        std::process::exit(1)
+    });
+    println!("PROXY port={}", proxy.port());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+}
+
+/// A `--proxy` helper process, pinned like the client it serves; it ends when dropped.
+struct ProxyProcess(std::process::Child);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        // Closing its stdin is what ends it.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a `--proxy` helper adding `rtt` to the server's round trips, and the settings that
+/// reach the server through it.
+fn proxied(s: &Settings, layout: Layout, rtt: Duration) -> Option<(ProxyProcess, Settings)> {
+    let exe = std::env::current_exe().ok()?;
+    let child = pinned(layout, exe.to_str()?)
+        .arg("--proxy")
+        .arg(dsn_value(&s.dsn, "host")?)
+        .arg(dsn_value(&s.dsn, "port")?)
+        .arg(rtt.as_micros().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut proc = ProxyProcess(child);
+    let mut line = String::new();
+    std::io::BufReader::new(proc.0.stdout.take()?)
+        .read_line(&mut line)
+        .ok()?;
+    let port: u16 = line.trim().strip_prefix("PROXY port=")?.parse().ok()?;
+    let via = Settings {
+        dsn: via_port(&s.dsn, port),
+        ..s.clone()
+    };
+    Some((proc, via))
+}
+
+/// The key=value DSN with the server replaced by a proxy on 127.0.0.1:`port`.
+fn via_port(dsn: &str, port: u16) -> String {
+    let rest: Vec<&str> = dsn
+        .split_whitespace()
+        .filter(|kv| {
+            !kv.starts_with("host=") && !kv.starts_with("hostaddr=") && !kv.starts_with("port=")
+        })
+        .collect();
+    format!("host=127.0.0.1 port={port} {}", rest.join(" "))
+}
+
 /// Pins the server's postmaster (and so every backend it forks from now on) to core 0.
 fn pin_server() {
     match std::env::var("AIOPG_BENCH_PG_PID") {
@@ -544,6 +727,24 @@ fn ceilings(s: &Settings, workload: &str, layout: Layout) -> Vec<(String, f64)> 
         return Vec::new();
     };
     let mut out = Vec::new();
+    // `<workload>@<n>ms`: pgbench goes through a delay proxy of its own, as the clients do.
+    let (workload, rtt) = delay::split(workload);
+    let _proxy;
+    let via;
+    let s = match rtt {
+        Some(rtt) => match proxied(s, layout, rtt) {
+            Some((p, v)) => {
+                _proxy = p;
+                via = v;
+                &via
+            }
+            None => {
+                println!("warning: could not start a delay proxy for pgbench: no ceiling");
+                return out;
+            }
+        },
+        None => s,
+    };
     match workload {
         "latency" => {
             if let Some(v) = pgbench(
@@ -572,6 +773,12 @@ fn ceilings(s: &Settings, workload: &str, layout: Layout) -> Vec<(String, f64)> 
             script.push_str("\\endpipeline\n");
             if let Some(v) = pgbench(s, bindir, layout, &script, pipeline::DEPTH as u64, 1) {
                 out.push((format!("pgbench pipeline depth {}", pipeline::DEPTH), v));
+            }
+        }
+        "tpcb" => {
+            let clients = tpcb::CONNECTIONS as u32;
+            if let Some(v) = pgbench_builtin(s, bindir, layout, clients) {
+                out.push((format!("pgbench -M prepared -c {clients} -j 1"), v));
             }
         }
         "fetch-1m" => {
@@ -676,12 +883,30 @@ fn pgbench(
         .output()
         .ok()?;
     let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let tps: f64 = text
+    Some(tps(&out.stdout)? * per_tx as f64)
+}
+
+/// pgbench's rate for its built-in TPC-B-like script on `tpcb`'s tables, in transactions per
+/// second, with one thread as the clients have one process.
+fn pgbench_builtin(s: &Settings, bindir: &str, layout: Layout, clients: u32) -> Option<f64> {
+    let secs = (s.seconds.round() as u64).max(1).to_string();
+    let out = pinned(layout, &format!("{bindir}/pgbench"))
+        .args(["-n", "-M", "prepared", "-j", "1", "-T", &secs])
+        .arg("-c")
+        .arg(clients.to_string())
+        .args(conn_args(s)?)
+        .arg(dsn_value(&s.dsn, "dbname")?)
+        .output()
+        .ok()?;
+    tps(&out.stdout)
+}
+
+/// The `tps = ` figure of pgbench's report.
+fn tps(stdout: &[u8]) -> Option<f64> {
+    String::from_utf8_lossy(stdout)
         .lines()
         .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l["tps = ".len()..].split_whitespace().next()?.parse().ok())?;
-    Some(tps * per_tx as f64)
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next()?.parse().ok())
 }
 
 /// How fast the server produces the fetch-1m rows when the client does nothing with them:

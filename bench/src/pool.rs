@@ -61,7 +61,8 @@ where
     (done.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
 }
 
-fn spawn(
+/// Spawns a task on the named runtime; the returned future waits for it.
+pub(crate) fn spawn(
     runtime: &str,
     f: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
@@ -75,7 +76,8 @@ fn spawn(
     }
 }
 
-async fn sleep(runtime: &str, d: Duration) {
+/// Sleeps on the named runtime's timer.
+pub(crate) async fn sleep(runtime: &str, d: Duration) {
     match runtime {
         "tokio" => tokio::time::sleep(d).await,
         "async-std" => async_std::task::sleep(d).await,
@@ -115,7 +117,7 @@ async fn aiopg_pool(job: &Job) -> (u64, f64) {
     r
 }
 
-fn deadpool_of(job: &Job, size: usize) -> deadpool_postgres::Pool {
+pub(crate) fn deadpool_of(job: &Job, size: usize) -> deadpool_postgres::Pool {
     let pg: tokio_postgres::Config = job.dsn.parse().expect("dsn");
     let mgr = deadpool_postgres::Manager::from_config(
         pg,
@@ -147,7 +149,7 @@ async fn deadpool_pool(job: &Job) -> (u64, f64) {
     .await
 }
 
-async fn sqlx_pool_of(job: &Job, size: u32) -> sqlx::PgPool {
+pub(crate) async fn sqlx_pool_of(job: &Job, size: u32) -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .min_connections(size)
         .max_connections(size)
