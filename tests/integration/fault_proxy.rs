@@ -265,3 +265,122 @@ pub fn dsn_via(port: u16) -> String {
     parts.push(format!("host=127.0.0.1 port={port} sslmode=disable"));
     parts.join(" ")
 }
+
+/// One link of a [`Chaos`] proxy.
+struct ChaosLink {
+    client: TcpStream,
+    server: TcpStream,
+    /// While set, the server's bytes are held back.
+    stalled: Arc<AtomicBool>,
+    /// Cleared when the link ended.
+    alive: Arc<AtomicBool>,
+}
+
+/// A proxy for any number of connections (a pool's), which the test strikes at random
+/// moments: [`Chaos::strike`] cuts, resets or stalls (then cuts) one live link.
+pub struct Chaos {
+    pub port: u16,
+    links: Arc<Mutex<Vec<ChaosLink>>>,
+}
+
+/// What [`Chaos::strike`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strike {
+    Cut,
+    Reset,
+    /// The server's bytes held back for a while, then the link cut.
+    StallThenCut,
+}
+
+impl Chaos {
+    pub fn start(server: SocketAddr) -> Chaos {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the chaos proxy");
+        let port = listener.local_addr().unwrap().port();
+        let links: Arc<Mutex<Vec<ChaosLink>>> = Arc::default();
+        let accepted = links.clone();
+        std::thread::spawn(move || {
+            while let Ok((client, _)) = listener.accept() {
+                let Ok(upstream) = TcpStream::connect(server) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let stalled = Arc::new(AtomicBool::new(false));
+                let alive = Arc::new(AtomicBool::new(true));
+                let mut list = accepted.lock().unwrap();
+                list.retain(|l| l.alive.load(Ordering::SeqCst));
+                list.push(ChaosLink {
+                    client: client.try_clone().unwrap(),
+                    server: upstream.try_clone().unwrap(),
+                    stalled: stalled.clone(),
+                    alive: alive.clone(),
+                });
+                drop(list);
+                let (c_read, s_write) =
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                let up_alive = alive.clone();
+                std::thread::spawn(move || {
+                    pump(c_read, s_write, None);
+                    up_alive.store(false, Ordering::SeqCst);
+                });
+                std::thread::spawn(move || {
+                    pump(upstream, client, Some(stalled));
+                    alive.store(false, Ordering::SeqCst);
+                });
+            }
+        });
+        Chaos { port, links }
+    }
+
+    /// Strikes the live link `pick` picks among `n` (`pick(n)` < n) with `how`; false when
+    /// no link is alive.
+    pub fn strike(&self, pick: impl FnOnce(usize) -> usize, how: Strike) -> bool {
+        let list = self.links.lock().unwrap();
+        let live: Vec<&ChaosLink> = list
+            .iter()
+            .filter(|l| l.alive.load(Ordering::SeqCst))
+            .collect();
+        if live.is_empty() {
+            return false;
+        }
+        let link = live[pick(live.len()) % live.len()];
+        match how {
+            Strike::Cut => cut(&link.client, &link.server),
+            Strike::Reset => {
+                reset(&link.client);
+                reset(&link.server);
+            }
+            Strike::StallThenCut => {
+                link.stalled.store(true, Ordering::SeqCst);
+                let (c, s) = (
+                    link.client.try_clone().unwrap(),
+                    link.server.try_clone().unwrap(),
+                );
+                std::thread::spawn(move || {
+                    // The fault's length, not a synchronisation: the link then dies.
+                    std::thread::sleep(Duration::from_millis(150));
+                    cut(&c, &s);
+                });
+            }
+        }
+        true
+    }
+}
+
+/// Copies `from` to `to` until either ends; while `stalled` is set, holds the bytes back.
+fn pump(mut from: TcpStream, mut to: TcpStream, stalled: Option<Arc<AtomicBool>>) {
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if stalled.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            // Held back for good: the link is cut soon.
+            continue;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}

@@ -33,7 +33,7 @@ use crate::pool_faults::{blocking, private_cluster, PrivateCluster};
 use crate::support::{connect, options, rt_test, runtime, runtime_name};
 
 /// Every operation's timeout (and the connect timeout).
-const T: Duration = Duration::from_secs(2);
+const T: Duration = Duration::from_secs(4);
 /// Beyond an operation's timeout and the cancel grace: scheduling on a loaded machine.
 const SLACK: Duration = Duration::from_secs(3);
 

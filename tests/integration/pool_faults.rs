@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use aiopg::{Connection, Error, ErrorKind, Pool, PoolBuilder, PooledConnection, TransactionStatus};
 
+use crate::fault_proxy::{dsn_via, Chaos, Strike};
 use crate::support::{connect, dsn, options, poll_then_drop, rt_test, runtime, spawn, Join};
 
 /// A unique `application_name` for one test's pool.
@@ -1535,7 +1536,7 @@ struct CommitLedger {
     /// Any other error: their rows must not be there.
     failed: Vec<i64>,
     /// Operations run, by kind.
-    ops: [u64; 5],
+    ops: [u64; 9],
     /// Errors that are not a fault's expected result (a desynchronised answer, a panic).
     wrong: Vec<String>,
 }
@@ -1552,12 +1553,16 @@ impl CommitLedger {
 }
 
 /// The names of [`CommitLedger::ops`].
-const LEDGER_OPS: [&str; 5] = [
+const LEDGER_OPS: [&str; 9] = [
     "transaction",
     "execute_many batch",
     "checked query",
     "query timed out",
     "query dropped mid-flight",
+    "pipelined transaction",
+    "rolled-back transaction",
+    "COPY in",
+    "notification",
 ];
 
 /// One operation of a [`ledger_load`] task; `round` picks which.
@@ -1568,13 +1573,16 @@ async fn ledger_op(
     ledger: &Mutex<CommitLedger>,
     round: u64,
 ) {
-    let kind = (round % 10) as usize;
-    let kind = match kind {
+    let kind = match (round % 16) as usize {
         0..=3 => 0,
         4..=5 => 1,
         6..=7 => 2,
         8 => 3,
-        _ => 4,
+        9 => 4,
+        10..=11 => 5,
+        12 => 6,
+        13..=14 => 7,
+        _ => 8,
     };
     lock(ledger).ops[kind] += 1;
     match kind {
@@ -1640,6 +1648,86 @@ async fn ledger_op(
                 }
             }
         }
+        5 => {
+            // Two rows in one pipelined transaction (one round trip).
+            let first = next.fetch_add(2, Ordering::Relaxed);
+            let ids = [first, first + 1];
+            let res = async {
+                let conn = pool.acquire().await?;
+                let mut p = conn.pipeline();
+                p.query(insert, &[&ids[0]]).query(insert, &[&ids[1]]);
+                p.transaction(aiopg::TransactionOptions::default())
+                    .await?
+                    .committed()
+                    .map(drop)
+            }
+            .await;
+            lock(ledger).record(&ids, res);
+        }
+        6 => {
+            // Rolled back on purpose: its row must never appear.
+            let id = next.fetch_add(1, Ordering::Relaxed);
+            let res = async {
+                let conn = pool.acquire().await?;
+                let mut tx = conn.begin().await?;
+                conn.execute(insert, &[&id]).await?;
+                tx.rollback().await
+            }
+            .await;
+            let mut l = lock(ledger);
+            l.failed.push(id);
+            if let Err(e) = res {
+                if e.is_commit_unknown() {
+                    l.wrong.push(format!("a ROLLBACK reported {e}"));
+                }
+            }
+        }
+        7 => {
+            // Two rows by COPY, which commits on its own once CopyDone is out.
+            let first = next.fetch_add(2, Ordering::Relaxed);
+            let ids = [first, first + 1];
+            let copy = insert
+                .split_once(" (id)")
+                .map(|(head, _)| format!("{} (id) FROM STDIN", head.replace("INSERT INTO", "COPY")))
+                .expect("the insert names its column");
+            let res = async {
+                let conn = pool.acquire().await?;
+                let mut w = conn.copy_in(&copy).await?;
+                w.write(format!("{}\n{}\n", ids[0], ids[1]).as_bytes())
+                    .await?;
+                let n = w.finish().await?;
+                if n != 2 {
+                    return Err(aiopg::Error::usage(format!("COPY reported {n} rows")));
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = &res {
+                if e.kind() == ErrorKind::Usage {
+                    lock(ledger).wrong.push(e.to_string());
+                }
+            }
+            lock(ledger).record(&ids, res);
+        }
+        8 => {
+            let v = next.fetch_add(1, Ordering::Relaxed);
+            let res = async {
+                let conn = pool.acquire().await?;
+                let payload = v.to_string();
+                let rows = conn
+                    .query("SELECT pg_notify('aiopg_soak', $1), $1", &[&payload])
+                    .await?;
+                Ok::<String, aiopg::Error>(rows[0].get(1))
+            }
+            .await;
+            if let Ok(got) = res {
+                if got != v.to_string() {
+                    lock(ledger)
+                        .wrong
+                        .push(format!("NOTIFY {v} answered {got}"));
+                }
+            }
+        }
         _ => {
             let v = next.fetch_add(1, Ordering::Relaxed);
             if let Ok(conn) = pool.acquire().await {
@@ -1658,10 +1746,12 @@ async fn ledger_op(
 }
 
 /// `tasks` tasks share a pool of at most 6 for `secs` seconds (transactions, implicit-
-/// transaction batches, checked queries, timeouts, drops) while the pool's backends are
-/// killed (`pg_terminate_backend`) at random; then every commit that returned `Ok` is in the
-/// table, every one that failed with anything but `CommitUnknown` is not, nothing else is,
-/// no answer went to the wrong caller, and the pool and the server agree on its connections.
+/// transaction batches, pipelined transactions, rollbacks, COPY, notifications, checked
+/// queries, timeouts, drops) while faults strike at random: the pool's backends are killed
+/// (`pg_terminate_backend`), and its links (through a [`Chaos`] proxy) are cut, reset, or
+/// stalled then cut. Then every commit that returned `Ok` is in the table, every one that
+/// failed with anything but `CommitUnknown` (a rollback included) is not, nothing else is, no
+/// answer went to the wrong caller, and the pool and the server agree on its connections.
 async fn ledger_load(name: &str, secs: u64, tasks: u64) {
     let began = Instant::now();
     let app = app_name(name);
@@ -1673,7 +1763,9 @@ async fn ledger_load(name: &str, secs: u64, tasks: u64) {
         ))
         .await
         .unwrap();
-    let pool = Pool::builder(options(&with_app_name(&dsn(), &app)))
+    let c = crate::support::cluster().expect("the xtask cluster");
+    let chaos = Chaos::start(format!("127.0.0.1:{}", c.port).parse().unwrap());
+    let pool = Pool::builder(options(&with_app_name(&dsn_via(chaos.port), &app)))
         .runtime(runtime())
         .min_size(2)
         .max_size(6)
@@ -1699,17 +1791,30 @@ async fn ledger_load(name: &str, secs: u64, tasks: u64) {
         })
         .collect();
     let mut kills = 0u64;
+    let mut strikes = [0u64; 3];
+    let mut rng = Rng::new(secs ^ tasks);
     while Instant::now() < deadline {
-        let rows = admin
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = $1 ORDER BY random() LIMIT 1",
-                &[&app],
-            )
-            .await
-            .unwrap();
-        kills += rows.len() as u64;
-        // Pacing, so that work gets through between kills.
+        match rng.below(4) {
+            0 => {
+                let rows = admin
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1 ORDER BY random() LIMIT 1",
+                        &[&app],
+                    )
+                    .await
+                    .unwrap();
+                kills += rows.len() as u64;
+            }
+            k => {
+                let how = [Strike::Cut, Strike::Reset, Strike::StallThenCut][k as usize - 1];
+                let r = rng.below(1 << 16) as usize;
+                if chaos.strike(|n| r % n, how) {
+                    strikes[k as usize - 1] += 1;
+                }
+            }
+        }
+        // Pacing, so that work gets through between faults.
         runtime().sleep(Duration::from_millis(15)).await;
     }
     for w in workers {
@@ -1762,18 +1867,27 @@ async fn ledger_load(name: &str, secs: u64, tasks: u64) {
             "the server and the pool disagree on its connections"
         );
         assert!(kills > 0 && !ledger.committed.is_empty() && !ledger.failed.is_empty());
+        assert!(
+            strikes.iter().all(|&n| n > 0),
+            "link faults struck: {strikes:?}"
+        );
         let unknown_kept = ledger
             .unknown
             .iter()
             .filter(|id| found.contains(id))
             .count();
         eprintln!(
-            "{name} on {} ({:.1?}): {kills} faults injected (backends killed); operations {:?}; \
+            "{name} on {} ({:.1?}): {} faults injected ({kills} backends killed, links cut {}, \
+             reset {}, stalled then cut {}); operations {:?}; \
              panics 0, hangs 0, wrong answers {}, lost commits {}, phantom rows {}, leaked \
              connections {leaked}; commits: {} Ok, {} failed, {} reported unknown ({unknown_kept} \
              of those present)",
             crate::support::runtime_name(),
             began.elapsed(),
+            kills + strikes.iter().sum::<u64>(),
+            strikes[0],
+            strikes[1],
+            strikes[2],
             LEDGER_OPS.iter().zip(ledger.ops).collect::<Vec<_>>(),
             ledger.wrong.len(),
             missing.len(),
