@@ -498,6 +498,43 @@ fn query_mid_row(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
     })
 }
 
+/// A large result over TLS, the link cut mid-record: the TLS layer and the stream end with a
+/// clear error, the rows before the cut intact.
+fn query_tls_mid_record(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
+    boxed(async move {
+        // The trigger is the SSLRequest: what follows is ciphertext.
+        let p = proxy(&ctx, SSL_REQUEST, f, false);
+        let dsn = dsn_via(p.port).replace("sslmode=disable", "sslmode=require");
+        let conn = timed(&dsn)
+            .connect()
+            .await
+            .map_err(|e| format!("connecting over TLS: {e}"))?;
+        let mut n = 0i32;
+        let r: aiopg::Result<()> = bounded(&conn, async {
+            let mut s = conn.query_stream(ROWS_SQL, &[]).await?;
+            while let Some(row) = s.next().await {
+                n += 1;
+                if row?.get::<i32>(0) != n {
+                    return Err(aiopg::Error::usage(format!("row {n} out of order")));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = &r {
+            if e.kind() == ErrorKind::Usage {
+                return Err(e.to_string());
+            }
+        }
+        let label = expect(f, &r, LINK_TLS)?;
+        if r.is_ok() && n != 100_000 {
+            return Err(format!("the stream ended cleanly after {n} rows"));
+        }
+        usable_or_closed(&conn).await?;
+        Ok(label)
+    })
+}
+
 /// Eight queries in flight on one connection; the fault strikes one of them.
 fn pipelined_awaiting(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
     boxed(async move {
@@ -1047,6 +1084,15 @@ fn cells() -> Vec<Cell> {
             F::Proxy(StallServerFor(ms(300))),
         ],
         query_mid_row,
+    );
+    add(
+        "query over TLS (row stream)",
+        "mid-row, mid-TLS-record",
+        &[
+            F::Proxy(CutAfterServerBytes(200_001)),
+            F::Proxy(StallServerFor(ms(300))),
+        ],
+        query_tls_mid_record,
     );
     add(
         "pipelined queries",
