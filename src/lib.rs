@@ -111,3 +111,8 @@ pub mod rt {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The examples of `docs/round-trips.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/round-trips.md")]
+pub struct RoundTripsDoctests;
