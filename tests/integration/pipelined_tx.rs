@@ -382,6 +382,40 @@ rt_test! {
         let v: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         assert_eq!(v, vec![10, 11]);
         assert_eq!(conn.transaction_status(), TransactionStatus::Idle);
+
+        // The same conflict with a single attempt allowed: given up, with the server's error.
+        let calls = Arc::new(AtomicU32::new(0));
+        let err = conn
+            .transact(serializable, &quick(1), |c| {
+                let (other, t, calls) = (other.clone(), t.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    c.query(&format!("SELECT sum(v) FROM {t}"), &[]).await?;
+                    other
+                        .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                        .await?;
+                    other.query(&format!("SELECT sum(v) FROM {t}"), &[]).await?;
+                    other
+                        .execute(&format!("INSERT INTO {t} VALUES (100)"), &[])
+                        .await?;
+                    other.batch_execute("COMMIT").await?;
+                    c.execute(&format!("INSERT INTO {t} VALUES (200)"), &[])
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(err.code(), Some(&SqlState::T_R_SERIALIZATION_FAILURE), "{err}");
+        assert!(err.to_string().contains("gave up after 1 attempts"), "{err}");
+        let rows = conn
+            .query(&format!("SELECT v FROM {t} ORDER BY v"), &[])
+            .await
+            .unwrap();
+        let v: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(v, vec![10, 11, 100], "the failed attempt left a row");
+        assert_eq!(conn.transaction_status(), TransactionStatus::Idle);
         conn.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
     }
 }
