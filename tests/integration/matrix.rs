@@ -269,8 +269,21 @@ async fn until_active(admin: &Connection, pid: i32) -> Result<(), String> {
     Err(format!("backend {pid} never started sleeping"))
 }
 
-async fn ledger_has(ctx: &Ctx, id: i64) -> Result<bool, String> {
-    ctx.admin
+/// A connection for checks on the server the cell's fault struck: the shared one, or (for a
+/// cluster fault) a fresh one to the private cluster, which is up again by then.
+async fn admin_for(ctx: &Ctx, f: F) -> Result<Connection, String> {
+    match (&ctx.cluster, f.on_cluster()) {
+        (Some(c), true) => timed(&c.dsn("aiopg_matrix_admin"))
+            .connect()
+            .await
+            .map_err(|e| format!("the private cluster after the fault: {e}")),
+        _ => Ok(ctx.admin.clone()),
+    }
+}
+
+async fn ledger_has(ctx: &Ctx, f: F, id: i64) -> Result<bool, String> {
+    admin_for(ctx, f)
+        .await?
         .query_one(
             &format!("SELECT count(*) FROM {} WHERE id = $1", ctx.ledger),
             &[&id],
@@ -281,8 +294,8 @@ async fn ledger_has(ctx: &Ctx, id: i64) -> Result<bool, String> {
 }
 
 /// The ledger's verdict on a commit of row `id` that returned `r`.
-async fn truthful<T>(ctx: &Ctx, id: i64, r: &aiopg::Result<T>) -> Result<(), String> {
-    let present = ledger_has(ctx, id).await?;
+async fn truthful<T>(ctx: &Ctx, f: F, id: i64, r: &aiopg::Result<T>) -> Result<(), String> {
+    let present = ledger_has(ctx, f, id).await?;
     match r {
         Ok(_) if !present => Err(format!("commit {id} returned Ok, its row is missing")),
         Err(e) if e.kind() != ErrorKind::CommitUnknown && present => Err(format!(
@@ -663,7 +676,7 @@ fn tx_inside(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
         let r = bounded(&conn, async {
             let mut tx = conn.begin().await?;
             conn.execute(&insert, &[&id]).await?;
-            if matches!(f, F::Terminate) {
+            if matches!(f, F::Terminate) || f.on_cluster() {
                 strike(&ctx, f, conn.backend_pid())
                     .await
                     .map_err(aiopg::Error::usage)?;
@@ -678,7 +691,7 @@ fn tx_inside(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
             }
         }
         let label = expect(f, &r, LINK)?;
-        truthful(&ctx, id, &r).await?;
+        truthful(&ctx, f, id, &r).await?;
         usable_or_closed(&conn).await?;
         Ok(label)
     })
@@ -696,7 +709,7 @@ fn tx_commit(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
             .map_err(|e| e.to_string())?;
         let r = bounded(&conn, tx.commit()).await;
         let label = expect(f, &r, COMMIT)?;
-        truthful(&ctx, id, &r).await?;
+        truthful(&ctx, f, id, &r).await?;
         usable_or_closed(&conn).await?;
         Ok(label)
     })
@@ -726,7 +739,7 @@ fn ptx_commit(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
             Err(e) => Err(e),
         };
         let label = expect(f, &r, COMMIT)?;
-        truthful(&ctx, id, &r).await?;
+        truthful(&ctx, f, id, &r).await?;
         usable_or_closed(&conn).await?;
         Ok(label)
     })
@@ -748,12 +761,12 @@ async fn pool_via(p: &Proxy, app: &str, min: usize) -> Result<Pool, String> {
 }
 
 /// The pool is whole: at rest, its size what the server lists under its name.
-async fn pool_whole(ctx: &Ctx, pool: &Pool, app: &str) -> Result<(), String> {
+async fn pool_whole(ctx: &Ctx, f: F, pool: &Pool, app: &str) -> Result<(), String> {
     let start = Instant::now();
+    let admin = admin_for(ctx, f).await?;
     loop {
         let s = pool.stats();
-        let listed = ctx
-            .admin
+        let listed = admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
                 &[&app],
@@ -781,6 +794,46 @@ fn app(op: &str) -> String {
         CELL_NO.fetch_add(1, Ordering::SeqCst),
         std::process::id()
     )
+}
+
+/// The server restarts (or stops and starts, or its postmaster is killed) while a pool's
+/// connection sits idle: the next acquire hands out a working connection, not the dead one.
+fn pool_idle(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
+    boxed(async move {
+        let c = ctx.cluster.clone().ok_or("no private cluster")?;
+        let app = app("idle");
+        let pool = Pool::builder(timed(&c.dsn(&app)))
+            .runtime(runtime())
+            .min_size(1)
+            .max_size(2)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .await
+            .map_err(|e| format!("building the pool: {e}"))?;
+        let pid = {
+            let conn = pool.acquire().await.map_err(|e| e.to_string())?;
+            conn.backend_pid()
+        };
+        strike(&ctx, f, pid).await?;
+        let conn = pool
+            .acquire()
+            .await
+            .map_err(|e| format!("the first acquire after the fault: {e}"))?;
+        let v: i32 = bounded(&conn, conn.query_one("SELECT 3::int4", &[]))
+            .await
+            .map_err(|e| format!("the first query after the fault: {e}"))?
+            .get(0);
+        if v != 3 {
+            return Err("a wrong answer".into());
+        }
+        if conn.backend_pid() == pid {
+            return Err("the dead connection was handed out".into());
+        }
+        drop(conn);
+        pool_whole(&ctx, f, &pool, &app).await?;
+        pool.close();
+        Ok("replaced".into())
+    })
 }
 
 /// The pool's first connection is struck while being opened.
@@ -820,7 +873,7 @@ fn pool_acquire(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
             return Err("a wrong answer".into());
         }
         drop(c);
-        pool_whole(&ctx, &pool, &app).await?;
+        pool_whole(&ctx, f, &pool, &app).await?;
         pool.close();
         Ok(label)
     })
@@ -861,10 +914,10 @@ fn pool_release(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
                 return Err("a wrong answer".into());
             }
         }
-        if ledger_has(&ctx, id).await? {
+        if ledger_has(&ctx, f, id).await? {
             return Err("a released transaction committed".into());
         }
-        pool_whole(&ctx, &pool, &app).await?;
+        pool_whole(&ctx, f, &pool, &app).await?;
         pool.close();
         if label == "ok" && p.fired.load(Ordering::SeqCst) {
             label = "replaced".into();
@@ -931,8 +984,13 @@ fn copy_in(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
     boxed(async move {
         let t = format!("mx_copy_{}", CELL_NO.fetch_add(1, Ordering::SeqCst));
         let t = format!("{t}_{}", std::process::id());
-        ctx.admin
-            .batch_execute(&format!("CREATE TABLE {t} (v text)"))
+        // Written through before the fault (the private cluster commits asynchronously, and
+        // a kill -9 of its postmaster loses what the WAL writer had not written yet).
+        admin_for(&ctx, f)
+            .await?
+            .batch_execute(&format!(
+                "SET synchronous_commit = on; CREATE TABLE {t} (v text)"
+            ))
             .await
             .map_err(|e| e.to_string())?;
         let conn = match f {
@@ -946,7 +1004,7 @@ fn copy_in(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
         let r = bounded(&conn, async {
             let mut w = conn.copy_in(&format!("COPY {t} FROM STDIN")).await?;
             for k in 0..5_000 {
-                if k == 100 && matches!(f, F::Terminate) {
+                if k == 100 && (matches!(f, F::Terminate) || f.on_cluster()) {
                     strike(&ctx, f, conn.backend_pid())
                         .await
                         .map_err(aiopg::Error::usage)?;
@@ -958,13 +1016,13 @@ fn copy_in(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
         .await;
         // Once CopyDone is out, the COPY commits on its own: a lost answer is CommitUnknown.
         let label = expect(f, &r, COMMIT)?;
-        let n: i64 = ctx
-            .admin
+        let admin = admin_for(&ctx, f).await?;
+        let n: i64 = admin
             .query_one(&format!("SELECT count(*) FROM {t}"), &[])
             .await
             .map_err(|e| e.to_string())?
             .get(0);
-        let _ = ctx.admin.batch_execute(&format!("DROP TABLE {t}")).await;
+        let _ = admin.batch_execute(&format!("DROP TABLE {t}")).await;
         match &r {
             Ok(copied) if *copied != 5_000 || n != 5_000 => {
                 return Err(format!("copied {copied}, {n} rows in the table"))
@@ -1138,6 +1196,9 @@ fn cells() -> Vec<Cell> {
             F::Proxy(StallServer),
             F::Proxy(DropClientBytes),
             F::Terminate,
+            F::Restart,
+            F::Stop,
+            F::Kill9,
         ],
         tx_inside,
     );
@@ -1169,6 +1230,12 @@ fn cells() -> Vec<Cell> {
         pool_acquire,
     );
     add(
+        "pool acquire",
+        "idle (the server went away)",
+        &[F::Restart, F::Stop, F::Kill9],
+        pool_idle,
+    );
+    add(
         "pool release",
         "ROLLBACK of a released transaction",
         &[
@@ -1194,6 +1261,9 @@ fn cells() -> Vec<Cell> {
             F::Proxy(StallServer),
             F::Proxy(Reset),
             F::Terminate,
+            F::Restart,
+            F::Stop,
+            F::Kill9,
         ],
         copy_in,
     );
@@ -1221,6 +1291,17 @@ rt_test! {
             .unwrap();
         let c = crate::support::cluster().expect("the xtask cluster");
         let cluster = private_cluster("fault matrix").await;
+        if let Some(c) = &cluster {
+            timed(&c.dsn("aiopg_matrix_admin"))
+                .connect()
+                .await
+                .unwrap()
+                .batch_execute(&format!(
+                    "SET synchronous_commit = on; CREATE TABLE {ledger} (id int8 PRIMARY KEY)"
+                ))
+                .await
+                .unwrap();
+        }
         let ctx = Arc::new(Ctx {
             admin: admin.clone(),
             ledger: ledger.clone(),
