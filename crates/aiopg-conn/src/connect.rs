@@ -1059,11 +1059,19 @@ pub(crate) async fn cancel(shared: &Shared) -> Result<()> {
         let mut buf = BytesMut::new();
         frontend::cancel_request(id.backend_pid, id.secret_key, &mut buf);
         write_all(&mut stream, &mut buf).await?;
-        // The server closes the socket once it has read the request; waiting for that keeps
-        // the cancel from racing ahead of the caller's next statement.
+        // The server closes the socket once it has signalled the backend; waiting for that
+        // keeps the cancel from racing ahead of the caller's next statement. A reset instead
+        // of that close leaves it unknown whether (and when) the signal comes: an error, so
+        // that a timed-out statement's connection is closed rather than reused with a cancel
+        // that may still land on its next statement.
         let mut rb = ReadBuf::new();
-        let _ = std::future::poll_fn(|cx| rb.poll_fill(&mut stream, cx)).await;
-        Ok(())
+        match std::future::poll_fn(|cx| rb.poll_fill(&mut stream, cx)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::io(
+                "the cancel request's connection broke before the server closed it",
+                e,
+            )),
+        }
     };
     let timeout = id
         .config
