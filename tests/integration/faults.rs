@@ -30,6 +30,23 @@ fn table(name: &str) -> String {
     )
 }
 
+/// Waits (bounded) until server process `pid` has exited: only the server can make this true.
+async fn gone(admin: &aiopg::Connection, pid: i32) {
+    for _ in 0..5_000 {
+        let rows = admin
+            .query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .unwrap();
+        if rows.is_empty() {
+            return;
+        }
+        crate::support::runtime()
+            .sleep(Duration::from_millis(2))
+            .await;
+    }
+    panic!("server process {pid} never exited");
+}
+
 const ROWS_SQL: &str = "SELECT g, repeat('x', 100) FROM generate_series(1, 100000) g";
 
 rt_test! {
@@ -165,7 +182,9 @@ rt_test! {
         assert_eq!(err.kind(), ErrorKind::CommitUnknown, "{err}");
         assert!(err.is_commit_unknown() && err.is_closed());
         assert!(proxy.fired.load(Ordering::SeqCst) && conn.is_closed());
-        // Whatever happened, it happened whole.
+        // Whatever happened, it happened whole, once the server process is gone (until then
+        // it may still be running the COMMIT it received).
+        gone(&admin, conn.backend_pid()).await;
         let n: i64 = admin.query(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap()[0].get(0);
         assert!(n == 0 || n == 2, "{n} rows: half a transaction");
 
@@ -182,6 +201,7 @@ rt_test! {
             .expect_err("the answer was lost");
         assert!(err.is_closed(), "{err}");
         assert!(proxy.fired.load(Ordering::SeqCst));
+        gone(&admin, conn.backend_pid()).await;
         let n: i64 = admin.query(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap()[0].get(0);
         assert_eq!(n, before, "a failed transaction left rows");
         admin.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
