@@ -715,6 +715,73 @@ fn tx_commit(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
     })
 }
 
+/// Inserts into the ledger's `_slow` twin sleep in COMMIT: a deferred constraint trigger
+/// (`pg_sleep(3)`) runs at commit, before the commit record is written.
+fn slow_commit_sql(ledger: &str) -> String {
+    format!(
+        "CREATE TABLE {ledger}_slow (id int8); \
+         CREATE FUNCTION {ledger}_sleep() RETURNS trigger LANGUAGE plpgsql \
+         AS $$BEGIN PERFORM pg_sleep(3); RETURN NULL; END$$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {ledger}_slow \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {ledger}_sleep()"
+    )
+}
+
+/// The server or the cluster strikes while the COMMIT runs (in its deferred trigger), the
+/// interactive transaction's (`pipelined` false) or the pipelined one's: the COMMIT was sent
+/// whole, so the outcome can only be `CommitUnknown` (a FATAL error in answer to a COMMIT
+/// is no proof that it did not commit: a commit waiting for a synchronous standby is ended
+/// the same way after it committed locally), and the ledger must agree with it.
+async fn commit_running(ctx: Arc<Ctx>, f: F, pipelined: bool) -> CellResult {
+    let id = ctx.next_id.fetch_add(1, Ordering::SeqCst);
+    let conn = direct(&ctx, f).await?;
+    let admin = admin_for(&ctx, f).await?;
+    let insert = format!("INSERT INTO {} VALUES ($1)", ctx.ledger);
+    let slow = format!("INSERT INTO {}_slow VALUES ($1)", ctx.ledger);
+    let pid = conn.backend_pid();
+    let commit = async {
+        if pipelined {
+            let mut p = conn.pipeline();
+            p.query(&insert, &[&id]).query(&slow, &[&id]);
+            match p.transaction(TransactionOptions::default()).await? {
+                TransactionOutcome::Committed(_) => Ok(()),
+                TransactionOutcome::RolledBack { error, .. } => {
+                    Err(aiopg::Error::usage(format!("rolled back: {error}")))
+                }
+            }
+        } else {
+            let mut tx = conn.begin().await?;
+            conn.execute(&insert, &[&id]).await?;
+            conn.execute(&slow, &[&id]).await?;
+            tx.commit().await
+        }
+    };
+    let hit = async {
+        until_active(&admin, pid).await?;
+        strike(&ctx, f, pid).await
+    };
+    let (r, struck) = futures_util::future::join(bounded(&conn, commit), hit).await;
+    struck?;
+    match &r {
+        Ok(()) => return Err("a COMMIT whose server process was ended returned Ok".into()),
+        Err(e) if e.kind() != ErrorKind::CommitUnknown => {
+            return Err(format!("expected CommitUnknown, got {:?}: {e}", e.kind()))
+        }
+        Err(_) => {}
+    }
+    truthful(&ctx, f, id, &r).await?;
+    usable_or_closed(&conn).await?;
+    Ok("CommitUnknown".into())
+}
+
+fn tx_commit_running(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
+    boxed(commit_running(ctx, f, false))
+}
+
+fn ptx_commit_running(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
+    boxed(commit_running(ctx, f, true))
+}
+
 /// A pipelined transaction (BEGIN, statements, COMMIT in one request) is struck.
 fn ptx_commit(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
     boxed(async move {
@@ -984,13 +1051,9 @@ fn copy_in(ctx: Arc<Ctx>, f: F) -> BoxFuture<'static, CellResult> {
     boxed(async move {
         let t = format!("mx_copy_{}", CELL_NO.fetch_add(1, Ordering::SeqCst));
         let t = format!("{t}_{}", std::process::id());
-        // Written through before the fault (the private cluster commits asynchronously, and
-        // a kill -9 of its postmaster loses what the WAL writer had not written yet).
         admin_for(&ctx, f)
             .await?
-            .batch_execute(&format!(
-                "SET synchronous_commit = on; CREATE TABLE {t} (v text)"
-            ))
+            .batch_execute(&format!("CREATE TABLE {t} (v text)"))
             .await
             .map_err(|e| e.to_string())?;
         let conn = match f {
@@ -1218,6 +1281,19 @@ fn cells() -> Vec<Cell> {
         &commit,
         ptx_commit,
     );
+    let running = [F::Terminate, F::Restart, F::Stop, F::Kill9];
+    add(
+        "transaction",
+        "during COMMIT (running)",
+        &running,
+        tx_commit_running,
+    );
+    add(
+        "pipelined transaction",
+        "during COMMIT (running)",
+        &running,
+        ptx_commit_running,
+    );
     add(
         "pool acquire",
         "connecting",
@@ -1286,7 +1362,9 @@ rt_test! {
         let admin = connect().await;
         let ledger = format!("mx_ledger_{}_{}", runtime_name().replace('-', "_"), std::process::id());
         admin
-            .batch_execute(&format!("DROP TABLE IF EXISTS {ledger}; CREATE TABLE {ledger} (id int8 PRIMARY KEY)"))
+            .batch_execute(&format!("DROP TABLE IF EXISTS {ledger}, {ledger}_slow; \
+                DROP FUNCTION IF EXISTS {ledger}_sleep; CREATE TABLE {ledger} (id int8 PRIMARY KEY); {}",
+                slow_commit_sql(&ledger)))
             .await
             .unwrap();
         let c = crate::support::cluster().expect("the xtask cluster");
@@ -1297,7 +1375,8 @@ rt_test! {
                 .await
                 .unwrap()
                 .batch_execute(&format!(
-                    "SET synchronous_commit = on; CREATE TABLE {ledger} (id int8 PRIMARY KEY)"
+                    "CREATE TABLE {ledger} (id int8 PRIMARY KEY); {}",
+                    slow_commit_sql(&ledger)
                 ))
                 .await
                 .unwrap();
@@ -1386,7 +1465,9 @@ rt_test! {
             }
             std::fs::write(format!("{dir}/{}.tsv", runtime_name()), text).unwrap();
         }
-        let _ = admin.batch_execute(&format!("DROP TABLE {ledger}")).await;
+        let _ = admin
+            .batch_execute(&format!("DROP TABLE {ledger}, {ledger}_slow; DROP FUNCTION {ledger}_sleep"))
+            .await;
         eprintln!("fault matrix on {}: {} cells, {} failed", runtime_name(), results.len(), failures.len());
         assert!(failures.is_empty(), "{} of {} cells failed:\n{}", failures.len(), results.len(), failures.join("\n"));
     }

@@ -650,6 +650,8 @@ const PG_ENV: [&str; 12] = [
 /// A tiny throwaway cluster of one test: `initdb` (trust auth) and `pg_ctl` in a fresh
 /// temporary folder, its own TCP port on 127.0.0.1 and its own socket folder. Run as the
 /// `postgres` user (through `runuser`) when the tests run as root, as the server refuses root.
+/// `fsync = off` but commits are synchronous: a `kill -9` of processes (the page cache
+/// survives it) loses no commit that was answered.
 /// Dropping it (also on panic) stops the server (immediate mode) and deletes the folder; a
 /// folder left by a test process that died is cleaned up by the next `create`.
 pub(crate) struct PrivateCluster {
@@ -724,7 +726,7 @@ impl PrivateCluster {
         )?;
         let conf = format!(
             "\n# pool_faults.rs\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             max_connections = 40\nshared_buffers = 16MB\nfsync = off\nsynchronous_commit = off\n\
+             max_connections = 40\nshared_buffers = 16MB\nfsync = off\n\
              full_page_writes = off\ninclude_if_exists 'port.conf'\n",
             sock.display()
         );
@@ -1628,15 +1630,16 @@ async fn ledger_op(
             }
         }
         3 => {
-            let res = async {
-                let conn = pool.acquire().await?;
-                conn.with_timeout(
+            // An acquire fails whichever way the fault says (the server may be down).
+            let Ok(conn) = pool.acquire().await else {
+                return;
+            };
+            let res = conn
+                .with_timeout(
                     Some(Duration::from_millis(5)),
                     conn.query("SELECT 1 FROM pg_sleep(0.05)", &[]),
                 )
-                .await
-            }
-            .await;
+                .await;
             if let Err(e) = res {
                 // 57014 too: a cancel whose own link the chaos proxy cut can only be known
                 // sent, not when the server acts on it, and may stop the next statement of the
@@ -1753,22 +1756,32 @@ async fn ledger_op(
 /// transaction batches, pipelined transactions, rollbacks, COPY, notifications, checked
 /// queries, timeouts, drops) while faults strike at random: the pool's backends are killed
 /// (`pg_terminate_backend`), and its links (through a [`Chaos`] proxy) are cut, reset, or
-/// stalled then cut. Then every commit that returned `Ok` is in the table, every one that
-/// failed with anything but `CommitUnknown` (a rollback included) is not, nothing else is, no
-/// answer went to the wrong caller, and the pool and the server agree on its connections.
-async fn ledger_load(name: &str, secs: u64, tasks: u64) {
+/// stalled then cut; with `cluster` (a private one), the server itself is restarted, stopped
+/// and started, or its postmaster killed with `kill -9`, every few seconds. Then every commit
+/// that returned `Ok` is in the table, every one that failed with anything but
+/// `CommitUnknown` (a rollback included) is not, nothing else is, no answer went to the wrong
+/// caller, and the pool and the server agree on its connections.
+async fn ledger_load(name: &str, secs: u64, tasks: u64, cluster: Option<Arc<PrivateCluster>>) {
     let began = Instant::now();
     let app = app_name(name);
-    let admin = connect().await;
+    let mut admin = match &cluster {
+        Some(c) => private_admin(c).await,
+        None => connect().await,
+    };
     let table = format!("pool_faults_{name}_{}", std::process::id());
+    // A logged table when the cluster may crash (an unlogged one is emptied by recovery).
+    let logged = if cluster.is_some() { "" } else { "UNLOGGED" };
     admin
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE UNLOGGED TABLE {table} (id int8 PRIMARY KEY)"
+            "DROP TABLE IF EXISTS {table}; CREATE {logged} TABLE {table} (id int8 PRIMARY KEY)"
         ))
         .await
         .unwrap();
-    let c = crate::support::cluster().expect("the xtask cluster");
-    let chaos = Chaos::start(format!("127.0.0.1:{}", c.port).parse().unwrap());
+    let port = match &cluster {
+        Some(c) => c.port,
+        None => crate::support::cluster().expect("the xtask cluster").port,
+    };
+    let chaos = Chaos::start(format!("127.0.0.1:{port}").parse().unwrap());
     let pool = Pool::builder(options(&with_app_name(&dsn_via(chaos.port), &app)))
         .runtime(runtime())
         .min_size(2)
@@ -1796,8 +1809,29 @@ async fn ledger_load(name: &str, secs: u64, tasks: u64) {
         .collect();
     let mut kills = 0u64;
     let mut strikes = [0u64; 3];
+    // Restarts, stops, kills -9 of the private cluster.
+    let mut cluster_faults = [0u64; 3];
+    let mut next_cluster_fault = Instant::now() + Duration::from_secs(1);
     let mut rng = Rng::new(secs ^ tasks);
     while Instant::now() < deadline {
+        if let Some(c) = cluster
+            .as_ref()
+            .filter(|_| Instant::now() >= next_cluster_fault)
+        {
+            // In turn, so that a short soak has each.
+            let k = (cluster_faults.iter().sum::<u64>() % 3) as usize;
+            let step: fn(&PrivateCluster) -> Result<(), String> = match k {
+                0 => PrivateCluster::restart,
+                1 => |c| c.stop().and_then(|()| c.start()),
+                _ => PrivateCluster::kill_postmaster_and_start,
+            };
+            pg_ctl(c, step).await;
+            cluster_faults[k] += 1;
+            // The old session ended with the server.
+            admin = private_admin(c).await;
+            next_cluster_fault = Instant::now() + Duration::from_millis(1_500 + rng.below(2_000));
+            continue;
+        }
         match rng.below(4) {
             0 => {
                 let rows = admin
@@ -1875,6 +1909,10 @@ async fn ledger_load(name: &str, secs: u64, tasks: u64) {
             strikes.iter().all(|&n| n > 0),
             "link faults struck: {strikes:?}"
         );
+        assert!(
+            cluster.is_none() || secs < 15 || cluster_faults.iter().all(|&n| n > 0),
+            "cluster faults struck: {cluster_faults:?}"
+        );
         let unknown_kept = ledger
             .unknown
             .iter()
@@ -1882,16 +1920,20 @@ async fn ledger_load(name: &str, secs: u64, tasks: u64) {
             .count();
         eprintln!(
             "{name} on {} ({:.1?}): {} faults injected ({kills} backends killed, links cut {}, \
-             reset {}, stalled then cut {}); operations {:?}; \
+             reset {}, stalled then cut {}; cluster restarted {}, stopped {}, postmaster killed \
+             {}); operations {:?}; \
              panics 0, hangs 0, wrong answers {}, lost commits {}, phantom rows {}, leaked \
              connections {leaked}; commits: {} Ok, {} failed, {} reported unknown ({unknown_kept} \
              of those present)",
             crate::support::runtime_name(),
             began.elapsed(),
-            kills + strikes.iter().sum::<u64>(),
+            kills + strikes.iter().sum::<u64>() + cluster_faults.iter().sum::<u64>(),
             strikes[0],
             strikes[1],
             strikes[2],
+            cluster_faults[0],
+            cluster_faults[1],
+            cluster_faults[2],
             LEDGER_OPS.iter().zip(ledger.ops).collect::<Vec<_>>(),
             ledger.wrong.len(),
             missing.len(),
@@ -1911,16 +1953,18 @@ async fn ledger_load(name: &str, secs: u64, tasks: u64) {
 
 rt_test! {
     async fn commits_under_killed_backends_are_reported_truthfully() {
-        ledger_load("ledger", 4, 12).await;
+        ledger_load("ledger", 4, 12, None).await;
     }
 }
 
 rt_test! {
-    /// `cargo xtask soak --minutes N`: the same load for as long as `AIOPG_SOAK_SECS` says.
+    /// `cargo xtask soak --minutes N`: the same load for as long as `AIOPG_SOAK_SECS` says,
+    /// on a private cluster that is also restarted, stopped and killed at random.
     #[ignore = "a soak: run by `cargo xtask soak`"]
     async fn soak() {
         let secs = crate::support::soak_secs();
         assert!(secs > 0, "AIOPG_SOAK_SECS is not set: run `cargo xtask soak --minutes N`");
-        ledger_load("soak", secs, 24).await;
+        let cluster = private_cluster("soak").await.expect("the soak needs a private cluster");
+        ledger_load("soak", secs, 24, Some(cluster)).await;
     }
 }
