@@ -27,6 +27,7 @@ mod pool_handout;
 mod query;
 #[cfg(feature = "sa")]
 mod sa;
+mod spans;
 mod tls;
 mod transaction;
 mod types;

@@ -12,6 +12,7 @@ use postgres_protocol::authentication::sasl::{
 };
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use tracing::Instrument;
 
 use aiopg_core::config::{
     AuthMethod, ChannelBinding as ChannelBindingMode, Host, LoadBalanceHosts, SslMode,
@@ -58,6 +59,9 @@ pub struct ConnectOptions {
     statement_cache_size: usize,
     transaction_pooling: bool,
     event_capacity: usize,
+    trace_query_text: bool,
+    echo: bool,
+    slow_statements: Option<Duration>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -68,6 +72,9 @@ impl std::fmt::Debug for ConnectOptions {
             .field("statement_cache_size", &self.statement_cache_size)
             .field("transaction_pooling", &self.transaction_pooling)
             .field("event_capacity", &self.event_capacity)
+            .field("trace_query_text", &self.trace_query_text)
+            .field("echo", &self.echo)
+            .field("slow_statements", &self.slow_statements)
             .finish()
     }
 }
@@ -89,7 +96,34 @@ impl ConnectOptions {
             statement_cache_size: DEFAULT_STATEMENT_CACHE_SIZE,
             transaction_pooling: false,
             event_capacity: crate::events::DEFAULT_EVENT_CAPACITY,
+            trace_query_text: false,
+            echo: false,
+            slow_statements: None,
         }
+    }
+
+    /// Records each statement's SQL text as `db.query.text` on its `aiopg.statement` span
+    /// (off by default: SQL can hold data spliced into it by the application). Parameter
+    /// values are never recorded.
+    pub fn trace_query_text(mut self, on: bool) -> Self {
+        self.trace_query_text = on;
+        self
+    }
+
+    /// Python aiopg's `echo=True`: logs every statement's SQL text at `INFO` through
+    /// `tracing`, target `aiopg::statement` (never its parameter values).
+    pub fn echo(mut self, on: bool) -> Self {
+        self.echo = on;
+        self
+    }
+
+    /// Logs every statement that takes at least `threshold` (from issue to answer, waits in
+    /// the pipeline included) at `WARN` through `tracing`, target `aiopg::slow_statement`,
+    /// with its SQL text and elapsed milliseconds (never its parameter values). `None` (the
+    /// default) is off.
+    pub fn log_slow_statements(mut self, threshold: Option<Duration>) -> Self {
+        self.slow_statements = threshold;
+        self
     }
 
     /// The runtime to use; by default the one the enabled features and the calling context
@@ -196,8 +230,21 @@ impl ConnectOptions {
         } else {
             self.statement_cache_size
         };
-        let conn = connect_any(&self.config, runtime, timeout, cache).await?;
+        let span = crate::trace::connect_span(&self.config);
+        let conn = match connect_any(&self.config, runtime, timeout, cache)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                crate::trace::record_error(&span, &e);
+                return Err(e);
+            }
+        };
         conn.set_timeout(self.timeout);
+        conn.shared
+            .trace
+            .set(self.trace_query_text, self.echo, self.slow_statements);
         conn.shared.lock().set_event_capacity(self.event_capacity);
         conn.shared.transaction_pooling.store(
             self.transaction_pooling,

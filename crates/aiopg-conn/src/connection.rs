@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_io::AsyncWrite;
 use postgres_protocol::message::frontend;
 
+use crate::trace;
 use aiopg_core::protocol::{self, TransactionStatus};
 use aiopg_core::row::{Column, Row};
 use aiopg_core::types::ToSql;
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) identity: Identity,
     /// Behind a transaction pooler: statements that leave session state are refused.
     pub(crate) transaction_pooling: std::sync::atomic::AtomicBool,
+    /// Statement logging and the open transaction's span (see `trace.rs`).
+    pub(crate) trace: crate::trace::Settings,
 }
 
 impl Shared {
@@ -130,6 +133,7 @@ impl Shared {
             runtime,
             identity,
             transaction_pooling: std::sync::atomic::AtomicBool::new(false),
+            trace: crate::trace::Settings::default(),
         }
     }
 
@@ -278,6 +282,10 @@ impl Connection {
     /// transaction block. Inside one, the server has already aborted the transaction, so the
     /// error is returned as it is.
     pub async fn query_result(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
+        trace::statement(&self.shared, sql, self.query_result_inner(sql, params)).await
+    }
+
+    async fn query_result_inner(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
         let stmt = self.prepare(sql).await?;
         match self.execute_inner(&stmt, params).await {
             Err(e) if is_stale_statement(&e) => {
@@ -298,10 +306,13 @@ impl Connection {
 
     /// Runs a prepared statement and returns its rows.
     pub async fn query_prepared(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<Vec<Row>> {
-        match self.execute_inner(stmt, params).await? {
-            Output::Rows { rows, .. } => Ok(rows),
-            _ => Err(Error::protocol("unexpected answer to Execute")),
-        }
+        trace::statement(&self.shared, stmt.sql(), async {
+            match self.execute_inner(stmt, params).await? {
+                Output::Rows { rows, .. } => Ok(rows),
+                _ => Err(Error::protocol("unexpected answer to Execute")),
+            }
+        })
+        .await
     }
 
     /// Runs a statement and returns the number of rows it affected (0 for commands without a
@@ -316,10 +327,13 @@ impl Connection {
 
     /// Runs a prepared statement and returns the number of rows it affected.
     pub async fn execute_prepared(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<u64> {
-        match self.execute_inner(stmt, params).await? {
-            Output::Rows { affected, .. } => Ok(affected.unwrap_or(0)),
-            _ => Err(Error::protocol("unexpected answer to Execute")),
-        }
+        trace::statement(&self.shared, stmt.sql(), async {
+            match self.execute_inner(stmt, params).await? {
+                Output::Rows { affected, .. } => Ok(affected.unwrap_or(0)),
+                _ => Err(Error::protocol("unexpected answer to Execute")),
+            }
+        })
+        .await
     }
 
     /// Runs a prepared statement once per parameter set, all in one round trip: the
@@ -327,6 +341,18 @@ impl Connection {
     /// transaction (outside a transaction block): if any execution fails, none of them
     /// takes effect. Returns the rows affected, summed.
     pub async fn execute_many<'p, I>(&self, stmt: &Statement, param_sets: I) -> Result<u64>
+    where
+        I: IntoIterator<Item = &'p [Param<'p>]>,
+    {
+        trace::statement(
+            &self.shared,
+            stmt.sql(),
+            self.execute_many_inner(stmt, param_sets),
+        )
+        .await
+    }
+
+    async fn execute_many_inner<'p, I>(&self, stmt: &Statement, param_sets: I) -> Result<u64>
     where
         I: IntoIterator<Item = &'p [Param<'p>]>,
     {
@@ -374,6 +400,10 @@ impl Connection {
     /// statement under one Sync); with parameters two (the unnamed statement is described
     /// first, for their types). Values come back in binary, as from [`query`](Self::query).
     pub async fn query_unprepared(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
+        trace::statement(&self.shared, sql, self.query_unprepared_inner(sql, params)).await
+    }
+
+    async fn query_unprepared_inner(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
         self.shared.check_pooling(sql)?;
         if !params.is_empty() {
             let stmt = self.prepare_unnamed(sql).await?;
@@ -434,6 +464,10 @@ impl Connection {
     /// Runs one or more SQL statements, separated by semicolons, through the simple query
     /// protocol (no parameters; values come back as text).
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>> {
+        trace::statement(&self.shared, sql, self.simple_query_inner(sql)).await
+    }
+
+    async fn simple_query_inner(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>> {
         self.shared.check_pooling(sql)?;
         let req = self.start(|st| {
             protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w))?;

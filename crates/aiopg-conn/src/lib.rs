@@ -67,6 +67,7 @@ mod state;
 mod statement;
 mod stream;
 mod tls;
+mod trace;
 mod transaction;
 mod typeinfo;
 

@@ -10,7 +10,7 @@ use crate::collect::{BatchPart, Collector, Output};
 use crate::connection::{is_stale_statement, Connection, Param, QueryResult};
 use crate::state::State;
 use crate::statement::Statement;
-use crate::transaction::{is_retryable, RetryPolicy, TransactionOptions};
+use crate::transaction::{RetryPolicy, TransactionOptions};
 
 /// Several statements sent to the server in one go and answered in one round trip, like
 /// libpq's pipeline mode: the Bind/Execute messages of every statement go out together,
@@ -423,7 +423,7 @@ impl<'c, 'p> Pipeline<'c, 'p> {
                     step,
                     error,
                     results,
-                } if is_retryable(&error) => {
+                } if error.is_retryable() => {
                     if attempt >= retry.max_attempts {
                         return Ok(TransactionOutcome::RolledBack {
                             step,

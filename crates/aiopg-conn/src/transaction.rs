@@ -5,7 +5,6 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use aiopg_core::error::SqlState;
 use aiopg_core::{Error, Result};
 
 use crate::Connection;
@@ -108,6 +107,8 @@ pub struct Transaction {
     state: State,
     /// Savepoints opened with [`Transaction::savepoint`], innermost last.
     savepoints: Vec<String>,
+    /// `aiopg.transaction`, from `begin` to the end (see `trace.rs`).
+    span: tracing::Span,
 }
 
 impl fmt::Debug for Transaction {
@@ -153,6 +154,39 @@ impl Transaction {
             options,
             state: State::NotStarted,
             savepoints: Vec::new(),
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// Ends the transaction's span with `outcome` (and the error that ended it).
+    fn end_span(&mut self, outcome: &'static str, error: Option<&Error>) {
+        if self.span.is_disabled() {
+            return;
+        }
+        self.span.record("db.transaction.outcome", outcome);
+        if let Some(e) = error {
+            crate::trace::record_error(&self.span, e);
+        }
+        let mut open = self
+            .conn
+            .shared
+            .trace
+            .transaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if open.as_ref().and_then(|s| s.id()) == self.span.id() {
+            *open = None;
+        }
+        drop(open);
+        self.span = tracing::Span::none();
+    }
+
+    /// Ends the span after the COMMIT or ROLLBACK that answered `res`.
+    fn end_span_with<T>(&mut self, res: &Result<T>, ok: &'static str) {
+        match res {
+            Ok(_) => self.end_span(ok, None),
+            Err(e) if e.is_commit_unknown() => self.end_span("unknown", Some(e)),
+            Err(e) => self.end_span("failed", Some(e)),
         }
     }
 
@@ -164,7 +198,22 @@ impl Transaction {
                 self.describe()
             )));
         }
-        run_undoable(&self.conn, &self.options.begin_sql(), "ROLLBACK").await?;
+        self.span =
+            crate::trace::transaction_span(&self.conn.shared, self.options.isolation_level.sql());
+        if !self.span.is_disabled() {
+            *self
+                .conn
+                .shared
+                .trace
+                .transaction
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(self.span.clone());
+        }
+        let res = run_undoable(&self.conn, &self.options.begin_sql(), "ROLLBACK").await;
+        if let Err(e) = res {
+            self.end_span("failed", Some(&e));
+            return Err(e);
+        }
         self.state = State::Active;
         Ok(())
     }
@@ -201,7 +250,9 @@ impl Transaction {
         // Whatever the server answers, the transaction is over once COMMIT is sent.
         self.state = State::Committed;
         self.savepoints.clear();
-        self.conn.batch_execute("COMMIT").await?;
+        let res = self.conn.batch_execute("COMMIT").await;
+        self.end_span_with(&res, if failed { "rolled_back" } else { "committed" });
+        res?;
         if failed {
             self.state = State::RolledBack;
             return Err(Error::usage(
@@ -216,7 +267,9 @@ impl Transaction {
         self.require_active("rollback()")?;
         self.state = State::RolledBack;
         self.savepoints.clear();
-        self.conn.batch_execute("ROLLBACK").await
+        let res = self.conn.batch_execute("ROLLBACK").await;
+        self.end_span_with(&res, "rolled_back");
+        res
     }
 
     /// Opens a savepoint inside the transaction; undo its work with
@@ -298,6 +351,8 @@ impl Drop for Transaction {
         if self.state == State::Active {
             self.conn.detach("ROLLBACK");
         }
+        // Ended some other way (dropped, or a future of commit/rollback dropped mid-way).
+        self.end_span("dropped", None);
     }
 }
 
@@ -462,14 +517,6 @@ impl RetryPolicy {
     }
 }
 
-/// True for the errors a transaction is retried on: serialization failure (40001) and
-/// deadlock detected (40P01).
-pub(crate) fn is_retryable(e: &Error) -> bool {
-    e.code().is_some_and(|c| {
-        c == &SqlState::T_R_SERIALIZATION_FAILURE || c == &SqlState::T_R_DEADLOCK_DETECTED
-    })
-}
-
 impl Connection {
     /// Runs `f` in a transaction begun with `options` and commits it, retrying the whole
     /// transaction as `retry` allows when it fails with a serialization failure (40001) or
@@ -525,7 +572,7 @@ impl Connection {
                 },
             };
             match res {
-                Err(e) if is_retryable(&e) => {
+                Err(e) if e.is_retryable() => {
                     if attempt >= retry.max_attempts {
                         return Err(e.context(format!("gave up after {attempt} attempts")));
                     }

@@ -18,6 +18,7 @@ use aiopg_conn::{ConnectOptions, Connection};
 use aiopg_core::{Error, ErrorKind, Result, Row, TransactionStatus};
 use aiopg_cursor::{Cursor, CursorExt, CursorOptions};
 use aiopg_rt::{BoxFuture, Runtime};
+use tracing::Instrument;
 
 use crate::builder::{IntoConnectOptions, OnConnect, PoolBuilder, Reuse, Settings};
 
@@ -815,6 +816,26 @@ impl Pool {
     /// The connection returns to the pool when the guard is dropped. Dropping this future
     /// at any point loses nothing: a connection meant for it goes to the next caller.
     pub async fn acquire(&self) -> Result<PooledConnection> {
+        if !tracing::level_enabled!(tracing::Level::INFO) {
+            return self.acquire_inner().await;
+        }
+        let span = tracing::info_span!(
+            "aiopg.acquire",
+            otel.name = "acquire",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "postgresql",
+            db.client.connection.pool.max = self.inner.settings.max_size,
+            error.type = tracing::field::Empty,
+        );
+        let res = self.acquire_inner().instrument(span.clone()).await;
+        if let Err(e) = &res {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", format!("{:?}", e.kind()));
+        }
+        res
+    }
+
+    async fn acquire_inner(&self) -> Result<PooledConnection> {
         let inner = &self.inner;
         // The clock is first read when this call has to wait (for a connection, or a check):
         // what comes before is a few non-blocking steps.

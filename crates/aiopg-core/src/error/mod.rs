@@ -284,6 +284,59 @@ impl Error {
         matches!(self.0.kind, ErrorKind::Timeout | ErrorKind::PoolTimeout)
     }
 
+    /// True when no pooled connection became free within the pool's timeout
+    /// ([`ErrorKind::PoolTimeout`]).
+    pub fn is_pool_timeout(&self) -> bool {
+        self.0.kind == ErrorKind::PoolTimeout
+    }
+
+    /// True when the server error's SQLSTATE is `code`.
+    fn has_code(&self, code: &SqlState) -> bool {
+        self.code() == Some(code)
+    }
+
+    /// A unique or primary key constraint was violated (SQLSTATE 23505).
+    pub fn is_unique_violation(&self) -> bool {
+        self.has_code(&SqlState::UNIQUE_VIOLATION)
+    }
+
+    /// A foreign key constraint was violated (SQLSTATE 23503).
+    pub fn is_foreign_key_violation(&self) -> bool {
+        self.has_code(&SqlState::FOREIGN_KEY_VIOLATION)
+    }
+
+    /// A NOT NULL constraint was violated (SQLSTATE 23502).
+    pub fn is_not_null_violation(&self) -> bool {
+        self.has_code(&SqlState::NOT_NULL_VIOLATION)
+    }
+
+    /// A CHECK constraint was violated (SQLSTATE 23514).
+    pub fn is_check_violation(&self) -> bool {
+        self.has_code(&SqlState::CHECK_VIOLATION)
+    }
+
+    /// The transaction could not be serialized with concurrent ones (SQLSTATE 40001).
+    pub fn is_serialization_failure(&self) -> bool {
+        self.has_code(&SqlState::T_R_SERIALIZATION_FAILURE)
+    }
+
+    /// The server broke a deadlock by failing this transaction (SQLSTATE 40P01).
+    pub fn is_deadlock(&self) -> bool {
+        self.has_code(&SqlState::T_R_DEADLOCK_DETECTED)
+    }
+
+    /// The errors PostgreSQL documents as "run the transaction again": a serialization
+    /// failure (40001) or a deadlock (40P01). A [`CommitUnknown`](ErrorKind::CommitUnknown)
+    /// is not retryable: the transaction may have committed.
+    pub fn is_retryable(&self) -> bool {
+        self.is_serialization_failure() || self.is_deadlock()
+    }
+
+    /// The statement was cancelled (SQLSTATE 57014: a cancel request, `statement_timeout`).
+    pub fn is_query_canceled(&self) -> bool {
+        self.has_code(&SqlState::QUERY_CANCELED)
+    }
+
     /// The server error behind this error, if there is one.
     pub fn as_db_error(&self) -> Option<&DbError> {
         let source = self.0.source.as_deref()?;

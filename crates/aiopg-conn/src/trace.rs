@@ -1,0 +1,262 @@
+//! Tracing: a span per statement, transaction and connect, with OpenTelemetry's database
+//! attributes; statement logging (Python aiopg's `echo=True`) and slow-statement logging.
+//!
+//! Spans are `INFO` and named `aiopg.statement`, `aiopg.transaction` and `aiopg.connect`;
+//! `otel.name` carries the name OpenTelemetry wants (the operation, such as `SELECT`). The
+//! attributes: `db.system.name = "postgresql"`, `db.namespace` (the database),
+//! `server.address`, `server.port`, `db.operation.name` (the statement's first keyword),
+//! and on error `db.response.status_code` (the SQLSTATE), `error.type` (the error kind) and
+//! `otel.status_code = "ERROR"`. `db.query.text` is recorded only when
+//! [`ConnectOptions::trace_query_text`](crate::ConnectOptions::trace_query_text) asks for it;
+//! parameter values never are. With no subscriber listening, a span costs a check of the
+//! global level filter and nothing else: no field is computed, nothing is allocated.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aiopg_core::config::Host;
+use aiopg_core::{Error, Result};
+use tracing::field::Empty;
+use tracing::{Instrument, Level, Span};
+
+use crate::connection::Shared;
+
+/// What a connection records besides its spans; set from [`ConnectOptions`].
+///
+/// [`ConnectOptions`]: crate::ConnectOptions
+#[derive(Debug, Default)]
+pub(crate) struct Settings {
+    /// Record `db.query.text` on statement spans.
+    pub(crate) query_text: AtomicBool,
+    /// Log every statement's text at `INFO` (target `aiopg::statement`).
+    pub(crate) echo: AtomicBool,
+    /// Log statements slower than this many microseconds at `WARN` (target
+    /// `aiopg::slow_statement`); 0 is off.
+    pub(crate) slow_micros: AtomicU64,
+    /// The span of the open [`Transaction`](crate::Transaction), parent of its statements.
+    pub(crate) transaction: Mutex<Option<Span>>,
+}
+
+impl Settings {
+    pub(crate) fn set(&self, query_text: bool, echo: bool, slow: Option<Duration>) {
+        self.query_text.store(query_text, Ordering::Relaxed);
+        self.echo.store(echo, Ordering::Relaxed);
+        let micros = slow.map_or(0, |d| {
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+        });
+        self.slow_micros.store(micros, Ordering::Relaxed);
+    }
+
+    fn transaction_span(&self) -> Option<Span> {
+        self.transaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The statement's operation: its first keyword, upper-cased (`SELECT`, `INSERT`, ...),
+/// after white space and comments; `None` for an empty or odd statement.
+pub(crate) fn operation(sql: &str) -> Option<String> {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .take(32)
+        .collect();
+    (!word.is_empty()).then(|| word.to_ascii_uppercase())
+}
+
+/// Records the server's address, port and database on `span`.
+fn record_server(span: &Span, shared: &Shared) {
+    let id = &shared.identity;
+    record_host(span, &id.host, id.port);
+    if let Some(db) = id.config.get_dbname().or(id.config.get_user()) {
+        span.record("db.namespace", db);
+    }
+}
+
+/// Records `server.address` and `server.port` on `span`.
+fn record_host(span: &Span, host: &Host, port: u16) {
+    match host {
+        Host::Tcp(name) => span.record("server.address", name.as_str()),
+        Host::Unix(path) => span.record("server.address", path.display().to_string()),
+    };
+    span.record("server.port", port);
+}
+
+/// Records a failure on `span`.
+pub(crate) fn record_error(span: &Span, e: &Error) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", format!("{:?}", e.kind()));
+    if let Some(code) = e.code() {
+        span.record("db.response.status_code", code.code());
+    }
+}
+
+/// The span of one statement (or one request of several, such as a pipeline).
+fn statement_span(shared: &Shared, sql: &str) -> Span {
+    if !tracing::level_enabled!(Level::INFO) {
+        return Span::none();
+    }
+    let make = || {
+        tracing::info_span!(
+            "aiopg.statement",
+            otel.name = Empty,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system.name = "postgresql",
+            db.namespace = Empty,
+            db.operation.name = Empty,
+            db.query.text = Empty,
+            db.response.status_code = Empty,
+            error.type = Empty,
+            server.address = Empty,
+            server.port = Empty,
+        )
+    };
+    // Inside a transaction, its span is the parent; otherwise the caller's current span.
+    let span = match shared.trace.transaction_span() {
+        Some(tx) => tx.in_scope(make),
+        None => make(),
+    };
+    if !span.is_disabled() {
+        let op = operation(sql);
+        span.record("otel.name", op.as_deref().unwrap_or("postgresql"));
+        if let Some(op) = &op {
+            span.record("db.operation.name", op.as_str());
+        }
+        if shared.trace.query_text.load(Ordering::Relaxed) {
+            span.record("db.query.text", sql);
+        }
+        record_server(&span, shared);
+    }
+    span
+}
+
+/// Runs the statement `sql` (`fut`) in its span, logging it when asked to (echo, slow).
+pub(crate) async fn statement<T>(
+    shared: &Shared,
+    sql: &str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let span = statement_span(shared, sql);
+    let echo = shared.trace.echo.load(Ordering::Relaxed);
+    let slow = shared.trace.slow_micros.load(Ordering::Relaxed);
+    if echo {
+        tracing::info!(target: "aiopg::statement", pid = shared.identity.backend_pid, "{sql}");
+    }
+    let started = (slow > 0).then(Instant::now);
+    let res = if span.is_disabled() {
+        fut.await
+    } else {
+        fut.instrument(span.clone()).await
+    };
+    if let Err(e) = &res {
+        record_error(&span, e);
+    }
+    if let Some(started) = started {
+        let took = started.elapsed();
+        if took.as_micros() >= u128::from(slow) {
+            tracing::warn!(
+                target: "aiopg::slow_statement",
+                pid = shared.identity.backend_pid,
+                elapsed_ms = took.as_secs_f64() * 1e3,
+                ok = res.is_ok(),
+                "slow statement: {sql}"
+            );
+        }
+    }
+    res
+}
+
+/// The span of a transaction, from BEGIN to its end; its statements are its children.
+pub(crate) fn transaction_span(shared: &Shared, isolation: Option<&str>) -> Span {
+    if !tracing::level_enabled!(Level::INFO) {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "aiopg.transaction",
+        otel.name = "transaction",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        db.system.name = "postgresql",
+        db.namespace = Empty,
+        db.transaction.isolation_level = isolation,
+        db.transaction.outcome = Empty,
+        db.response.status_code = Empty,
+        error.type = Empty,
+        server.address = Empty,
+        server.port = Empty,
+    );
+    if !span.is_disabled() {
+        record_server(&span, shared);
+    }
+    span
+}
+
+/// The span of a connection attempt (all hosts of the DSN).
+pub(crate) fn connect_span(config: &aiopg_core::Config) -> Span {
+    if !tracing::level_enabled!(Level::INFO) {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "aiopg.connect",
+        otel.name = "connect",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        db.system.name = "postgresql",
+        db.namespace = config.get_dbname().or(config.get_user()),
+        db.response.status_code = Empty,
+        error.type = Empty,
+        server.address = Empty,
+        server.port = Empty,
+    );
+    if !span.is_disabled() {
+        // The first host of the list (the connection may reach another).
+        if let Some(host) = config.get_hosts().first() {
+            record_host(
+                &span,
+                host,
+                config.get_ports().first().copied().unwrap_or(5432),
+            );
+        }
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::operation;
+
+    #[test]
+    fn operation_is_the_first_keyword_after_comments() {
+        assert_eq!(operation("select 1").as_deref(), Some("SELECT"));
+        assert_eq!(
+            operation("  -- hi\n /* x */ insert into t values (1)").as_deref(),
+            Some("INSERT")
+        );
+        assert_eq!(
+            operation("WITH a AS (SELECT 1) SELECT * FROM a").as_deref(),
+            Some("WITH")
+        );
+        assert_eq!(operation("").as_deref(), None);
+        assert_eq!(operation("/* unterminated").as_deref(), None);
+        assert_eq!(operation("(SELECT 1)").as_deref(), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! The `tracing` spans and logs of statements, transactions, acquires and connects, seen by a
+//! subscriber as a user's OpenTelemetry layer sees them: names, attributes (OpenTelemetry's
+//! database conventions), parents, and that no parameter value or password reaches any field.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aiopg::Pool;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::support::{dsn, options, rt_test, runtime};
+
+/// A span as the subscriber saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    name: &'static str,
+    fields: HashMap<String, String>,
+    parent: Option<u64>,
+    id: u64,
+}
+
+/// An event (a log line).
+#[derive(Debug, Clone)]
+struct Logged {
+    target: String,
+    level: tracing::Level,
+    fields: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct Capture {
+    spans: Mutex<Vec<Seen>>,
+    events: Mutex<Vec<Logged>>,
+}
+
+impl Capture {
+    fn spans(&self, name: &str) -> Vec<Seen> {
+        let spans = self.spans.lock().unwrap();
+        spans.iter().filter(|s| s.name == name).cloned().collect()
+    }
+
+    /// Every field value of every span and event, for the no-secret check.
+    fn all_values(&self) -> Vec<String> {
+        let spans = self.spans.lock().unwrap();
+        let events = self.events.lock().unwrap();
+        spans
+            .iter()
+            .flat_map(|s| s.fields.values().cloned())
+            .chain(events.iter().flat_map(|e| e.fields.values().cloned()))
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+struct CaptureLayer(Arc<Capture>);
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for CaptureLayer {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = HashMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let parent = ctx
+            .span(id)
+            .and_then(|s| s.parent())
+            .map(|p| p.id().into_u64());
+        self.0.spans.lock().unwrap().push(Seen {
+            name: attrs.metadata().name(),
+            fields,
+            parent,
+            id: id.into_u64(),
+        });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        let mut spans = self.0.spans.lock().unwrap();
+        if let Some(s) = spans.iter_mut().rev().find(|s| s.id == id.into_u64()) {
+            values.record(&mut Fields(&mut s.fields));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.events.lock().unwrap().push(Logged {
+            target: event.metadata().target().to_owned(),
+            level: *event.metadata().level(),
+            fields,
+        });
+    }
+}
+
+/// Installs a capturing subscriber for the current thread (the test's own, which polls the
+/// test's futures) until the guard drops.
+fn capture() -> (Arc<Capture>, tracing::subscriber::DefaultGuard) {
+    let cap = Arc::new(Capture::default());
+    let subscriber = tracing_subscriber::registry().with(CaptureLayer(cap.clone()));
+    (cap, tracing::subscriber::set_default(subscriber))
+}
+
+fn field<'a>(s: &'a Seen, name: &str) -> Option<&'a str> {
+    s.fields.get(name).map(String::as_str)
+}
+
+/// The DSN with a password (the test cluster trusts the connection, so it is never asked
+/// for, but it is in the settings every span is made from).
+const PASSWORD: &str = "tr4ce-pw-never-shown";
+const SECRET_PARAM: &str = "tr4ce-param-never-shown";
+
+fn dsn_with_password() -> String {
+    format!("{} password={PASSWORD}", dsn())
+}
+
+rt_test! {
+    async fn statement_spans_follow_the_database_conventions() {
+        let (cap, _guard) = capture();
+        let conn = options(&dsn_with_password()).connect().await.unwrap();
+        let rows = conn
+            .query("SELECT $1::text AS v", &[&SECRET_PARAM])
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<&str>(0), SECRET_PARAM);
+        let err = conn.query("SELECT 1 / 0", &[]).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("22012"));
+
+        let connects = cap.spans("aiopg.connect");
+        assert_eq!(connects.len(), 1, "{connects:?}");
+        let c = &connects[0];
+        assert_eq!(field(c, "db.system.name"), Some("postgresql"));
+        assert!(field(c, "otel.status_code").is_none());
+
+        let stmts = cap.spans("aiopg.statement");
+        let ok = stmts
+            .iter()
+            .find(|s| field(s, "db.operation.name") == Some("SELECT") && field(s, "error.type").is_none())
+            .unwrap_or_else(|| panic!("no successful SELECT span in {stmts:?}"));
+        assert_eq!(field(ok, "db.system.name"), Some("postgresql"));
+        assert_eq!(field(ok, "otel.name"), Some("SELECT"));
+        assert_eq!(field(ok, "otel.kind"), Some("client"));
+        assert_eq!(field(ok, "db.namespace"), Some("postgres"));
+        let server = crate::support::cluster().expect("the xtask cluster");
+        assert_eq!(field(ok, "server.port"), Some(server.port.to_string().as_str()));
+        assert_eq!(field(ok, "server.address"), Some("127.0.0.1"));
+        // Opt-in only.
+        assert!(field(ok, "db.query.text").is_none(), "{ok:?}");
+
+        let failed: Vec<&Seen> = stmts.iter().filter(|s| field(s, "error.type").is_some()).collect();
+        assert_eq!(failed.len(), 1, "{stmts:?}");
+        assert_eq!(field(failed[0], "db.response.status_code"), Some("22012"));
+        assert_eq!(field(failed[0], "otel.status_code"), Some("ERROR"));
+        assert_eq!(field(failed[0], "error.type"), Some("Db"));
+
+        for v in cap.all_values() {
+            assert!(!v.contains(SECRET_PARAM) && !v.contains(PASSWORD), "a secret in a field: {v}");
+        }
+        conn.close().await;
+    }
+}
+
+rt_test! {
+    async fn query_text_is_recorded_only_when_asked_for() {
+        let (cap, _guard) = capture();
+        let conn = options(&dsn()).trace_query_text(true).connect().await.unwrap();
+        conn.query("SELECT $1::text /* traced */", &[&SECRET_PARAM]).await.unwrap();
+        let stmts = cap.spans("aiopg.statement");
+        let s = stmts
+            .iter()
+            .find(|s| field(s, "db.query.text").is_some_and(|t| t.contains("/* traced */")))
+            .unwrap_or_else(|| panic!("no span with the query text in {stmts:?}"));
+        assert_eq!(field(s, "db.query.text"), Some("SELECT $1::text /* traced */"));
+        for v in cap.all_values() {
+            assert!(!v.contains(SECRET_PARAM), "a parameter value in a field: {v}");
+        }
+        conn.close().await;
+    }
+}
+
+rt_test! {
+    async fn a_transaction_span_holds_its_statements() {
+        let (cap, _guard) = capture();
+        let conn = options(&dsn()).connect().await.unwrap();
+        let mut tx = conn
+            .begin_with(aiopg::TransactionOptions {
+                isolation_level: aiopg::IsolationLevel::RepeatableRead,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        conn.query("SELECT 1 /* in tx */", &[]).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        tx.rollback().await.unwrap();
+        drop(conn.begin().await.unwrap());
+        conn.query("SELECT 2 /* after */", &[]).await.unwrap();
+
+        let txs = cap.spans("aiopg.transaction");
+        assert_eq!(txs.len(), 3, "{txs:?}");
+        assert_eq!(field(&txs[0], "db.transaction.outcome"), Some("committed"));
+        assert_eq!(field(&txs[0], "db.transaction.isolation_level"), Some("REPEATABLE READ"));
+        assert_eq!(field(&txs[0], "db.system.name"), Some("postgresql"));
+        assert_eq!(field(&txs[1], "db.transaction.outcome"), Some("rolled_back"));
+        assert_eq!(field(&txs[2], "db.transaction.outcome"), Some("dropped"));
+        let stmts = cap.spans("aiopg.statement");
+        let ops_in = |tx: &Seen| -> Vec<String> {
+            stmts
+                .iter()
+                .filter(|s| s.parent == Some(tx.id))
+                .filter_map(|s| field(s, "db.operation.name").map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(ops_in(&txs[0]), ["BEGIN", "SELECT", "COMMIT"]);
+        assert_eq!(ops_in(&txs[1]), ["BEGIN", "ROLLBACK"]);
+        // After the transaction, statements are no longer its children.
+        let last = stmts.last().unwrap();
+        assert_eq!(field(last, "db.operation.name"), Some("SELECT"));
+        assert!(txs.iter().all(|t| last.parent != Some(t.id)), "{last:?}");
+        conn.close().await;
+    }
+}
+
+rt_test! {
+    async fn acquire_has_a_span_and_its_failure_a_status() {
+        let (cap, _guard) = capture();
+        let pool = Pool::builder(options(&dsn()))
+            .runtime(runtime())
+            .min_size(0)
+            .max_size(1)
+            .timeout(Duration::from_millis(300))
+            .build()
+            .await
+            .unwrap();
+        let held = pool.acquire().await.unwrap();
+        let err = pool.acquire().await.unwrap_err();
+        assert!(err.is_pool_timeout(), "{err}");
+        drop(held);
+        let acquires = cap.spans("aiopg.acquire");
+        assert_eq!(acquires.len(), 2, "{acquires:?}");
+        assert_eq!(field(&acquires[0], "db.system.name"), Some("postgresql"));
+        assert_eq!(field(&acquires[0], "db.client.connection.pool.max"), Some("1"));
+        assert!(field(&acquires[0], "otel.status_code").is_none());
+        assert_eq!(field(&acquires[1], "otel.status_code"), Some("ERROR"));
+        assert_eq!(field(&acquires[1], "error.type"), Some("PoolTimeout"));
+        pool.close();
+        pool.wait_closed().await.unwrap();
+    }
+}
+
+rt_test! {
+    async fn echo_and_slow_statement_logs() {
+        let (cap, _guard) = capture();
+        let conn = options(&dsn())
+            .echo(true)
+            .log_slow_statements(Some(Duration::from_millis(20)))
+            .connect()
+            .await
+            .unwrap();
+        conn.query("SELECT $1::text /* echoed */", &[&SECRET_PARAM]).await.unwrap();
+        conn.query("SELECT pg_sleep(0.05) /* slow */", &[]).await.unwrap();
+        let quiet = options(&dsn())
+            .log_slow_statements(Some(Duration::from_secs(3600)))
+            .connect()
+            .await
+            .unwrap();
+        quiet.query("SELECT pg_sleep(0.05) /* not slow enough */", &[]).await.unwrap();
+
+        let events = cap.events.lock().unwrap().clone();
+        let echoed: Vec<&Logged> = events.iter().filter(|e| e.target == "aiopg::statement").collect();
+        assert!(
+            echoed.iter().any(|e| e.level == tracing::Level::INFO
+                && e.fields.get("message").is_some_and(|m| m.contains("/* echoed */"))),
+            "{echoed:?}"
+        );
+        let slow: Vec<&Logged> = events.iter().filter(|e| e.target == "aiopg::slow_statement").collect();
+        assert_eq!(slow.len(), 1, "{slow:?}");
+        assert_eq!(slow[0].level, tracing::Level::WARN);
+        assert!(slow[0].fields["message"].contains("/* slow */"), "{slow:?}");
+        let ms: f64 = slow[0].fields["elapsed_ms"].parse().unwrap();
+        assert!(ms >= 50.0, "{ms}");
+        for v in cap.all_values() {
+            assert!(!v.contains(SECRET_PARAM), "a parameter value in a log: {v}");
+        }
+        conn.close().await;
+        quiet.close().await;
+    }
+}
