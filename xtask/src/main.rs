@@ -19,6 +19,7 @@ macro_rules! errln {
 
 mod codegen;
 mod fuzz;
+mod install;
 mod matrix;
 mod pg;
 mod pgbouncer;
@@ -83,6 +84,10 @@ commands:
   fault-matrix          every fault at every phase of every operation on the three
                         runtimes (tests/integration/matrix.rs); writes docs/faults.md
                         from the verdicts the test recorded
+  setup                 find PostgreSQL's server binaries, openssl and pgbouncer; as root
+                        with apt-get, install the missing ones (creating and starting no
+                        service), otherwise print the command to run. test-all-runtimes,
+                        demo, bench and pg start do the same for what they need.
   help                  print this text
 
 Clusters live in $TMPDIR/aiopg-pg-*; `pg start`'s state file is
@@ -103,7 +108,8 @@ empty: `promote -w -D <standby datadir>`, `stop -m fast -w -D <datadir>`,
 and standby are shared by every test process: never stop or promote them.
 Needs PostgreSQL's server binaries (Debian: apt-get install postgresql),
 openssl (apt-get install openssl) and, for test-all-runtimes and
---pgbouncer, pgbouncer (apt-get install pgbouncer).
+--pgbouncer, pgbouncer (apt-get install pgbouncer): as root on a machine
+with apt-get, xtask installs them itself (see setup).
 ";
 
 fn main() {
@@ -118,6 +124,10 @@ fn main() {
         Some("fuzz") => fuzz::fuzz(&root(), rest),
         Some("soak") => tasks::soak(&root(), rest),
         Some("fault-matrix") => matrix::fault_matrix(&root()),
+        Some("setup") => install::ensure(install::Needs { pgbouncer: true }).map(|()| {
+            errln!("xtask: PostgreSQL's server binaries, openssl and pgbouncer are here");
+            0
+        }),
         Some("help" | "--help" | "-h") => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), USAGE.as_bytes());
             Ok(0)

@@ -431,6 +431,8 @@ impl Cluster {
                 let _ = std::fs::remove_file(Cluster::state_file(state_dir));
             }
         }
+        // Installs the server binaries and openssl when missing (root with apt-get).
+        crate::install::ensure(crate::install::Needs { pgbouncer: false })?;
         let bindir = bindir()?;
         let user = if sys::is_root() {
             Some(postgres_ids()?)
@@ -664,6 +666,7 @@ impl Cluster {
         {
             return Ok(());
         }
+        crate::install::ensure(crate::install::Needs { pgbouncer: true })?;
         let program = pgbouncer::find().ok_or_else(pgbouncer::missing)?;
         self.pgbouncer = Some(pgbouncer::start(self, &program)?);
         self.save()

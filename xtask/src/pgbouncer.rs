@@ -47,7 +47,7 @@ pub fn find() -> Option<PathBuf> {
 /// The error for a missing binary.
 pub fn missing() -> String {
     "pgbouncer not found (looked on PATH and in /usr/sbin, /usr/local/sbin): install the \
-     `pgbouncer` package (`apt-get install pgbouncer`; .ci/run installs it), or set \
+     `pgbouncer` package (`apt-get install pgbouncer`; xtask installs it as root), or set \
      AIOPG_TEST_DSN to test against a server of your own"
         .into()
 }

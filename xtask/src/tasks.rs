@@ -108,6 +108,8 @@ pub fn test_all_runtimes(root: &Path, args: &[String]) -> Result<i32> {
             }
         }
         None => {
+            // Everything the run needs, in one apt-get run when something is missing.
+            crate::install::ensure(crate::install::Needs { pgbouncer: true })?;
             errln!("xtask: starting a PostgreSQL cluster");
             let clock = Instant::now();
             let (mut cluster, started) = Cluster::start(
