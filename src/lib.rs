@@ -116,3 +116,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/round-trips.md")]
 pub struct RoundTripsDoctests;
+
+/// The examples of `docs/migrating-from-aiopg.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/migrating-from-aiopg.md")]
+pub struct MigratingDoctests;

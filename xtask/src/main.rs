@@ -70,7 +70,8 @@ commands:
                         With AIOPG_TEST_DSN set, tests against that server instead
                         of starting one (no standby, PgBouncer nor pair).
                         <test args> go to the test binaries (e.g. a name filter).
-  demo                  run examples/quickstart and examples/sa on each runtime against a cluster
+  demo [--all]          run examples/quickstart and examples/sa (with --all, every example
+                        of examples/) on each runtime against a cluster
   bench [args..]        run aiopg-bench (release) against a benchmark-tuned cluster
                         (AIOPG_BENCH_DSN, AIOPG_BENCH_PG_BINDIR)
   fuzz [--seconds N] [--target NAME] [--require]
@@ -119,7 +120,7 @@ fn main() {
         Some("codegen") => codegen::run(&root(), args.iter().any(|a| a == "--check")).map(|()| 0),
         Some("pg") => pg::command(&root(), rest),
         Some("test-all-runtimes") => tasks::test_all_runtimes(&root(), rest),
-        Some("demo") => tasks::demo(&root()),
+        Some("demo") => tasks::demo(&root(), rest),
         Some("bench") => tasks::bench(&root(), rest),
         Some("fuzz") => fuzz::fuzz(&root(), rest),
         Some("soak") => tasks::soak(&root(), rest),

@@ -446,7 +446,27 @@ fn dsn_host_port(dsn: &str) -> (Option<String>, Option<String>) {
     (host, port)
 }
 
-pub fn demo(root: &Path) -> Result<i32> {
+/// The examples `demo --all` runs, with the features each needs besides the runtime's, and
+/// the runtimes it runs on (`None`: all three).
+const EXAMPLES: &[(&str, &str, Option<&str>)] = &[
+    ("quickstart", "", None),
+    ("sa", "sa", None),
+    ("listen_worker", "", None),
+    ("csv_import", "", None),
+    ("export_stream", "", None),
+    ("tls_verify_full", "", None),
+    ("web_axum", "", Some("tokio")),
+    ("web_smol", "", Some("smol")),
+];
+
+/// `cargo xtask demo [--all]`: the quickstart and the sa example (with `--all`, every
+/// example) on each runtime, against a throwaway cluster.
+pub fn demo(root: &Path, args: &[String]) -> Result<i32> {
+    let all = match args {
+        [] => false,
+        [a] if a == "--all" => true,
+        other => return Err(format!("demo: unknown arguments {other:?} (only --all)").into()),
+    };
     sys::catch_termination();
     errln!("xtask: starting a PostgreSQL cluster");
     let (cluster, started) = Cluster::start(
@@ -460,17 +480,28 @@ pub fn demo(root: &Path) -> Result<i32> {
         if sys::caught().is_some() {
             break;
         }
-        for (example, features) in [
-            ("quickstart", runtime.to_string()),
-            ("sa", format!("{runtime},sa")),
-        ] {
+        for &(example, extra, only) in EXAMPLES {
+            if (!all && !matches!(example, "quickstart" | "sa"))
+                || only.is_some_and(|r| r != runtime)
+            {
+                continue;
+            }
+            let features = if extra.is_empty() {
+                runtime.to_string()
+            } else {
+                format!("{runtime},{extra}")
+            };
             outln!("== {example} on {runtime} ==");
             let mut cmd = run::cargo();
             cmd.current_dir(root)
                 .args(["run", "-q", "-p", "aiopg", "--example", example])
                 .args(["--no-default-features", "--features"])
                 .arg(&features)
-                .env("AIOPG_DSN", cluster.dsn());
+                .env("AIOPG_DSN", cluster.dsn())
+                .env(
+                    "AIOPG_TLS_ROOT_CERT",
+                    cluster.tls_dir().join(crate::pki::CA_CERT),
+                );
             match run::run(&mut cmd, false) {
                 Ok(outcome) if outcome.success() => {}
                 Ok(outcome) => {
