@@ -80,6 +80,21 @@ async fn wait_backends(admin: &Connection, app: &str, n: usize) {
 }
 
 rt_test! {
+    async fn awaiting_the_builder_builds_the_pool() {
+        let app = app_name("into_future");
+        let pool = builder(&app).min_size(2).max_size(3).await.unwrap();
+        assert_eq!((pool.size(), pool.min_size(), pool.max_size()), (2, 2, 3));
+        let admin = connect().await;
+        assert_eq!(backends(&admin, &app).await.len(), 2);
+        // Invalid settings fail the same way as through build().
+        let err = builder(&app).min_size(4).max_size(3).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        pool.close();
+        pool.wait_closed().await.unwrap();
+    }
+}
+
+rt_test! {
     async fn waiters_are_served_in_arrival_order() {
         let pool = builder(&app_name("fifo")).min_size(1).max_size(1).build().await.unwrap();
         let held = pool.acquire().await.unwrap();

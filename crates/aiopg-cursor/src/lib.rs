@@ -1,4 +1,4 @@
-//! aiopg's DB-API cursor over a [`Connection`]: `execute`, `executemany`, `callproc`,
+//! aiopg's DB-API cursor over a [`Connection`](aiopg_conn::Connection): `execute`, `executemany`, `callproc`,
 //! `fetchone`/`fetchmany`/`fetchall`, async iteration, `scroll`, `rowcount`, `description`,
 //! `mogrify`, timeouts, and server-side (named) cursors that stream any result in bounded
 //! memory.
@@ -20,7 +20,7 @@
 //! # Timeouts
 //!
 //! Each call's timeout comes from the call (`*_timeout` methods), else the cursor
-//! ([`CursorOptions::timeout`]), else the connection ([`Connection::timeout`], 60 s unless
+//! ([`CursorOptions::timeout`]), else the connection ([`Connection::timeout`](aiopg_conn::Connection::timeout), 60 s unless
 //! set, as Python aiopg's `DEFAULT_TIMEOUT`). `None` at any level means no timeout, which
 //! Python aiopg cannot do. A statement that outlives its timeout is cancelled on the server
 //! and the call fails with a `Timeout` error; the connection stays usable (Python aiopg closes

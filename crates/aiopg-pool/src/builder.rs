@@ -363,6 +363,17 @@ impl PoolBuilder {
     }
 }
 
+/// Awaiting the builder builds the pool: `Pool::builder(dsn).max_size(8).await` is
+/// `.build().await`.
+impl std::future::IntoFuture for PoolBuilder {
+    type Output = Result<Pool>;
+    type IntoFuture = BoxFuture<'static, Result<Pool>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.build())
+    }
+}
+
 /// Creates a pool with the default settings (aiopg's `create_pool(dsn)`): 1 to 10
 /// connections, a 60 s acquire timeout. [`Pool::builder`] takes the others.
 ///

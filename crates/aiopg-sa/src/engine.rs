@@ -109,6 +109,17 @@ impl EngineBuilder {
     }
 }
 
+/// Awaiting the builder builds the engine: `Engine::builder(dsn).max_size(8).await` is
+/// `.build().await`.
+impl std::future::IntoFuture for EngineBuilder {
+    type Output = Result<Engine>;
+    type IntoFuture = BoxFuture<'static, Result<Engine>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.build())
+    }
+}
+
 impl Engine {
     /// A builder taking every pool option.
     pub fn builder(options: impl IntoConnectOptions) -> EngineBuilder {
