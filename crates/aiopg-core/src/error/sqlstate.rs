@@ -109,6 +109,7 @@ enum Inner {
     E22P04,
     E22P05,
     E22P06,
+    E22P07,
     E23000,
     E23001,
     E23502,
@@ -376,6 +377,7 @@ impl SqlState {
             "22P04" => Inner::E22P04,
             "22P05" => Inner::E22P05,
             "22P06" => Inner::E22P06,
+            "22P07" => Inner::E22P07,
             "23000" => Inner::E23000,
             "23001" => Inner::E23001,
             "23502" => Inner::E23502,
@@ -643,6 +645,7 @@ impl SqlState {
             Inner::E22P04 => "22P04",
             Inner::E22P05 => "22P05",
             Inner::E22P06 => "22P06",
+            Inner::E22P07 => "22P07",
             Inner::E23000 => "23000",
             Inner::E23001 => "23001",
             Inner::E23502 => "23502",
@@ -910,6 +913,7 @@ impl SqlState {
             Inner::E22P04 => "BAD_COPY_FILE_FORMAT",
             Inner::E22P05 => "UNTRANSLATABLE_CHARACTER",
             Inner::E22P06 => "NONSTANDARD_USE_OF_ESCAPE_CHARACTER",
+            Inner::E22P07 => "DATUM_VERSION_MISMATCH",
             Inner::E23000 => "INTEGRITY_CONSTRAINT_VIOLATION",
             Inner::E23001 => "RESTRICT_VIOLATION",
             Inner::E23502 => "NOT_NULL_VIOLATION",
@@ -1378,6 +1382,9 @@ impl SqlState {
 
     /// `22P06`: nonstandard_use_of_escape_character
     pub const NONSTANDARD_USE_OF_ESCAPE_CHARACTER: SqlState = SqlState(Inner::E22P06);
+
+    /// `22P07`: datum_version_mismatch
+    pub const DATUM_VERSION_MISMATCH: SqlState = SqlState(Inner::E22P07);
 
     /// `23000`: integrity_constraint_violation
     pub const INTEGRITY_CONSTRAINT_VIOLATION: SqlState = SqlState(Inner::E23000);
