@@ -70,17 +70,28 @@ impl Visit for Fields<'_> {
     }
 }
 
-struct CaptureLayer(Arc<Capture>);
+thread_local! {
+    /// The capture of the test running on this thread, if it asked for one.
+    static CAPTURE: std::cell::RefCell<Option<Arc<Capture>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn current() -> Option<Arc<Capture>> {
+    CAPTURE.with(|c| c.borrow().clone())
+}
+
+/// Routes what the test threads that asked for it see into their [`Capture`].
+struct CaptureLayer;
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for CaptureLayer {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(cap) = current() else { return };
         let mut fields = HashMap::new();
         attrs.record(&mut Fields(&mut fields));
         let parent = ctx
             .span(id)
             .and_then(|s| s.parent())
             .map(|p| p.id().into_u64());
-        self.0.spans.lock().unwrap().push(Seen {
+        cap.spans.lock().unwrap().push(Seen {
             name: attrs.metadata().name(),
             fields,
             parent,
@@ -89,16 +100,18 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for CaptureLayer {
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        let mut spans = self.0.spans.lock().unwrap();
+        let Some(cap) = current() else { return };
+        let mut spans = cap.spans.lock().unwrap();
         if let Some(s) = spans.iter_mut().rev().find(|s| s.id == id.into_u64()) {
             values.record(&mut Fields(&mut s.fields));
         }
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let Some(cap) = current() else { return };
         let mut fields = HashMap::new();
         event.record(&mut Fields(&mut fields));
-        self.0.events.lock().unwrap().push(Logged {
+        cap.events.lock().unwrap().push(Logged {
             target: event.metadata().target().to_owned(),
             level: *event.metadata().level(),
             fields,
@@ -106,12 +119,30 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for CaptureLayer {
     }
 }
 
-/// Installs a capturing subscriber for the current thread (the test's own, which polls the
-/// test's futures) until the guard drops.
-fn capture() -> (Arc<Capture>, tracing::subscriber::DefaultGuard) {
+/// Ends the capture of the current thread when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// Captures what the current thread (the test's own, which polls the test's futures)
+/// records until the guard drops. The subscriber is the process's global one, installed
+/// once: a thread-scoped one (`set_default`) can miss spans whose callsite another thread
+/// registers at the same moment (tracing caches a callsite's interest when it is first
+/// seen), which made this test flaky when the suite runs tests in parallel.
+fn capture() -> (Arc<Capture>, Capturing) {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::registry().with(CaptureLayer);
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global tracing subscriber in the test binary");
+    });
     let cap = Arc::new(Capture::default());
-    let subscriber = tracing_subscriber::registry().with(CaptureLayer(cap.clone()));
-    (cap, tracing::subscriber::set_default(subscriber))
+    CAPTURE.with(|c| *c.borrow_mut() = Some(cap.clone()));
+    (cap, Capturing)
 }
 
 fn field<'a>(s: &'a Seen, name: &str) -> Option<&'a str> {
