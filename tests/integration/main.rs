@@ -16,6 +16,7 @@ mod from_row;
 mod hostile_server;
 mod hosts;
 mod matrix;
+mod metrics;
 mod mogrify;
 mod notify;
 mod pgbouncer;

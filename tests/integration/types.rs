@@ -270,6 +270,67 @@ rt_test! {
 }
 
 rt_test! {
+    async fn types_jiff_round_trip() {
+        use jiff::civil::{date, time, Date, DateTime, Time};
+        use jiff::Timestamp;
+        let conn = connect().await;
+        conn.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'").await.unwrap();
+
+        let d = date(2024, 2, 29);
+        check(&conn, "date", d, "2024-02-29").await;
+        check(&conn, "date", date(1, 1, 1), "0001-01-01").await;
+        check(&conn, "date", Date::constant(1999, 12, 31), "1999-12-31").await;
+        let t = time(13, 14, 15, 123_456_000);
+        check(&conn, "time", t, "13:14:15.123456").await;
+        check(&conn, "time", Time::midnight(), "00:00:00").await;
+        let dt: DateTime = d.to_datetime(t);
+        check(&conn, "timestamp", dt, "2024-02-29 13:14:15.123456").await;
+        check(&conn, "timestamp", date(1900, 12, 31).at(23, 59, 59, 0), "1900-12-31 23:59:59").await;
+        let ts = Timestamp::from_microsecond(1_709_212_455_123_456).unwrap();
+        check(&conn, "timestamptz", ts, "2024-02-29 13:14:15.123456+00").await;
+        check(&conn, "timestamptz", Timestamp::UNIX_EPOCH, "1970-01-01 00:00:00+00").await;
+        check(&conn, "timestamptz[]", vec![ts], "{\"2024-02-29 13:14:15.123456+00\"}").await;
+        // A value computed by the server decodes too.
+        let rows = conn.query("SELECT '2001-02-03 04:05:06.5+02'::timestamptz", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<Timestamp>(0), Timestamp::from_millisecond(981_165_906_500).unwrap());
+    }
+}
+
+rt_test! {
+    async fn types_newer_crate_versions_round_trip() {
+        let conn = connect().await;
+        // bit-vec 0.8 (next to 0.6, which `types_bit_varying_round_trip` covers).
+        let bits = "110010101".chars().map(|c| c == '1').collect::<bit_vec_08::BitVec>();
+        check(&conn, "varbit", bits, "110010101").await;
+        check(&conn, "varbit", bit_vec_08::BitVec::new(), "").await;
+        // cidr 0.3 (next to 0.2).
+        check(&conn, "inet", cidr_03::IpInet::from_str("10.1.2.3/8").unwrap(), "10.1.2.3/8").await;
+        check(&conn, "cidr", cidr_03::IpCidr::from_str("2001:db8::/32").unwrap(), "2001:db8::/32").await;
+        // smol_str 0.1: text and varchar.
+        let short = smol_str::SmolStr::new("héllo");
+        check(&conn, "text", short.clone(), "héllo").await;
+        check(&conn, "varchar", smol_str::SmolStr::new("x".repeat(100)), &"x".repeat(100)).await;
+        check(&conn, "text[]", vec![short], "{héllo}").await;
+    }
+}
+
+rt_test! {
+    async fn types_fixed_length_arrays_round_trip() {
+        let conn = connect().await;
+        check(&conn, "int4[]", [1i32, -2, 3], "{1,-2,3}").await;
+        check(&conn, "text[]", [Some("a".to_string()), None], "{a,NULL}").await;
+        check(&conn, "int8[]", [0i64; 0], "{}").await;
+        // A length other than N is a decode error, not a panic or a truncation.
+        let rows = conn.query("SELECT '{1,2,3,4}'::int4[]", &[]).await.unwrap();
+        let err = rows[0].try_get::<[i32; 3]>(0).expect_err("4 elements into [i32; 3]");
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        let err = rows[0].try_get::<[i32; 5]>(0).expect_err("4 elements into [i32; 5]");
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert_eq!(rows[0].get::<[i32; 4]>(0), [1, 2, 3, 4]);
+    }
+}
+
+rt_test! {
     async fn types_numeric_rust_decimal_round_trip() {
         use rust_decimal::Decimal;
         let conn = connect().await;

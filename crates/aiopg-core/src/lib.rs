@@ -8,7 +8,11 @@
 pub mod config;
 pub mod error;
 pub mod from_row;
+// The wire protocol and literal rendering, for aiopg's own layers (aiopg-conn, aiopg-cursor):
+// not a public API. Applications reach them through `Connection` and `Cursor::mogrify`.
+#[doc(hidden)]
 pub mod mogrify;
+#[doc(hidden)]
 pub mod protocol;
 pub mod row;
 

@@ -219,6 +219,7 @@ pub enum TransactionStatus {
 
 impl TransactionStatus {
     /// Reads the status byte of a `ReadyForQuery` message.
+    #[doc(hidden)]
     pub fn from_byte(b: u8) -> Result<TransactionStatus> {
         match b {
             b'I' => Ok(TransactionStatus::Idle),

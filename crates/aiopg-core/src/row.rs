@@ -47,6 +47,7 @@ impl Column {
     }
     /// The same column with its type replaced: layers that resolve types the client did not
     /// know (enums, composites, domains, extension types) use this.
+    #[doc(hidden)]
     pub fn with_type(mut self, type_: Type) -> Column {
         self.type_ = type_;
         self
@@ -61,6 +62,7 @@ impl Column {
 
 /// Builds a type for an OID: the built-in type, or a placeholder naming the OID for types the
 /// client does not know (enums, composites and domains are resolved by higher layers).
+#[doc(hidden)]
 pub fn type_for_oid(oid: Oid) -> Type {
     Type::from_oid(oid).unwrap_or_else(|| {
         Type::new(
@@ -73,6 +75,7 @@ pub fn type_for_oid(oid: Oid) -> Type {
 }
 
 /// Parses a `RowDescription` message into columns.
+#[doc(hidden)]
 pub fn parse_row_description(body: &RowDescriptionBody) -> Result<Vec<Column>> {
     use fallible_iterator::FallibleIterator;
     let mut fields = body.fields();
@@ -155,6 +158,7 @@ pub struct Row {
 impl Row {
     /// Wraps a whole `DataRow` message (tag and length included), checking that it holds one
     /// well-formed value per column.
+    #[doc(hidden)]
     pub fn from_frame(columns: Arc<[Column]>, frame: Bytes) -> Result<Row> {
         let count = frame
             .get(5..7)
@@ -197,6 +201,7 @@ impl Row {
 
     /// The same row described by `columns`, which must be as many: for a layer that learns
     /// the columns' full types (an enum's labels, a composite's fields) after the row arrived.
+    #[doc(hidden)]
     pub fn with_columns(self, columns: Arc<[Column]>) -> Result<Row> {
         if columns.len() != self.columns.len() {
             return Err(Error::protocol(format!(
@@ -369,6 +374,7 @@ pub struct SimpleRow {
 
 impl SimpleRow {
     /// Wraps a whole `DataRow` message (tag and length included) of a simple query.
+    #[doc(hidden)]
     pub fn from_frame(columns: Arc<[Column]>, frame: Bytes) -> Result<SimpleRow> {
         // The binary row's checks apply unchanged; text values are then checked for UTF-8.
         let row = Row::from_frame(columns, frame)?;

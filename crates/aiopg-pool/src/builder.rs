@@ -101,6 +101,7 @@ pub(crate) struct Settings {
     pub(crate) reset_on_release: bool,
     pub(crate) reuse: Reuse,
     pub(crate) on_connect: Option<OnConnect>,
+    pub(crate) name: Option<String>,
 }
 
 impl Settings {
@@ -127,6 +128,7 @@ impl Default for Settings {
             reset_on_release: false,
             reuse: Reuse::Fifo,
             on_connect: None,
+            name: None,
         }
     }
 }
@@ -144,6 +146,7 @@ impl fmt::Debug for Settings {
             .field("reset_on_release", &self.reset_on_release)
             .field("reuse", &self.reuse)
             .field("on_connect", &self.on_connect.is_some())
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -279,6 +282,14 @@ impl PoolBuilder {
         self
     }
 
+    /// Names the pool: [`Pool::name`], and the `db.client.connection.pool.name` label of its
+    /// metrics (feature `metrics`), which tells apart the pools of one process. Unnamed, a
+    /// pool is called `host:port/dbname` after the first host its options name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = Some(name.into());
+        self
+    }
+
     /// Runs `callback` on every new connection before the pool uses it (aiopg's
     /// `on_connect`). It may run SQL; an error discards the connection and is returned to the
     /// caller that needed it ([`Pool::acquire`] or [`build`](Self::build)).
@@ -311,6 +322,11 @@ impl PoolBuilder {
 
     /// Creates the pool, opening `min_size` connections (running `on_connect` on each).
     /// Fails if one of them cannot be opened, or on invalid settings.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropped before it finishes, the connections opened so far
+    /// are dropped (their sockets closed); no pool exists and no background task was started.
     pub async fn build(self) -> Result<Pool> {
         let mut options = self.options?;
         let settings = self.settings;

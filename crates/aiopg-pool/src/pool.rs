@@ -21,6 +21,7 @@ use aiopg_rt::{BoxFuture, Runtime};
 use tracing::Instrument;
 
 use crate::builder::{IntoConnectOptions, OnConnect, PoolBuilder, Reuse, Settings};
+use crate::metrics::{self, PoolMetrics, Stamp};
 
 /// The first pause between failed attempts to refill the pool to `min_size`.
 const REFILL_BACKOFF_START: Duration = Duration::from_millis(50);
@@ -56,6 +57,19 @@ fn close_now(runtime: &Arc<dyn Runtime>, conn: Connection) {
     }
 }
 
+/// The name a pool gets when [`PoolBuilder::name`] gave none: `host:port/dbname` of the first
+/// host (OpenTelemetry's suggestion for pools without a name).
+fn default_name(config: &aiopg_core::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(aiopg_core::config::Host::Tcp(h)) if !h.is_empty() => h.clone(),
+        Some(aiopg_core::config::Host::Unix(dir)) => dir.display().to_string(),
+        _ => "localhost".to_owned(),
+    };
+    let port = config.port_for(0);
+    let dbname = config.get_dbname().or(config.get_user()).unwrap_or("");
+    format!("{host}:{port}/{dbname}")
+}
+
 fn pool_closed() -> Error {
     Error::new(
         ErrorKind::PoolClosed,
@@ -83,6 +97,8 @@ struct Entry {
     /// requests it did not wait for. Only then does `acquire` ask the connection (its lock)
     /// whether it has settled.
     unsettled: bool,
+    /// When it was last lent out (for the `use_time` metric).
+    lent_at: Stamp,
 }
 
 impl Entry {
@@ -96,6 +112,7 @@ impl Entry {
             needs_ping: false,
             // `on_connect` may have left something in flight.
             unsettled: true,
+            lent_at: metrics::stamp(),
         }
     }
 
@@ -235,8 +252,42 @@ pub(crate) struct Inner {
     options: ConnectOptions,
     runtime: Arc<dyn Runtime>,
     settings: Settings,
+    /// `db.client.connection.pool.name`.
+    name: String,
     state: Mutex<State>,
     wait_nanos: AtomicU64,
+    metrics: PoolMetrics,
+}
+
+/// The pool's state, locked; the gauges are published when it is unlocked (feature
+/// `metrics`), so that no change escapes them.
+struct StateGuard<'a> {
+    state: MutexGuard<'a, State>,
+    metrics: &'a PoolMetrics,
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = State;
+
+    #[inline]
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let st = &*self.state;
+        self.metrics.publish(st.idle.len(), st.in_use(), 0);
+    }
 }
 
 impl Drop for Inner {
@@ -250,10 +301,13 @@ impl Drop for Inner {
 
 impl Inner {
     #[inline]
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> StateGuard<'_> {
         // Every change under the lock is a few plain assignments: a panic cannot leave it
         // half-done, so a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        StateGuard {
+            state: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            metrics: &self.metrics,
+        }
     }
 
     /// Hands `entry` to the oldest waiter, or makes it idle. The pool must be open.
@@ -348,6 +402,7 @@ impl Inner {
         // First of all: from now on, the handles the user was given (clones, cursors,
         // transactions) fail instead of reaching the connection's next user.
         entry.conn.end_lease();
+        self.metrics.used(entry.lent_at);
         let why = if entry.conn.is_closed() {
             Some(Why::Broken)
         } else if entry.retire_at.is_some() && entry.too_old(Instant::now()) {
@@ -390,7 +445,10 @@ impl Inner {
     }
 
     /// A connection attempt (for a waiter when `demand`, else a refill) finished.
-    fn connected(self: &Arc<Self>, result: Result<Connection>, demand: bool) {
+    fn connected(self: &Arc<Self>, result: Result<Connection>, demand: bool, began: Stamp) {
+        if result.is_ok() {
+            self.metrics.created(began);
+        }
         let now = Instant::now();
         let mut act = Actions::default();
         {
@@ -438,9 +496,10 @@ impl Inner {
         };
         self.runtime.spawn(Box::pin(async move {
             let inner = reservation.inner.clone();
+            let began = metrics::stamp();
             let result = open(&inner.options, inner.settings.on_connect.as_ref()).await;
             reservation.disarm();
-            inner.connected(result, true);
+            inner.connected(result, true, began);
         }));
     }
 
@@ -471,11 +530,12 @@ impl Inner {
                     inner: inner.clone(),
                     armed: true,
                 };
+                let began = metrics::stamp();
                 let result = open(&inner.options, inner.settings.on_connect.as_ref()).await;
                 reservation.disarm();
                 drop(reservation);
                 let failed = result.is_err();
-                inner.connected(result, false);
+                inner.connected(result, false, began);
                 drop(inner);
                 if failed {
                     runtime.sleep(backoff).await;
@@ -597,6 +657,7 @@ impl Inner {
     }
 
     fn timed_out(&self) -> Error {
+        self.metrics.timed_out();
         let mut st = self.lock();
         st.timeouts += 1;
         let timeout = self.settings.timeout.unwrap_or_default();
@@ -785,13 +846,22 @@ impl Pool {
             st.size += 1;
             st.created += 1;
         }
+        let name = settings
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(options.config()));
+        let metrics = PoolMetrics::new(&name, settings.min_size, settings.max_size);
         let inner = Arc::new(Inner {
             options,
             runtime,
             settings,
+            name,
             state: Mutex::new(st),
             wait_nanos: AtomicU64::new(0),
+            metrics,
         });
+        // The gauges start from the connections opened at creation.
+        drop(inner.lock());
         inner.spawn_sweeper();
         Pool { inner }
     }
@@ -813,8 +883,13 @@ impl Pool {
     /// [`transaction_status()`](Connection::transaction_status) reports what the next
     /// statement will see; one still busy when the timeout passes is discarded.
     ///
-    /// The connection returns to the pool when the guard is dropped. Dropping this future
-    /// at any point loses nothing: a connection meant for it goes to the next caller.
+    /// The connection returns to the pool when the guard is dropped.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping the future at any point loses neither a connection
+    /// nor a slot. A connection being opened for it, or already handed to it, goes to the next
+    /// caller or back to the idle list.
     pub async fn acquire(&self) -> Result<PooledConnection> {
         if !tracing::level_enabled!(tracing::Level::INFO) {
             return self.acquire_inner().await;
@@ -836,6 +911,16 @@ impl Pool {
     }
 
     async fn acquire_inner(&self) -> Result<PooledConnection> {
+        let began = metrics::stamp();
+        let mut conn = self.acquire_checked().await?;
+        if let Some(entry) = conn.entry.as_mut() {
+            self.inner.metrics.waited(began);
+            entry.lent_at = metrics::stamp();
+        }
+        Ok(conn)
+    }
+
+    async fn acquire_checked(&self) -> Result<PooledConnection> {
         let inner = &self.inner;
         // The clock is first read when this call has to wait (for a connection, or a check):
         // what comes before is a few non-blocking steps.
@@ -938,6 +1023,12 @@ impl Pool {
     /// (and the connection discarded if that fails), and with `reset_on_release` the
     /// `UNLISTEN *; RESET ALL` runs, before the connection is reused. A guard from another
     /// pool goes back to its own pool.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropped before it finishes, the connection still goes back
+    /// to the pool as a dropped guard does, the clean-up it was waiting for (`ROLLBACK`,
+    /// reset) then being queued ahead of the next user's statements.
     pub async fn release(&self, conn: PooledConnection) {
         let mut conn = conn;
         // The pool's own handle does the clean-up; the user's handles go stale first, so that
@@ -975,11 +1066,21 @@ impl Pool {
     /// assert_eq!(cur.fetchone().await?.unwrap().get::<i32>(0), 1);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`acquire`](Self::acquire) is; a connection acquired
+    /// before the drop goes back to the pool.
     pub async fn cursor(&self) -> Result<PooledCursor> {
         self.cursor_with(CursorOptions::default()).await
     }
 
     /// As [`cursor`](Self::cursor), with cursor options (a name makes it server-side).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`acquire`](Self::acquire) is; a connection acquired
+    /// before the drop goes back to the pool.
     pub async fn cursor_with(&self, options: CursorOptions) -> Result<PooledCursor> {
         let conn = self.acquire().await?;
         let cursor = conn.cursor_with(options).await?;
@@ -990,6 +1091,11 @@ impl Pool {
     /// pool's settings but never taken from the pool or given back to it (a pooled
     /// connection would carry its `LISTEN` state to the next borrower). It does not count
     /// towards `max_size`. The pool's `on_connect` hook is not run on it.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropped before it finishes, the dedicated connection being
+    /// opened is dropped (its socket closed); the pool is not touched.
     pub async fn listener(&self) -> Result<aiopg_conn::Listener> {
         if self.is_closed() {
             return Err(pool_closed());
@@ -1012,6 +1118,12 @@ impl Pool {
         self.inner.settings.min_size
     }
 
+    /// The pool's name: [`PoolBuilder::name`], or `host:port/dbname` of the first host the
+    /// options name. Metrics (feature `metrics`) carry it as `db.client.connection.pool.name`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
     /// The most connections the pool holds (aiopg's `maxsize`).
     pub fn max_size(&self) -> usize {
         self.inner.settings.max_size
@@ -1029,6 +1141,12 @@ impl Pool {
 
     /// Closes every idle connection (aiopg's `clear`); connections in use are not touched.
     /// The pool then opens new ones up to `min_size` in the background.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: the idle connections leave the pool before its first
+    /// `.await`; dropped later, those not yet closed with a `Terminate` message are dropped,
+    /// which closes their sockets.
     pub async fn clear(&self) {
         let mut act = Actions::default();
         {
@@ -1091,6 +1209,10 @@ impl Pool {
     /// those still in use, once they come back (aiopg's `wait_closed`). Call
     /// [`close`](Self::close) or [`terminate`](Self::terminate) first: on an open pool this
     /// fails with a usage error, as aiopg's does.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only waits, and may be called again.
     pub async fn wait_closed(&self) -> Result<()> {
         if !self.inner.lock().closing {
             return Err(Error::usage(

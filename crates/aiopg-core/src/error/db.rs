@@ -85,6 +85,7 @@ pub struct DbError {
 
 impl DbError {
     /// Parses the fields of an `ErrorResponse` or `NoticeResponse` message.
+    #[doc(hidden)]
     pub fn parse(fields: &mut ErrorFields<'_>) -> io::Result<DbError> {
         let mut severity = None;
         let mut parsed_severity = None;

@@ -14,6 +14,8 @@ use std::io;
 
 mod elide;
 
+// For aiopg's own layers: how they quote user-supplied text in messages.
+#[doc(hidden)]
 pub use elide::{elide, Elided, ECHO_MAX};
 
 pub use db::{DbError, ErrorPosition, Severity};
@@ -114,18 +116,22 @@ pub struct Error(Box<Inner>);
 /// A `Result` with aiopg's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The longest message an [`Error`] keeps, in characters; longer ones are cut (see
-/// [`Error::new`]).
+/// The longest message an [`Error`] keeps, in characters; longer ones are cut, so that no
+/// input can flood a log through an error.
 pub const MESSAGE_MAX: usize = 4096;
 
+// The constructors marked `#[doc(hidden)]` are for aiopg's own layers (aiopg-conn, aiopg-pool,
+// ...), not a public API: an application receives errors, and builds one only in a `FromRow`
+// or `FromSql` implementation, with [`Error::decode`].
 impl Error {
     /// Creates an error of `kind` with a message and an optional cause.
     ///
-    /// Layers built on aiopg-core use this; applications rarely need to. The message may
+    /// For aiopg's own layers; not a public API. The message may
     /// quote the cause (`format!("...: {e}")`): [`Display`](fmt::Display) then shows the
     /// cause once. Text the user supplied (host names, paths, identifiers) belongs in the
     /// message through [`elide`]; as a last guard, a message longer than [`MESSAGE_MAX`]
     /// characters is cut, so that no input can flood a log through an error.
+    #[doc(hidden)]
     pub fn new(kind: ErrorKind, message: impl Into<String>, source: Option<BoxError>) -> Error {
         Error(Box::new(Inner {
             kind,
@@ -143,31 +149,37 @@ impl Error {
     }
 
     /// A server error.
+    #[doc(hidden)]
     pub fn db(err: DbError) -> Error {
         Error::bare(ErrorKind::Db, Some(Box::new(err)))
     }
 
     /// An operation outlived its timeout; `what` names the operation.
+    #[doc(hidden)]
     pub fn timeout(what: impl Into<String>) -> Error {
         Error::new(ErrorKind::Timeout, what, None)
     }
 
     /// The connection is closed; `why` says how it came to be closed.
+    #[doc(hidden)]
     pub fn closed(why: impl Into<String>) -> Error {
         Error::new(ErrorKind::Closed, why, None)
     }
 
     /// The connection is closed because of an I/O error.
+    #[doc(hidden)]
     pub fn closed_by(why: impl Into<String>, cause: io::Error) -> Error {
         Error::new(ErrorKind::Closed, why, Some(Box::new(cause)))
     }
 
     /// An I/O error, with what was being done when it happened.
+    #[doc(hidden)]
     pub fn io(context: impl Into<String>, cause: io::Error) -> Error {
         Error::new(ErrorKind::Io, context, Some(Box::new(cause)))
     }
 
     /// An invalid setting: `key` names the offending parameter.
+    #[doc(hidden)]
     pub fn config(key: &str, message: impl fmt::Display) -> Error {
         Error::new(
             ErrorKind::Config,
@@ -177,42 +189,51 @@ impl Error {
     }
 
     /// Authentication failed.
+    #[doc(hidden)]
     pub fn auth(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Auth, message, None)
     }
 
     /// Authentication failed because the server rejected the credentials.
+    #[doc(hidden)]
     pub fn auth_db(message: impl Into<String>, err: DbError) -> Error {
         Error::new(ErrorKind::Auth, message, Some(Box::new(err)))
     }
 
     /// The server broke the protocol.
+    #[doc(hidden)]
     pub fn protocol(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Protocol, message, None)
     }
 
-    /// A value could not be decoded.
+    /// A value could not be decoded: what a hand-written [`FromRow`](crate::from_row::FromRow)
+    /// returns for a row it cannot use. The message says what (it must not quote a value the
+    /// row holds, which may be secret); `source` is the cause, if any.
     pub fn decode(message: impl Into<String>, source: Option<BoxError>) -> Error {
         Error::new(ErrorKind::Decode, message, source)
     }
 
     /// A parameter could not be encoded.
+    #[doc(hidden)]
     pub fn encode(message: impl Into<String>, source: Option<BoxError>) -> Error {
         Error::new(ErrorKind::Encode, message, source)
     }
 
     /// The API was used out of order.
+    #[doc(hidden)]
     pub fn usage(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Usage, message, None)
     }
 
     /// A pipelined statement that never ran because an earlier one failed.
+    #[doc(hidden)]
     pub fn aborted(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Aborted, message, None)
     }
 
     /// A bounded event stream dropped `missed` of its events (`what`: "notifications") because
     /// its consumer fell behind.
+    #[doc(hidden)]
     pub fn lagged(missed: u64, what: &str) -> Error {
         Error::new(
             ErrorKind::Lagged,
@@ -267,6 +288,7 @@ impl Error {
 
     /// A commit sent whole whose answer never came; `why` says what happened (the connection
     /// closed, a timeout), `source` is the cause.
+    #[doc(hidden)]
     pub fn commit_unknown(why: impl std::fmt::Display, source: Option<BoxError>) -> Error {
         Error::new(
             ErrorKind::CommitUnknown,
