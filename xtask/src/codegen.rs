@@ -51,17 +51,26 @@ pub fn run(root: &Path, check: bool) -> Result<()> {
     Ok(())
 }
 
+/// The data lines of errcodes.txt, `SQLSTATE  E|W|S  ERRCODE_MACRO  [condition_name]`, as
+/// (code, macro name without `ERRCODE_`, condition name); section headers and comments are
+/// skipped.
+fn data_lines(text: &str) -> impl Iterator<Item = (&str, &str, Option<&str>)> {
+    text.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 3 || fields[0].len() != 5 || !fields[2].starts_with("ERRCODE_") {
+            return None;
+        }
+        let name = fields[2].trim_start_matches("ERRCODE_");
+        Some((fields[0], name, fields.get(3).copied()))
+    })
+}
+
 /// The codes (and names) of errcodes.txt `text` that the generated file `current` lacks.
 fn missing_codes(text: &str, current: &str) -> Vec<String> {
     // rustfmt breaks long lines: compare without white space.
     let flat: String = current.split_whitespace().collect();
     let mut missing = Vec::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 3 || fields[0].len() != 5 || !fields[2].starts_with("ERRCODE_") {
-            continue;
-        }
-        let (code, name) = (fields[0], fields[2].trim_start_matches("ERRCODE_"));
+    for (code, name, _) in data_lines(text) {
         let parsed = format!("\"{code}\"=>Inner::E{code}");
         let constant = format!("pubconst{name}:SqlState=SqlState(Inner::E{code});");
         if !flat.contains(&parsed) || !flat.contains(&constant) {
@@ -110,20 +119,14 @@ fn rustfmt(code: &str) -> Result<String> {
 
 fn generate(text: &str) -> Result<String> {
     let mut codes: BTreeMap<String, Code> = BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // Data lines are `SQLSTATE  E|W|S  ERRCODE_MACRO  [condition_name]`.
-        if fields.len() < 3 || fields[0].len() != 5 || !fields[2].starts_with("ERRCODE_") {
-            continue;
-        }
-        let name = fields[2].trim_start_matches("ERRCODE_").to_string();
-        let entry = codes.entry(fields[0].to_string()).or_insert(Code {
+    for (code, name, condition) in data_lines(text) {
+        let entry = codes.entry(code.to_string()).or_insert(Code {
             names: Vec::new(),
             condition: None,
         });
-        entry.names.push(name);
+        entry.names.push(name.to_string());
         if entry.condition.is_none() {
-            entry.condition = fields.get(3).map(|s| s.to_string());
+            entry.condition = condition.map(str::to_string);
         }
     }
     if codes.len() < 100 {
