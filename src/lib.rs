@@ -121,3 +121,73 @@ pub struct RoundTripsDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/migrating-from-aiopg.md")]
 pub struct MigratingDoctests;
+
+/// The examples of `docs/guide/01-getting-started.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/01-getting-started.md")]
+pub struct GuideGettingStartedDoctests;
+
+/// The examples of `docs/guide/02-connections.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/02-connections.md")]
+pub struct GuideConnectionsDoctests;
+
+/// The examples of `docs/guide/03-queries-and-types.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/03-queries-and-types.md")]
+pub struct GuideQueriesDoctests;
+
+/// The examples of `docs/guide/04-cursors.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/04-cursors.md")]
+pub struct GuideCursorsDoctests;
+
+/// The examples of `docs/guide/05-row-streams.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/05-row-streams.md")]
+pub struct GuideRowStreamsDoctests;
+
+/// The examples of `docs/guide/06-transactions.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/06-transactions.md")]
+pub struct GuideTransactionsDoctests;
+
+/// The examples of `docs/guide/07-pool.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/07-pool.md")]
+pub struct GuidePoolDoctests;
+
+/// The examples of `docs/guide/08-timeouts.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/08-timeouts.md")]
+pub struct GuideTimeoutsDoctests;
+
+/// The examples of `docs/guide/09-tls-and-hosts.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/09-tls-and-hosts.md")]
+pub struct GuideTlsAndHostsDoctests;
+
+/// The examples of `docs/guide/10-listen-notify.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/10-listen-notify.md")]
+pub struct GuideListenNotifyDoctests;
+
+/// The examples of `docs/guide/11-copy.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/11-copy.md")]
+pub struct GuideCopyDoctests;
+
+/// The examples of `docs/guide/12-sa.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/12-sa.md")]
+pub struct GuideSaDoctests;
+
+/// The examples of `docs/guide/13-observability.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/13-observability.md")]
+pub struct GuideObservabilityDoctests;
+
+/// The examples of `docs/guide/14-errors.md`, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide/14-errors.md")]
+pub struct GuideErrorsDoctests;

@@ -212,7 +212,17 @@ impl ConnectOptions {
         &mut self.config
     }
 
-    /// Connects.
+    /// Connects: tries the hosts in order (shuffled with `load_balance_hosts=random`), every
+    /// address of each, with the DSN's `sslmode`, authentication and `target_session_attrs`
+    /// (see the [crate documentation](crate#several-hosts-and-failover)). Each address's
+    /// attempt is bounded by [`connect_timeout`](Self::connect_timeout) when one is set.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: each attempt owns its socket, so dropping the future
+    /// closes it (mid start-up, without a Terminate message) and leaves no connection or task
+    /// behind. A host name lookup already running on the runtime's resolver may finish in
+    /// the background; its result is dropped.
     pub async fn connect(&self) -> Result<Connection> {
         let runtime = match &self.runtime {
             Some(r) => r.clone(),
@@ -263,6 +273,11 @@ impl ConnectOptions {
 /// assert_eq!(rows[0].get::<i32>(0), 1);
 /// # Ok(()) }
 /// ```
+///
+/// # Cancel safety
+///
+/// This method is cancel safe, as [`ConnectOptions::connect`]: dropping the future closes
+/// the socket of the attempt in progress, and nothing is left behind.
 pub async fn connect(dsn: &str) -> Result<Connection> {
     ConnectOptions::new(dsn)?.connect().await
 }

@@ -166,9 +166,17 @@ impl Shared {
 ///
 /// # Cancel safety
 ///
-/// Every query future may be dropped at any point. A query that was already queued still runs
-/// on the server (drop is not a cancel), and its answer is read and discarded, so the next
-/// query gets its own answer.
+/// Every future of a connection may be dropped at any point without desynchronising it: the
+/// next request still gets its own answer. A request none of whose bytes were written is
+/// taken back and never runs; one that was partly or wholly written runs to its end on the
+/// server (a drop is not a cancel: see [`cancel`](Self::cancel) and
+/// [`with_timeout`](Self::with_timeout)), and its answer is read and discarded. Each method
+/// says what its own drop does; the [crate documentation](crate#cancel-safety) has the
+/// summary.
+///
+/// Dropping the last handle (every clone, and every stream, transaction or detached
+/// clean-up task holding one) closes the socket without a Terminate message;
+/// [`close`](Self::close) ends the session in order.
 #[derive(Clone)]
 pub struct Connection {
     pub(crate) shared: Arc<Shared>,
@@ -270,6 +278,14 @@ impl Connection {
     /// assert_eq!(rows[0].get::<&str>(0), "hi!");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step (see the
+    /// [crate-level rules](crate#cancel-safety)). Dropped while the statement is being prepared,
+    /// nothing runs: a statement the server prepared for nobody is closed with a later request.
+    /// Dropped while the execution waits to be written, it is taken back and never runs. Dropped
+    /// after it was written, the statement runs to its end and its rows are read and discarded.
     pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         Ok(self.query_result(sql, params).await?.rows)
     }
@@ -281,6 +297,12 @@ impl Connection {
     /// again and run once more, transparently, when the connection is not inside a
     /// transaction block. Inside one, the server has already aborted the transaction, so the
     /// error is returned as it is.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`query`](Self::query): dropped before the execution is written, nothing runs; after,
+    /// the statement runs to its end and its answer is discarded. A drop during the transparent
+    /// second attempt behaves the same way.
     pub async fn query_result(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
         trace::statement(&self.shared, sql, self.query_result_inner(sql, params)).await
     }
@@ -305,6 +327,11 @@ impl Connection {
     }
 
     /// Runs a prepared statement and returns its rows.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step: taken back if none of its request was
+    /// written (the statement does not run), otherwise run to its end with its rows discarded.
     pub async fn query_prepared(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<Vec<Row>> {
         trace::statement(&self.shared, stmt.sql(), async {
             match self.execute_inner(stmt, params).await? {
@@ -317,6 +344,12 @@ impl Connection {
 
     /// Runs a statement and returns the number of rows it affected (0 for commands without a
     /// count).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`query`](Self::query). A dropped statement that was already written still runs, and
+    /// outside a transaction block it commits on its own: the caller does not learn whether it
+    /// ran, nor its row count.
     pub async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
         Ok(self
             .query_result(sql, params)
@@ -326,6 +359,11 @@ impl Connection {
     }
 
     /// Runs a prepared statement and returns the number of rows it affected.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`query_prepared`](Self::query_prepared): taken back if unsent; otherwise it runs (and,
+    /// outside a transaction block, commits) with its row count discarded.
     pub async fn execute_prepared(&self, stmt: &Statement, params: &[Param<'_>]) -> Result<u64> {
         trace::statement(&self.shared, stmt.sql(), async {
             match self.execute_inner(stmt, params).await? {
@@ -340,6 +378,13 @@ impl Connection {
     /// Bind/Execute pairs go out together, followed by one Sync. The batch is one implicit
     /// transaction (outside a transaction block): if any execution fails, none of them
     /// takes effect. Returns the rows affected, summed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step. A batch none of whose bytes were written
+    /// is taken back: none of it runs. Otherwise the whole batch runs as sent and its answer is
+    /// discarded; outside a transaction block it is one implicit transaction, so all of it or none
+    /// of it takes effect, and the caller does not learn which.
     pub async fn execute_many<'p, I>(&self, stmt: &Statement, param_sets: I) -> Result<u64>
     where
         I: IntoIterator<Item = &'p [Param<'p>]>,
@@ -399,6 +444,12 @@ impl Connection {
     /// parameters it takes one round trip (Parse, Bind, Describe and Execute of the unnamed
     /// statement under one Sync); with parameters two (the unnamed statement is described
     /// first, for their types). Values come back in binary, as from [`query`](Self::query).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step: taken back if unsent, otherwise run to its
+    /// end with its answer discarded. It leaves no prepared statement behind either way (the
+    /// unnamed statement is replaced by the next one).
     pub async fn query_unprepared(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
         trace::statement(&self.shared, sql, self.query_unprepared_inner(sql, params)).await
     }
@@ -463,6 +514,13 @@ impl Connection {
 
     /// Runs one or more SQL statements, separated by semicolons, through the simple query
     /// protocol (no parameters; values come back as text).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step. A Query message none of whose bytes were
+    /// written is taken back; once written, every statement in it runs (outside a transaction
+    /// block, as one implicit transaction unless the text itself holds `BEGIN`/`COMMIT`) and the
+    /// answer is discarded.
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>> {
         trace::statement(&self.shared, sql, self.simple_query_inner(sql)).await
     }
@@ -483,6 +541,11 @@ impl Connection {
     }
 
     /// Runs one or more SQL statements, separated by semicolons, ignoring any rows.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`simple_query`](Self::simple_query): taken back if unsent, otherwise every statement
+    /// runs and the answer is discarded.
     pub async fn batch_execute(&self, sql: &str) -> Result<()> {
         self.simple_query(sql).await.map(drop)
     }
@@ -491,6 +554,10 @@ impl Connection {
     /// The statement goes out before anything issued later on this connection, and a
     /// background task on the connection's runtime drives it, so it runs even if the
     /// connection then sits idle. Used for clean-up on drop (ROLLBACK, CLOSE cursor).
+    ///
+    /// Where the runtime cannot spawn the task (tokio's adapter called outside a tokio
+    /// runtime drops it), the statement still goes out first, with the connection's next
+    /// request. On a closed connection, or a handle whose lease ended, it does nothing.
     pub fn detach(&self, sql: &str) {
         if self.is_stale() {
             // The lease ended: the connection is someone else's now, and whoever ended the
@@ -523,6 +590,15 @@ impl Connection {
     /// that reaches the server just after the statement finished can stop the statement
     /// pipelined right behind it: PostgreSQL's cancel names a session, not a statement.
     /// `None` waits forever.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future drops `fut` with it, so a drop has `fut`'s own cancel safety (for a
+    /// statement: taken back if unsent, otherwise run with its answer discarded). Dropped after the
+    /// timeout, while it is cancelling, the CancelRequest may already have reached the server:
+    /// it still stops the statement if that is running when it lands, or the one pipelined right
+    /// behind it if that has started. A COPY being aborted stays aborted (its CopyFail is queued
+    /// before the wait).
     pub async fn with_timeout<T, F>(&self, timeout: Option<Duration>, fut: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
@@ -699,6 +775,13 @@ impl Connection {
 
     /// Closes the connection: tells the server (Terminate) and shuts the socket. Queries still
     /// in flight fail with a closed error. Closing twice is harmless.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. On its first poll, before any wait, the connection is marked
+    /// closed and its socket is taken out: from then on every call fails with `Closed` whether or
+    /// not the future completes. Dropping it afterwards only skips the Terminate message; the
+    /// socket is closed, and the server ends the session as for a client that went away.
     pub async fn close(&self) {
         if self.is_stale() {
             tracing::debug!("close() on a handle whose lease ended: the connection is not closed");
@@ -812,8 +895,20 @@ impl Connection {
     }
 
     /// Asks the server to cancel whatever this connection is running, over a new socket
-    /// (a CancelRequest). Returns once the request is sent; the running statement then fails
-    /// with SQLSTATE 57014 (`query_canceled`), and the connection stays usable.
+    /// (a CancelRequest, over TLS when the connection uses it). The running statement then
+    /// fails with SQLSTATE 57014 (`query_canceled`), and the connection stays usable; with
+    /// nothing running, the server ignores it.
+    ///
+    /// Returns once the server has closed the cancel socket, which it does after signalling
+    /// its backend, so that the cancel does not race ahead of the next statement. Bounded by
+    /// the connection's `connect_timeout` (10 s when unset): past it, a `Timeout` error.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. Dropped before the CancelRequest was written, nothing is
+    /// sent (the new socket is closed). Dropped after, the server may still act on it: it stops
+    /// whatever the session runs when the signal arrives, possibly a statement issued later. The
+    /// connection itself is not touched by the drop.
     pub async fn cancel(&self) -> Result<()> {
         self.check_lease()?;
         crate::connect::cancel(&self.shared).await
@@ -905,6 +1000,14 @@ impl Connection {
     /// Waits until every request issued on this connection so far is answered (or the
     /// connection closes), so that [`transaction_status`](Self::transaction_status) reports
     /// what the next statement will see. Returns at once when nothing is in flight.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping it leaves the connection in step and hands the socket
+    /// on to the next waiting caller. The empty query it queued stays and is answered in its turn,
+    /// but until some caller (a query, a notification stream, another `settle`) drives the
+    /// connection that answer is not read, and
+    /// [`has_requests_in_flight`](Self::has_requests_in_flight) stays true.
     pub async fn settle(&self) -> Result<()> {
         self.check_lease()?;
         let id = {

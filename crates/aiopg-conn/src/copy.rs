@@ -104,6 +104,14 @@ impl Connection {
     /// assert_eq!(w.finish().await?, 2);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step and copies nothing. Dropped while another
+    /// COPY holds the connection, nothing was issued. Dropped while waiting for the server to start
+    /// the COPY, the statement is taken back if none of it was written; otherwise a CopyFail
+    /// follows it, so the server ends the COPY at once, and its answer is discarded. Once this
+    /// future completes, the [`CopyInWriter`] owns the COPY (see its cancel safety).
     pub async fn copy_in(&self, sql: &str) -> Result<CopyInWriter> {
         let mut ex = begin(
             self,
@@ -139,6 +147,13 @@ impl Connection {
     /// }
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step. Dropped while another COPY holds the
+    /// connection, nothing was issued; before the statement was written, it is taken back;
+    /// after, the COPY runs on the server and its data is read and discarded. Once this future
+    /// completes, the [`CopyOutReader`] owns the COPY.
     pub async fn copy_out(&self, sql: &str) -> Result<CopyOutReader> {
         let mut ex = begin(
             self,
@@ -169,12 +184,23 @@ impl Connection {
 /// wait for the socket, writing waits (backpressure), so memory stays bounded however fast the
 /// data comes. End with [`finish`](Self::finish) (rows copied) or [`abort`](Self::abort).
 ///
-/// # Errors and cancel safety
+/// # Errors
 ///
 /// A server error mid-COPY (a malformed row, a constraint) is returned by the next write or
 /// by `finish`, as a `Db` error whose `where_()` names the line; the connection stays usable.
-/// Dropping the writer unfinished sends CopyFail: nothing is copied and the connection stays
-/// usable.
+///
+/// # Cancel safety
+///
+/// Dropping the writer before [`finish`](Self::finish) ends the COPY with CopyFail: nothing
+/// is copied, and the connection stays usable (requests queued behind the COPY go out after
+/// the CopyFail). Data still buffered in the writer is not sent.
+///
+/// As a `Sink` and an `AsyncWrite` it follows those traits' contracts: `start_send` takes its
+/// item at once, and `poll_write` takes bytes only when it returns `Ready(Ok(n))`, so a
+/// `Pending` poll takes nothing. `poll_flush` may be dropped and polled again freely.
+/// `poll_close` is [`finish`](Self::finish): once polled, CopyDone is queued, and the COPY
+/// completes even if the writer is then dropped (see there). Helpers that loop over these
+/// (`write_all`, `send_all`) are not cancel safe: part of their input may have been taken.
 pub struct CopyInWriter {
     ex: Option<Exclusive>,
     info: CopyInfo,
@@ -215,6 +241,14 @@ impl CopyInWriter {
 
     /// Writes data (any split of it: rows need not be whole), waiting while too much is
     /// unsent.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. `data` is taken in pieces (into the writer's buffer, or
+    /// as CopyData messages of their own), and the call waits for room between them. Dropped
+    /// during such a wait, a prefix of `data` has been taken and will be sent, and nothing tells
+    /// how much: going on with the COPY would send a torn row. After a dropped `write`, end the
+    /// COPY with [`abort`](Self::abort) or by dropping the writer.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         let mut rest = data;
         while !rest.is_empty() {
@@ -236,6 +270,11 @@ impl CopyInWriter {
     }
 
     /// Sends what is buffered and waits until all of it is on the socket.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping it only stops the wait. What it queued stays queued and
+    /// goes out in order.
     pub async fn flush(&mut self) -> Result<()> {
         if self.ending {
             return Err(ended());
@@ -370,12 +409,26 @@ impl CopyInWriter {
 
     /// Ends the data and waits for the server: the number of rows copied. A server error
     /// (a malformed row, a constraint) is returned here, and nothing was copied.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. Dropped before its first poll, the writer goes with it:
+    /// CopyFail, nothing is copied. From its first poll on, CopyDone is queued: the COPY then
+    /// completes (or fails) on the server even if the future is dropped, and its answer is
+    /// discarded, so the caller does not learn whether rows were copied, nor how many. Outside a
+    /// transaction block a completed COPY is committed.
     pub async fn finish(mut self) -> Result<u64> {
         poll_fn(|cx| self.poll_finish(cx)).await
     }
 
     /// Ends the COPY without copying anything (CopyFail with `reason`) and waits until the
     /// server has rolled it back.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: nothing is copied whether or not the future completes. Dropped
+    /// before its first poll, the writer's drop sends CopyFail; from its first poll on, this
+    /// call's CopyFail is queued, and only the wait for the server's answer is skipped.
     pub async fn abort(mut self, reason: &str) -> Result<()> {
         if self.ending {
             return Err(ended());
@@ -456,6 +509,16 @@ impl AsyncWrite for CopyInWriter {
 /// The data of `COPY ... TO STDOUT`: from [`Connection::copy_out`]. A `Stream` of the
 /// server's CopyData messages (one row each, for text and CSV) as `Bytes` that share the
 /// connection's read buffer (no copy), and an `AsyncRead` of the same bytes.
+///
+/// # Cancel safety
+///
+/// `poll_next` and `poll_read` are cancel safe: data is taken from the connection only when
+/// it is returned (a partly read chunk stays in the reader), so a dropped `next()` or
+/// `read()` future loses nothing.
+///
+/// Dropping the reader before the end keeps the connection usable: the COPY runs to its end
+/// on the server, and the rest of its data is read and discarded by whoever drives the
+/// connection next (requests issued after it wait until then).
 pub struct CopyOutReader {
     conn: Connection,
     id: u64,
@@ -576,6 +639,9 @@ impl Drop for CopyOutReader {
 /// The types are given in column order; to take them from the table, prepare a `SELECT` of
 /// the same columns and use its [`Statement::columns`](crate::Statement::columns).
 ///
+/// Rows are encoded into a buffer and handed to the [`CopyInWriter`] about 64 KiB at a time.
+/// Dropping this writer drops the `CopyInWriter` with it: CopyFail, nothing is copied.
+///
 /// ```no_run
 /// # async fn f(conn: aiopg_conn::Connection) -> aiopg_core::Result<()> {
 /// use aiopg_core::types::Type;
@@ -609,6 +675,14 @@ impl BinaryCopyInWriter {
 
     /// Writes one row. A value that cannot be encoded for its column's type is an `Encode`
     /// error, and nothing of the row is written (the COPY goes on).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. When the buffer reaches about 64 KiB, the call queues it
+    /// for sending and waits for room. Dropped during that wait, the rows queued are still in this
+    /// writer's buffer as well, and the next `write` or `finish` sends them a second time: the
+    /// COPY would then copy them twice, or fail on a second format header. After a dropped
+    /// `write`, end the COPY with [`abort`](Self::abort) or by dropping the writer.
     pub async fn write(&mut self, row: &[Param<'_>]) -> Result<()> {
         if !self.writer.is_binary() {
             return Err(Error::usage(
@@ -666,6 +740,13 @@ impl BinaryCopyInWriter {
     }
 
     /// Ends the data (the format's trailer) and the COPY: the number of rows copied.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. Dropped while the last rows and the trailer are being
+    /// sent, the writer goes with the future: CopyFail, nothing is copied. Dropped once
+    /// [`CopyInWriter::finish`] has been polled, the COPY completes on the server unseen, as
+    /// described there.
     pub async fn finish(mut self) -> Result<u64> {
         self.buf.put_i16(-1);
         self.flush_rows().await?;
@@ -673,6 +754,11 @@ impl BinaryCopyInWriter {
     }
 
     /// Ends the COPY without copying anything.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: as [`CopyInWriter::abort`], nothing is copied whether or not
+    /// the future completes.
     pub async fn abort(self, reason: &str) -> Result<()> {
         self.writer.abort(reason).await
     }
@@ -681,6 +767,12 @@ impl BinaryCopyInWriter {
 /// Reads rows of PostgreSQL's binary COPY format from a [`CopyOutReader`] of a
 /// `COPY ... TO STDOUT (FORMAT binary)`, as a `Stream` of [`BinaryCopyRow`]s decoded with
 /// the given column types.
+///
+/// # Cancel safety
+///
+/// `poll_next` is cancel safe: a partly received row stays in the stream's buffer until the
+/// rest arrives. Dropping the stream drops its [`CopyOutReader`]: the rest of the data is
+/// read and discarded, and the connection stays usable.
 pub struct BinaryCopyOutStream {
     reader: CopyOutReader,
     types: Arc<[Type]>,

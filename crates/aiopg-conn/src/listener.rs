@@ -49,6 +49,13 @@ pub enum ListenerEvent {
 /// are quoted, never spliced into SQL, and `pg_notify('My "odd" channel', ...)` reaches
 /// `listen("My \"odd\" channel")`.
 ///
+/// # Cancel safety
+///
+/// [`recv`](Self::recv) is cancel safe, so it can sit in a `select!` loop:
+/// a notification is taken only when it is returned. [`unlisten`](Self::unlisten),
+/// [`unlisten_all`](Self::unlisten_all) and [`close`](Self::close) are cancel safe too.
+/// [`listen`](Self::listen) is not: see there. Dropping the listener closes its connection.
+///
 /// ```no_run
 /// # async fn f() -> aiopg_core::Result<()> {
 /// use aiopg_conn::{ConnectOptions, Listener, ListenerEvent};
@@ -110,6 +117,11 @@ fn quote_channel(channel: &str) -> Result<String> {
 
 impl Listener {
     /// Opens the listener's connection.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`ConnectOptions::connect`]: a dropped attempt leaves no
+    /// socket open.
     pub async fn connect(options: ConnectOptions) -> Result<Listener> {
         let conn = options.connect().await?;
         let notifies = conn.notifies();
@@ -146,6 +158,14 @@ impl Listener {
     /// Starts listening on `channel` (kept exactly as given: it is quoted). If the connection
     /// turns out to be lost, the listener reconnects first (and [`recv`](Self::recv) reports
     /// it).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. The channel is recorded only once the server has answered,
+    /// so after a drop the `LISTEN` may or may not have run, and notifications on the channel are
+    /// not handed out either way (nor listened to again after a reconnect): call `listen` again.
+    /// Dropped while reconnecting (the connection had been lost), the channel is recorded, and the
+    /// next [`recv`](Self::recv) reconnects and reports it.
     pub async fn listen(&mut self, channel: &str) -> Result<()> {
         let sql = format!("LISTEN {}", quote_channel(channel)?);
         match self.conn.batch_execute(&sql).await {
@@ -167,6 +187,12 @@ impl Listener {
 
     /// Stops listening on `channel`; notifications on it that are already buffered are not
     /// handed out.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: the channel is forgotten on the first poll, so its
+    /// notifications are no longer handed out whether or not the `UNLISTEN` reached the server (if
+    /// it did not, the server keeps sending them until the next reconnect, and they are dropped).
     pub async fn unlisten(&mut self, channel: &str) -> Result<()> {
         let sql = format!("UNLISTEN {}", quote_channel(channel)?);
         self.channels.remove(channel);
@@ -178,6 +204,11 @@ impl Listener {
     }
 
     /// Stops listening on every channel.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`unlisten`](Self::unlisten): every channel is forgotten on
+    /// the first poll.
     pub async fn unlisten_all(&mut self) -> Result<()> {
         self.channels.clear();
         match self.conn.batch_execute("UNLISTEN *").await {
@@ -203,8 +234,10 @@ impl Listener {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future loses no notification. Dropped while reconnecting, the next call
-    /// starts reconnecting again.
+    /// This method is cancel safe: dropping the future loses no notification (one is taken
+    /// from the connection only when it is returned). Dropped while reconnecting, the
+    /// half-made connection is closed, and the next call starts reconnecting again and
+    /// reports [`ListenerEvent::Reconnected`] once it has.
     pub async fn recv(&mut self) -> Result<ListenerEvent> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
@@ -296,6 +329,11 @@ impl Listener {
     }
 
     /// Closes the connection; [`recv`](Self::recv) then fails with `Closed`.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: the listener and its connection are closed on the first poll
+    /// (see [`Connection::close`]).
     pub async fn close(&mut self) {
         self.closed = true;
         self.conn.close().await;
@@ -319,6 +357,12 @@ enum StreamState {
 }
 
 /// A [`Listener`] as a `Stream`: from [`Listener::into_stream`].
+///
+/// # Cancel safety
+///
+/// `poll_next` is cancel safe: the [`recv`](Listener::recv) in progress is kept inside the
+/// stream between polls, so a dropped `next()` future loses no event. Dropping the stream
+/// drops the listener and closes its connection.
 pub struct ListenerStream {
     state: StreamState,
 }

@@ -86,6 +86,14 @@ impl<T: Clone + 'static> Drop for Feed<T> {
 /// stream opened on a pool's connection fails with a `Usage` error once the connection goes
 /// back to the pool.
 ///
+/// # Cancel safety
+///
+/// `poll_next` is cancel safe: a notification is taken only when it is returned, so a
+/// dropped `next()` future (in a `select!`, say) loses nothing. Dropping the stream ends the
+/// subscription, and a caller waiting on the connection takes over reading the socket. If it
+/// was the last open stream, the notifications it had not taken wait for the next one opened
+/// (up to the capacity).
+///
 /// [`ConnectOptions::event_capacity`]: crate::ConnectOptions::event_capacity
 /// [`DEFAULT_EVENT_CAPACITY`]: crate::DEFAULT_EVENT_CAPACITY
 /// [`Error::missed`]: crate::Error::missed
@@ -97,6 +105,11 @@ pub struct Notifies(Feed<Notification>);
 /// Works as [`Notifies`] does, with the same bound and `Lagged` reporting. Every notice is
 /// also logged through `tracing` at `info` with its SQLSTATE, whether or not a stream is open.
 /// A notice raised by clean-up nobody waits for (a pool's `ROLLBACK`) is not delivered.
+///
+/// # Cancel safety
+///
+/// As [`Notifies`]: `poll_next` is cancel safe, and dropping the stream ends the
+/// subscription.
 pub struct Notices(Feed<DbError>);
 
 impl fmt::Debug for Notifies {

@@ -140,8 +140,14 @@ impl<'c, 'p> Pipeline<'c, 'p> {
     /// any transaction block: the failed run had no effect then, being one implicit
     /// transaction.
     ///
-    /// Like every query future, this one may be dropped at any point: the connection stays in
-    /// step.
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step. Dropped while statements are being
+    /// prepared, nothing runs (a statement prepared for nobody is closed later). Dropped while
+    /// the batch waits to be written, it is taken back and none of it runs. Dropped after any
+    /// of it was written, the whole batch runs as sent and its answer is discarded; outside a
+    /// transaction block it is one implicit transaction, which then commits or rolls back
+    /// unseen.
     pub async fn run(&self) -> Result<Vec<Result<QueryResult>>> {
         if self.items.is_empty() {
             return Ok(Vec::new());
@@ -283,9 +289,6 @@ impl<'c, 'p> Pipeline<'c, 'p> {
     /// interactive transaction another caller runs on the same connection cannot be seen
     /// before its `BEGIN` is answered.
     ///
-    /// A dropped future leaves the connection in step: before any byte was written nothing
-    /// runs; after, the transaction runs to its end as sent and its answer is discarded.
-    ///
     /// ```no_run
     /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
     /// use aiopg_conn::{IsolationLevel, TransactionOptions, TransactionOutcome};
@@ -306,6 +309,14 @@ impl<'c, 'p> Pipeline<'c, 'p> {
     /// }
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step, and never leaves a transaction open:
+    /// the request is taken back whole or not at all. Dropped while its statements are being
+    /// prepared, or before any of the request was written, nothing runs. Dropped after, the
+    /// transaction runs to its end as sent (its `COMMIT` included) and its answer is
+    /// discarded, so whether it committed is not known.
     pub async fn transaction(&self, options: TransactionOptions) -> Result<TransactionOutcome> {
         let (stmts, outcome) = self.transaction_once(options).await?;
         // A cached statement gone stale: the transaction had no effect; run it once more.
@@ -410,6 +421,12 @@ impl<'c, 'p> Pipeline<'c, 'p> {
     /// sent again as they are: a pipelined transaction's parameters cannot depend on what it
     /// reads, so no closure is needed to rebuild it. After the last attempt the outcome is
     /// returned as it is (`RolledBack`, its error saying how many attempts were made).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`transaction`](Self::transaction) for the attempt in flight: taken back if unsent,
+    /// otherwise run to its end unseen (it may commit). Dropped during a pause between
+    /// attempts, nothing is in flight.
     pub async fn transaction_with_retry(
         &self,
         options: TransactionOptions,

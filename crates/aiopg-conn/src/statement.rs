@@ -279,8 +279,11 @@ impl Connection {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future leaves nothing behind: a Parse not yet sent is taken back, and a
-    /// statement the server prepared for nobody is closed with the next request.
+    /// This method is cancel safe: dropping the future leaves nothing behind. A Parse not yet
+    /// sent is taken back; a statement the server prepared for nobody (the future was dropped
+    /// while waiting for its answer, or while looking up its types) is closed with the next
+    /// request. Nothing is cached until the future completes, so calling it again starts
+    /// afresh.
     pub async fn prepare(&self, sql: &str) -> Result<Statement> {
         self.shared.check_pooling(sql)?;
         if let Some(stmt) = self.shared.lock().statements.get(sql) {

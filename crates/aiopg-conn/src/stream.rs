@@ -28,9 +28,16 @@ use crate::{Connection, Statement};
 ///
 /// # Cancel safety
 ///
-/// Dropping the stream mid-result keeps the connection in step: the rest of the result is
-/// read and discarded by whoever uses the connection next (the server still sends it all; to
-/// stop a long result early on the server, use `LIMIT` or a named cursor).
+/// `poll_next` is cancel safe: a row is taken from the connection only when it is returned,
+/// so dropping a `next()` future (in a `select!`, say) loses no row, and polling again goes
+/// on where it stopped.
+///
+/// Dropping the stream before its end keeps the connection in step: the statement runs to
+/// its end on the server, and the rest of the result is read and discarded by whoever drives
+/// the connection next (requests issued after the stream wait until then). The server still
+/// sends it all: to stop a long result early, use `LIMIT`, a named cursor, or
+/// [`Connection::cancel`]. Dropping it before its request was written takes the request
+/// back, and nothing runs.
 pub struct RowStream {
     conn: Connection,
     id: u64,
@@ -136,6 +143,13 @@ impl Connection {
     /// Unlike [`query`](Self::query), a statement gone stale after a schema change is not run
     /// again transparently (rows may already have been handed out): the stream yields the
     /// error, and the statement is prepared afresh on the next call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step. Dropped while the statement is being
+    /// prepared, nothing runs (a statement the server prepared for nobody is closed later). The
+    /// execution is queued in the poll that returns the stream, so once this future has completed
+    /// the [`RowStream`] owns it; see its cancel safety.
     pub async fn query_stream(&self, sql: &str, params: &[Param<'_>]) -> Result<RowStream> {
         let stmt = self.prepare(sql).await?;
         self.query_stream_prepared(&stmt, params)
@@ -143,6 +157,9 @@ impl Connection {
 
     /// [`query_stream`](Self::query_stream) for a prepared statement. The request is queued
     /// at once; rows arrive as the stream is polled.
+    ///
+    /// Not async: there is nothing to cancel. Dropping the returned [`RowStream`] is covered in its
+    /// [cancel safety](RowStream#cancel-safety) section.
     pub fn query_stream_prepared(
         &self,
         stmt: &Statement,
@@ -166,6 +183,11 @@ impl Connection {
 
     /// Runs a statement that returns exactly one row, and returns it. Zero rows or more than
     /// one is an error of kind [`ErrorKind::RowCount`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`query`](Self::query): taken back if unsent, otherwise run to its end with its rows
+    /// discarded.
     pub async fn query_one(&self, sql: &str, params: &[Param<'_>]) -> Result<Row> {
         let mut rows = self.query(sql, params).await?;
         match rows.len() {
@@ -176,6 +198,11 @@ impl Connection {
 
     /// Runs a statement that returns at most one row: `None` for none, an error of kind
     /// [`ErrorKind::RowCount`] for more than one.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`query`](Self::query): taken back if unsent, otherwise run to its end with its rows
+    /// discarded.
     pub async fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
         let mut rows = self.query(sql, params).await?;
         match rows.len() {
@@ -197,6 +224,12 @@ impl Connection {
     ///
     /// A cached statement gone stale is prepared and run again once, as with
     /// [`query`](Self::query) (no row has reached the caller by then).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step: as [`query`](Self::query) before the
+    /// rows start, and as a dropped [`RowStream`] after (the rows decoded so far are dropped, the
+    /// rest is read and discarded).
     pub async fn query_as<T: FromRow>(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<T>> {
         let mut retried = false;
         loop {
@@ -229,6 +262,11 @@ impl Connection {
     /// let n: i64 = conn.query_scalar("SELECT count(*) FROM pg_class", &[]).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`query`](Self::query): taken back if unsent, otherwise run to its end with its answer
+    /// discarded.
     pub async fn query_scalar<T: FromSqlOwned>(
         &self,
         sql: &str,

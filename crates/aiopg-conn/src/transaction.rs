@@ -87,7 +87,17 @@ enum State {
 ///
 /// Unlike Python aiopg's, `commit()` and `rollback()` work. Dropping a transaction that is
 /// still active rolls it back, without blocking: the `ROLLBACK` is queued ahead of anything
-/// issued later on the connection.
+/// issued later on the connection, and a task on the connection's runtime drives it (see
+/// [`Connection::detach`]).
+///
+/// # Cancel safety
+///
+/// Opening is cancel safe: a dropped [`begin`](Self::begin) leaves no transaction open.
+/// Ending is not: a dropped [`commit`](Self::commit) or [`rollback`](Self::rollback) leaves
+/// the outcome unknown to the caller, and the handle counts as ended from their first poll,
+/// so dropping it afterwards sends no `ROLLBACK`. A statement future dropped inside the
+/// transaction still runs in it once sent (and, if it fails, aborts it). Each method says
+/// more.
 ///
 /// ```no_run
 /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
@@ -191,6 +201,14 @@ impl Transaction {
     }
 
     /// Sends `BEGIN`. Beginning twice is an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. Dropped before the server answered, a `ROLLBACK` is queued
+    /// behind the `BEGIN` (detached, driven by a task on the runtime), so no transaction is left
+    /// open; the transaction stays not begun and `begin` may be called again. A `BEGIN` that was
+    /// not written yet is taken back, and that `ROLLBACK` then finds no transaction, which is
+    /// harmless.
     pub async fn begin(&mut self) -> Result<()> {
         if self.state != State::NotStarted {
             return Err(Error::usage(format!(
@@ -244,6 +262,18 @@ impl Transaction {
     ///
     /// If the transaction had failed, the server rolls it back instead, and this returns an
     /// error saying it did.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. From its first poll the transaction counts as ended:
+    /// [`is_active`](Self::is_active) is false, and dropping the transaction sends no `ROLLBACK`.
+    /// Dropped once the `COMMIT` was written, it runs and its answer is discarded: whether the
+    /// transaction committed is not known (the server rolls back instead when the transaction had
+    /// failed, and a deferred constraint or a serialization failure can fail the `COMMIT`).
+    /// Dropped while the `COMMIT` still waited to be written (other requests were in flight on the
+    /// connection), it is taken back, and the transaction stays open on the server with nothing
+    /// left to end it: check [`Connection::transaction_status`] and roll back, or give the
+    /// connection back to its pool, whose release rolls it back.
     pub async fn commit(&mut self) -> Result<()> {
         self.require_active("commit()")?;
         let failed = self.conn.transaction_status() == aiopg_core::TransactionStatus::InError;
@@ -263,6 +293,14 @@ impl Transaction {
     }
 
     /// Rolls back. Rolling back twice, or after a commit, is an error saying so.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe, as [`commit`](Self::commit): the transaction counts as
+    /// ended from the first poll. Dropped once the `ROLLBACK` was written, it runs and the
+    /// transaction ends. Dropped while it still waited to be written, it is taken back, and the
+    /// transaction stays open on the server with nothing left to end it: check
+    /// [`Connection::transaction_status`].
     pub async fn rollback(&mut self) -> Result<()> {
         self.require_active("rollback()")?;
         self.state = State::RolledBack;
@@ -275,6 +313,14 @@ impl Transaction {
     /// Opens a savepoint inside the transaction; undo its work with
     /// [`rollback_savepoint`](Self::rollback_savepoint) or keep it with
     /// [`release_savepoint`](Self::release_savepoint). Savepoints nest to any depth.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before the server answered, the savepoint is not recorded, and a
+    /// `ROLLBACK TO SAVEPOINT` and `RELEASE SAVEPOINT` of it are queued (detached) behind the
+    /// `SAVEPOINT`, so nothing of it remains. If the `SAVEPOINT` had not been written yet, it is
+    /// taken back, and that undo names a savepoint that does not exist: it fails, and the failure
+    /// aborts the transaction.
     pub async fn savepoint(&mut self) -> Result<()> {
         self.require_active("savepoint()")?;
         let name = self.next_savepoint_name();
@@ -293,6 +339,13 @@ impl Transaction {
     }
 
     /// Keeps the work of the innermost savepoint (`RELEASE SAVEPOINT`).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe as far as the data goes: the savepoint is taken off this
+    /// transaction's stack on the first poll, and its work is kept either way. Dropped before the
+    /// `RELEASE` was written, it is taken back, and the savepoint stays on the server until the
+    /// transaction ends.
     pub async fn release_savepoint(&mut self) -> Result<()> {
         self.require_active("release_savepoint()")?;
         let name = self
@@ -305,6 +358,13 @@ impl Transaction {
     }
 
     /// Undoes the work of the innermost savepoint and closes it.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. The savepoint is taken off this transaction's stack on the
+    /// first poll. Dropped once the statement was written, it runs: the work is undone. Dropped
+    /// while it still waited to be written, it is taken back: the work is **not** undone, and the
+    /// transaction no longer knows the savepoint.
     pub async fn rollback_savepoint(&mut self) -> Result<()> {
         self.require_active("rollback_savepoint()")?;
         let name = self.savepoints.pop().ok_or_else(|| {
@@ -319,6 +379,12 @@ impl Transaction {
 
     /// A scoped savepoint: [`Savepoint::commit`] keeps its work, [`Savepoint::rollback`] or
     /// dropping it undoes it. Nest with [`Savepoint::point`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`savepoint`](Self::savepoint): dropped before the server answered, the savepoint is
+    /// undone with a detached `ROLLBACK TO SAVEPOINT`; if its `SAVEPOINT` had not been written,
+    /// that undo fails and aborts the transaction.
     pub async fn point(&mut self) -> Result<Savepoint<'_>> {
         self.require_active("point()")?;
         let depth = self.savepoints.len() + 1;
@@ -403,6 +469,13 @@ impl<'a> Savepoint<'a> {
     }
 
     /// Keeps the savepoint's work (`RELEASE SAVEPOINT`).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe as far as the data goes: the savepoint counts as done from the
+    /// first poll (dropping it no longer rolls it back), and its work is kept whether or not the
+    /// `RELEASE` was sent. Taken back unsent, the savepoint stays on the server until the
+    /// transaction ends.
     pub async fn commit(&mut self) -> Result<()> {
         self.require_open("commit()")?;
         self.done = true;
@@ -412,6 +485,13 @@ impl<'a> Savepoint<'a> {
     }
 
     /// Undoes the savepoint's work.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. The savepoint counts as done from the first poll, so
+    /// dropping it no longer rolls it back. Dropped once the statement was written, the work is
+    /// undone; dropped while it still waited to be written, it is taken back and the work is
+    /// **not** undone.
     pub async fn rollback(&mut self) -> Result<()> {
         self.require_open("rollback()")?;
         self.done = true;
@@ -424,6 +504,12 @@ impl<'a> Savepoint<'a> {
     }
 
     /// A savepoint nested inside this one.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Transaction::savepoint`]: dropped before the server answered, the savepoint is undone
+    /// with a detached `ROLLBACK TO SAVEPOINT`; if its `SAVEPOINT` had not been written, that undo
+    /// fails and aborts the transaction.
     pub async fn point(&mut self) -> Result<Savepoint<'_>> {
         self.require_open("point()")?;
         Savepoint::open(self.conn, self.depth + 1).await
@@ -449,13 +535,20 @@ impl Connection {
 
     /// Begins a transaction with the server's default settings.
     ///
-    /// If this future is dropped before the server answers, a `ROLLBACK` is queued so that no
-    /// transaction is left open.
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`Transaction::begin`]: if the future is dropped before
+    /// the server answers, a `ROLLBACK` is queued so that no transaction is left open.
     pub async fn begin(&self) -> Result<Transaction> {
         self.begin_with(TransactionOptions::default()).await
     }
 
     /// Begins a transaction with `options`.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`Transaction::begin`]: a `BEGIN` that may have run is
+    /// followed by a `ROLLBACK`.
     pub async fn begin_with(&self, options: TransactionOptions) -> Result<Transaction> {
         let mut tx = Transaction::new(self.clone(), options);
         tx.begin().await?;
@@ -550,6 +643,14 @@ impl Connection {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while `BEGIN` is in flight, as [`Transaction::begin`]. Dropped while `f` runs (or
+    /// before the `COMMIT` is sent), the transaction is dropped: a detached `ROLLBACK` undoes
+    /// whatever `f` sent. Dropped during the `COMMIT`, as [`Transaction::commit`]: the outcome is
+    /// unknown. Dropped during the `ROLLBACK` after a failed attempt, as
+    /// [`Transaction::rollback`]. Dropped during a pause between attempts, nothing is in flight.
     pub async fn transact<T, F, Fut>(
         &self,
         options: TransactionOptions,

@@ -115,6 +115,16 @@ type Fetch = Pin<Box<dyn Future<Output = Result<Vec<Row>>> + Send>>;
 ///
 /// Create one with [`CursorExt::cursor`] or [`CursorExt::cursor_with`]. Methods keep
 /// aiopg's names. A cursor is also a `Stream` of rows.
+///
+/// # Cancel safety
+///
+/// Every method keeps the connection in step when its future is dropped (aiopg-conn's
+/// [rules](aiopg_conn#cancel-safety)); each says what the drop leaves in the cursor. The
+/// `Stream` implementation's `poll_next` is cancel safe: the `FETCH` a named cursor has in
+/// flight is kept in the cursor between polls, so a dropped `next()` future loses no row.
+/// A fetch method, [`scroll`](Self::scroll), `execute` or a COPY called while that `FETCH` is
+/// still in flight drops it, and if it was sent, its rows are lost. Dropping the cursor
+/// closes a declared server cursor with a detached `CLOSE`.
 pub struct Cursor {
     conn: Connection,
     options: CursorOptions,
@@ -146,8 +156,18 @@ impl fmt::Debug for Cursor {
 /// Opens cursors on a [`Connection`].
 pub trait CursorExt {
     /// A cursor with default options (client-side, the connection's timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: its future sends nothing (it checks the connection and
+    /// builds the cursor).
     fn cursor(&self) -> impl Future<Output = Result<Cursor>> + Send;
-    /// A cursor with `options` (a `name` makes it server-side).
+    /// A cursor with `options` (a `name` makes it server-side; nothing is declared until
+    /// [`Cursor::execute`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: its future sends nothing.
     fn cursor_with(&self, options: CursorOptions) -> impl Future<Output = Result<Cursor>> + Send;
 }
 
@@ -216,11 +236,31 @@ impl Cursor {
 
     /// Runs a statement. Its rows (if any) are then read with the fetch methods or by
     /// iterating.
+    ///
+    /// # Cancel safety
+    ///
+    /// On a client-side cursor, dropping the future keeps the connection in step: the statement
+    /// is taken back if none of it was written, otherwise it runs to its end and its answer is
+    /// discarded. The cursor is left without a result (fetching fails with a `Usage` error) and
+    /// [`rowcount`](Self::rowcount) is -1.
+    ///
+    /// On a named cursor this method is not cancel safe. Dropped after the `DECLARE` was written,
+    /// the server cursor exists but this cursor does not know it: dropping the cursor does not
+    /// close it (it lasts until the transaction ends or, declared `WITH HOLD`, until the session
+    /// ends), and the next `execute` on this cursor fails with SQLSTATE 42P03 (the cursor name is
+    /// taken). Dropped while the `CLOSE` of the previous result waited to be written, that server
+    /// cursor stays open the same way.
     pub async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
         self.execute_timeout(sql, params, None).await
     }
 
     /// [`execute`](Self::execute) with this call's own timeout (`Some(None)`: none at all).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`execute`](Self::execute): the connection stays in step, the cursor is left without a
+    /// result, and on a named cursor a `DECLARE` already sent leaves a server cursor this cursor
+    /// no longer knows.
     pub async fn execute_timeout(
         &mut self,
         sql: &str,
@@ -300,6 +340,13 @@ impl Cursor {
     /// Runs a statement once per parameter set, as one pipelined batch: one round trip, not
     /// one per row (Python aiopg raises here). The batch is atomic outside a transaction
     /// block. `rowcount` becomes the total of rows affected.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step: as
+    /// [`Connection::execute_many`](aiopg_conn::Connection::execute_many), a batch none of which
+    /// was written is taken back, otherwise the whole batch runs (atomically outside a transaction
+    /// block) and its answer is discarded. The cursor is left without a result.
     pub async fn executemany<'p, I>(&mut self, sql: &str, param_sets: I) -> Result<()>
     where
         I: IntoIterator<Item = &'p [Param<'p>]>,
@@ -329,6 +376,11 @@ impl Cursor {
     /// Calls a function (`SELECT * FROM name($1, ...)`); its result rows are fetched as
     /// usual. `name` may be schema-qualified; it is checked to be a plain or quoted
     /// identifier, never pasted in raw.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`execute`](Self::execute): a call already sent runs, unseen, and the cursor is left
+    /// without a result.
     pub async fn callproc(&mut self, name: &str, params: &[Param<'_>]) -> Result<()> {
         if !is_identifier_path(name) {
             return Err(Error::usage(format!(
@@ -378,6 +430,15 @@ impl Cursor {
     }
 
     /// The next row, or `None` at the end.
+    ///
+    /// # Cancel safety
+    ///
+    /// On a client-side cursor this method is cancel safe: it does no I/O, and the row is taken
+    /// only when returned. On a named cursor whose buffer is empty it sends `FETCH FORWARD`
+    /// [`itersize`](Self::itersize) rows: dropped once that was written, the server cursor moves
+    /// past those rows and they are lost to this cursor (later fetches go on after them, and
+    /// [`rownumber`](Self::rownumber) no longer matches the server's position). Dropped before,
+    /// the `FETCH` is taken back and nothing is lost.
     pub async fn fetchone(&mut self) -> Result<Option<Row>> {
         self.check_open()?;
         self.pending = None;
@@ -417,6 +478,11 @@ impl Cursor {
     }
 
     /// The next `n` rows (fewer at the end); `None` uses [`arraysize`](Self::arraysize).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`fetchone`](Self::fetchone): cancel safe on a client-side cursor; on a named cursor the
+    /// rows of a `FETCH` already sent are lost if the future is dropped.
     pub async fn fetchmany(&mut self, n: Option<usize>) -> Result<Vec<Row>> {
         self.check_open()?;
         self.pending = None;
@@ -443,6 +509,11 @@ impl Cursor {
 
     /// All remaining rows. On a server-side cursor this holds them all in memory; iterate
     /// instead to keep memory bounded.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`fetchone`](Self::fetchone): cancel safe on a client-side cursor; on a named cursor,
+    /// dropped once its `FETCH ALL` was written, the rest of the result is lost to this cursor.
     pub async fn fetchall(&mut self) -> Result<Vec<Row>> {
         self.check_open()?;
         self.pending = None;
@@ -464,6 +535,11 @@ impl Cursor {
 
     /// The next row, or `None` at the end: `while let Some(row) = cur.next().await? { .. }`.
     /// A server-side cursor fetches [`itersize`](Self::itersize) rows per round trip.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`fetchone`](Self::fetchone). To take rows in a `select!` loop from a named cursor, use
+    /// the `Stream` implementation, whose `poll_next` is cancel safe.
     pub async fn next(&mut self) -> Result<Option<Row>> {
         self.fetchone().await
     }
@@ -471,6 +547,14 @@ impl Cursor {
     /// Moves the position: by `value` rows ([`ScrollMode::Relative`]) or to row index `value`
     /// ([`ScrollMode::Absolute`], 0 is the first row). Moving outside the result is an error
     /// and leaves a client-side cursor where it was.
+    ///
+    /// # Cancel safety
+    ///
+    /// On a client-side cursor this method is cancel safe: no I/O. On a named cursor it is not:
+    /// the buffered rows are dropped and the new position recorded on the first poll, before the
+    /// `MOVE` is answered. Dropped before the `MOVE` was written, the server cursor stays where it
+    /// was while [`rownumber`](Self::rownumber) reports the target; a `scroll` with
+    /// [`ScrollMode::Absolute`] puts the two in step again.
     pub async fn scroll(&mut self, value: i64, mode: ScrollMode) -> Result<()> {
         self.check_open()?;
         self.pending = None;
@@ -531,6 +615,14 @@ impl Cursor {
     }
 
     /// Closes the cursor (and its server-side cursor). Using it afterwards is an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// On a client-side cursor this method is cancel safe: no I/O. On a named cursor it is not:
+    /// the cursor counts as closed from the first poll, so dropping it afterwards sends nothing.
+    /// Dropped before the `CLOSE` was written, it is taken back, and the server cursor stays open
+    /// until the transaction ends (or, declared `WITH HOLD`, until the session ends). Dropped
+    /// after, it is closed.
     pub async fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());
@@ -632,6 +724,12 @@ impl Cursor {
     }
 
     /// Begins a transaction on the cursor's connection.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as
+    /// [`Connection::begin`](aiopg_conn::Connection::begin): a `BEGIN` that may have run is
+    /// followed by a `ROLLBACK`.
     pub async fn begin(&self) -> Result<Transaction> {
         self.conn.begin().await
     }
@@ -902,6 +1000,14 @@ impl Cursor {
     /// assert_eq!(cur.copy_from(data, "items", &options).await?, 2);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step. Dropped before the end of the file, the
+    /// COPY is ended with CopyFail and nothing is copied. Dropped once the data was all sent and
+    /// the COPY was finishing, it completes on the server unseen (outside a transaction block it
+    /// commits) and [`rowcount`](Self::rowcount) stays -1. Bytes already read from `file` are
+    /// consumed either way.
     pub async fn copy_from<R>(&mut self, file: R, table: &str, options: &CopyOptions) -> Result<u64>
     where
         R: futures_io::AsyncRead + Unpin + Send,
@@ -913,6 +1019,12 @@ impl Cursor {
 
     /// Copies `table` into a file in PostgreSQL's text format (psycopg2's `copy_to`).
     /// Returns the rows copied, also in [`rowcount`](Self::rowcount).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step: a COPY not yet sent is taken back;
+    /// one already sent runs to its end on the server, and the rest of its data is read and
+    /// discarded. What was written to `file` so far stays there, an incomplete copy.
     pub async fn copy_to<W>(&mut self, file: W, table: &str, options: &CopyOptions) -> Result<u64>
     where
         W: futures_io::AsyncWrite + Unpin + Send,
@@ -925,6 +1037,12 @@ impl Cursor {
     /// Runs any `COPY ... FROM STDIN` or `COPY ... TO STDOUT` statement with a file
     /// (psycopg2's `copy_expert`): CSV, binary, a query's result, every option the server
     /// has. Returns the rows copied.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`copy_from`](Self::copy_from) for [`CopyFile::From`] (nothing copied unless the COPY
+    /// was already finishing) and [`copy_to`](Self::copy_to) for [`CopyFile::To`] (the rest of
+    /// the data is discarded).
     pub async fn copy_expert(&mut self, sql: &str, file: CopyFile<'_>) -> Result<u64> {
         match file {
             CopyFile::From(r) => self.copy_in(sql, r, CopyOptions::default().size).await,

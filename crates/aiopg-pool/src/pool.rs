@@ -286,7 +286,8 @@ impl Drop for StateGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         let st = &*self.state;
-        self.metrics.publish(st.idle.len(), st.in_use(), 0);
+        self.metrics
+            .publish(st.idle.len(), st.in_use(), st.waiters.len());
     }
 }
 

@@ -1,17 +1,4 @@
-//! aiopg's runtime seam.
-//!
-//! Everything in aiopg above this crate speaks [`futures_io`] and the object-safe [`Runtime`]
-//! trait; only the adapters here name tokio, async-std or smol. Each adapter is a small file of
-//! glue behind its Cargo feature:
-//!
-//! | feature     | adapter                | notes |
-//! |-------------|------------------------|-------|
-//! | `tokio`     | [`TokioRuntime`]       | sockets through tokio-util's compat layer |
-//! | `smol`      | [`SmolRuntime`]        | recommended when you do not use tokio |
-//! | `async-std` | [`AsyncStdRuntime`]    | async-std is discontinued upstream; prefer smol |
-//!
-//! The runtime trait sits on the slow paths only (connect, spawn, timers): a few calls per
-//! connection or per timeout, never per row, so boxing each future costs nothing measurable.
+//! aiopg's runtime seam: the object-safe [`Runtime`] trait and one adapter per runtime.
 //!
 //! ```
 //! # #[cfg(feature = "tokio")]
@@ -27,6 +14,42 @@
 //! # #[cfg(not(feature = "tokio"))]
 //! # fn main() {}
 //! ```
+//!
+//! Everything in aiopg above this crate speaks [`futures_io`] and the object-safe [`Runtime`]
+//! trait; only the adapters here name tokio, async-std or smol. Each adapter is a small file of
+//! glue behind its Cargo feature:
+//!
+//! | feature     | adapter                | notes |
+//! |-------------|------------------------|-------|
+//! | `tokio`     | [`TokioRuntime`]       | sockets through tokio-util's compat layer; needs a tokio runtime with I/O and time |
+//! | `smol`      | [`SmolRuntime`]        | recommended when you do not use tokio; tasks run on smol's global executor |
+//! | `async-std` | [`AsyncStdRuntime`]    | async-std is discontinued upstream; prefer smol |
+//!
+//! [`default_runtime`] picks one from the enabled features (with several, tokio when called
+//! inside a tokio runtime, else smol, else async-std); [`runtime_by_name`] picks one by
+//! name. The runtime trait sits on the slow paths only (connect, spawn, timers): a few calls
+//! per connection or per timeout, never per row, so boxing each future costs nothing
+//! measurable.
+//!
+//! # Background tasks
+//!
+//! aiopg spawns tasks ([`Runtime::spawn`]) only for work nobody waits for: driving a
+//! statement queued by a drop (a `ROLLBACK`, a cursor's `CLOSE`), finishing a close, a
+//! pool's upkeep (its sweeps, opening connections). Such work is best effort by design: the
+//! tokio adapter, called outside a tokio runtime, drops the task instead of panicking, and
+//! aiopg then sends the queued statement with the connection's next request.
+//!
+//! # Cancel safety
+//!
+//! The adapters' futures are all cancel safe, and a [`Runtime`] written for another
+//! executor must keep them so, since aiopg drops them on every timeout:
+//!
+//! | Future | Dropped before it completes |
+//! |---|---|
+//! | [`Runtime::sleep`] | The timer is cancelled. |
+//! | [`Runtime::connect_tcp`], [`Runtime::connect_unix`] | The socket being connected is closed; nothing is left open. |
+//! | [`Runtime::resolve`] | The lookup is abandoned; one already running on a blocking thread finishes there, and its result is dropped. |
+//! | [`timeout`] ([`Timeout`]) | The wrapped future and the timer are dropped: the drop has the wrapped future's cancel safety. |
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -77,15 +100,32 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
 
     /// Runs `future` in the background, detached: nobody waits for it.
+    ///
+    /// aiopg uses it for best-effort work only (see [Background tasks](crate#background-tasks)):
+    /// an implementation that cannot spawn may drop the future.
     fn spawn(&self, future: BoxFuture<'static, ()>);
 
     /// A future that completes after `duration`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The future must be cancel safe: dropping it cancels the timer.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 
     /// Resolves a host name to socket addresses.
+    ///
+    /// # Cancel safety
+    ///
+    /// The future must be cancel safe: dropping it abandons the lookup. The adapters run lookups
+    /// on a blocking thread pool, where one already started finishes and its result is dropped.
     fn resolve(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
 
     /// Opens a TCP connection with `TCP_NODELAY` and the keepalive settings of `options`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The future must be cancel safe: dropping it closes the socket being connected, and nothing
+    /// is left open. aiopg drops it when `connect_timeout` passes.
     fn connect_tcp(
         &self,
         addr: SocketAddr,
@@ -93,6 +133,10 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'static, io::Result<BoxStream>>;
 
     /// Opens a Unix-domain socket connection to `path`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The future must be cancel safe, as [`connect_tcp`](Self::connect_tcp)'s.
     fn connect_unix(&self, path: &Path) -> BoxFuture<'static, io::Result<BoxStream>>;
 }
 
@@ -141,6 +185,16 @@ impl<F: Future> Future for Timeout<F> {
 }
 
 /// Runs `future`, giving up with [`Elapsed`] after `duration`.
+///
+/// The future is polled before the timer, so work finished right at the deadline is not
+/// lost. On expiry the future is not dropped until the [`Timeout`] is; to go on with it after
+/// the deadline (as aiopg does while a cancel request is on its way), pass a pinned
+/// reference (`fut.as_mut()`) instead of the future itself.
+///
+/// # Cancel safety
+///
+/// Dropping the [`Timeout`] drops the timer and the future it owns, so a drop has the
+/// wrapped future's cancel safety; a wrapped reference leaves the future to its owner.
 pub fn timeout<F: Future>(runtime: &dyn Runtime, duration: Duration, future: F) -> Timeout<F> {
     Timeout {
         future,

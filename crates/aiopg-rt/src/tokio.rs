@@ -10,6 +10,10 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use crate::{BoxFuture, BoxStream, Runtime, TcpOptions};
 
 /// Runs aiopg on tokio. Needs a tokio runtime with I/O and time enabled.
+///
+/// [`Runtime::spawn`] called outside any tokio runtime drops the task instead of panicking
+/// (see [Background tasks](crate#background-tasks)). Host name lookups run on tokio's
+/// blocking thread pool.
 #[derive(Debug, Clone, Default)]
 pub struct TokioRuntime(());
 

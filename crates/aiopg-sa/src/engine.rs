@@ -35,6 +35,10 @@ impl fmt::Debug for Engine {
 /// An engine over a new pool for `options` (a DSN or `ConnectOptions`), with the pool's
 /// defaults; [`Engine::builder`] takes every pool option. It connects once to learn the
 /// server's version, so a wrong DSN or password fails here.
+///
+/// # Cancel safety
+///
+/// This method is cancel safe, as [`EngineBuilder::build`]: nothing is left behind.
 pub async fn create_engine(options: impl IntoConnectOptions) -> Result<Engine> {
     Engine::builder(options).build().await
 }
@@ -104,13 +108,20 @@ impl EngineBuilder {
     }
 
     /// Creates the pool and the engine; connects once to learn the server's version.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropped while the pool's first connections are being opened,
+    /// those opened so far are dropped (their sockets close) and no pool exists yet; dropped
+    /// while the engine acquires its first connection, as [`Engine::from_pool`], and the pool
+    /// is dropped with the future (its idle connections close).
     pub async fn build(self) -> Result<Engine> {
         Engine::from_pool(self.0.build().await?).await
     }
 }
 
 /// Awaiting the builder builds the engine: `Engine::builder(dsn).max_size(8).await` is
-/// `.build().await`.
+/// `.build().await`, with the same cancel safety.
 impl std::future::IntoFuture for EngineBuilder {
     type Output = Result<Engine>;
     type IntoFuture = BoxFuture<'static, Result<Engine>>;
@@ -127,6 +138,11 @@ impl Engine {
     }
 
     /// An engine over `pool`; acquires a connection once to learn the server's version.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: the connection it acquires goes back to the pool (or, not yet
+    /// handed out, to the pool's next caller), and this handle on the pool is dropped.
     pub async fn from_pool(pool: Pool) -> Result<Engine> {
         let server_version = pool.acquire().await?.server_version();
         Ok(Engine {
@@ -147,6 +163,11 @@ impl Engine {
     }
 
     /// A connection from the pool, given back when dropped (or [`release`](Self::release)d).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`Pool::acquire`]: dropped while waiting, the call leaves
+    /// the queue, and a connection meant for it goes to the next caller.
     pub async fn acquire(&self) -> Result<SAConnection> {
         Ok(SAConnection {
             conn: self.pool.acquire().await?,
@@ -155,6 +176,12 @@ impl Engine {
     }
 
     /// Gives a connection back to the pool now.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropped before its clean-up is done, the connection still goes
+    /// back to the pool, as when an [`SAConnection`] is dropped (a transaction left open gets a
+    /// detached `ROLLBACK`, which runs before the connection's next use).
     pub async fn release(&self, conn: SAConnection) {
         self.pool.release(conn.conn).await;
     }
@@ -190,6 +217,10 @@ impl Engine {
     }
 
     /// Waits until every connection is closed, after [`close`](Self::close).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only waits.
     pub async fn wait_closed(&self) -> Result<()> {
         self.pool.wait_closed().await
     }
@@ -218,6 +249,15 @@ impl SAConnection {
     /// Runs a statement: raw SQL (`"..."` or `("... $1", &[&value])`) or a sea-query
     /// statement, whose values are bound as parameters. Rows are read as the result is
     /// fetched from.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the connection in step. Dropped while the statement is being
+    /// prepared, nothing runs. Dropped while it waits to be written, it is taken back. Dropped
+    /// after, it runs to its end on the server and its answer is discarded: a write may have
+    /// happened, and outside a transaction block it commits on its own. For a statement without
+    /// result columns this call reads its answer to the end before returning; a drop meanwhile
+    /// is the same. Once the call has returned, the [`ResultProxy`] owns the rest.
     pub async fn execute(&self, stmt: impl Executable) -> Result<ResultProxy> {
         match stmt.build() {
             Built::Raw { sql, params } => {
@@ -260,6 +300,11 @@ impl SAConnection {
 
     /// The first column of the first row a statement returns (`None` without rows, or for
     /// NULL).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`execute`](Self::execute): a statement already sent runs, unseen; the rest of its rows
+    /// are read and discarded.
     pub async fn scalar<T: FromSqlOwned>(&self, stmt: impl Executable) -> Result<Option<T>> {
         self.execute(stmt).await?.scalar().await
     }
@@ -267,18 +312,39 @@ impl SAConnection {
     /// Begins a transaction (`BEGIN`). Inside an open one, it joins it instead, as aiopg.sa
     /// does: the returned transaction's `commit()` does nothing (the outer one commits) and
     /// its `rollback()` rolls the whole transaction back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Joining an open transaction does no I/O and is cancel safe. Opening one is not. Dropped
+    /// while the `BEGIN` waits to be written, it is taken back and nothing changes. Dropped
+    /// after, the server opens the transaction but no [`SATransaction`] exists to end it: the
+    /// connection stays inside a transaction block ([`in_transaction`](Self::in_transaction)
+    /// says so), statements run on it are part of that transaction, and a later `begin()` sends
+    /// `BEGIN` into it (the server warns) and ends it with its own `COMMIT` or `ROLLBACK`.
+    /// Dropping the `SAConnection` gives the connection back to the pool, which rolls it back.
     pub async fn begin(&self) -> Result<SATransaction> {
         SATransaction::begin(&self.conn, &self.tx, None, false).await
     }
 
     /// Begins a transaction with an isolation level, `READ ONLY` or `DEFERRABLE`; a `Usage`
     /// error inside an open transaction, whose options cannot change.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`begin`](Self::begin): dropped once its `BEGIN` was written, the
+    /// transaction is open on the server with no [`SATransaction`] to end it.
     pub async fn begin_with(&self, options: TransactionOptions) -> Result<SATransaction> {
         SATransaction::begin(&self.conn, &self.tx, Some(options), false).await
     }
 
     /// Begins a nested transaction: a `SAVEPOINT` inside an open transaction (any depth), or
     /// a transaction when none is open.
+    ///
+    /// # Cancel safety
+    ///
+    /// Inside a transaction, dropped once its `SAVEPOINT` was written, the savepoint exists on the
+    /// server unused until the transaction ends, which is harmless. Outside one, as
+    /// [`begin`](Self::begin): not cancel safe.
     pub async fn begin_nested(&self) -> Result<SATransaction> {
         SATransaction::begin(&self.conn, &self.tx, None, true).await
     }
@@ -293,6 +359,11 @@ impl SAConnection {
     ///
     /// `Usage` inside a transaction (a two-phase transaction is the outermost one) and for an
     /// invalid `xid`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`begin`](Self::begin): dropped once its `BEGIN` was written, the
+    /// transaction is open on the server with no [`SATransaction`] to end it.
     pub async fn begin_twophase(&self, xid: Option<&str>) -> Result<SATransaction> {
         SATransaction::begin_twophase(&self.conn, &self.tx, xid).await
     }
@@ -300,6 +371,10 @@ impl SAConnection {
     /// The identifiers of the transactions prepared in this database and not yet committed or
     /// rolled back (prepared transactions of other databases cannot be finished from here, so
     /// they are not listed), oldest first.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only reads.
     pub async fn recover_twophase(&self) -> Result<Vec<String>> {
         let rows = self
             .conn
@@ -314,6 +389,12 @@ impl SAConnection {
 
     /// Commits a prepared transaction (`COMMIT PREPARED`), whichever session prepared it.
     /// Outside a transaction block only (the server's error says so otherwise).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe: dropped once its statement was written, it runs and its
+    /// answer is discarded, so whether the transaction was committed is not known.
+    /// [`recover_twophase`](Self::recover_twophase) tells whether `xid` is still prepared.
     pub async fn commit_prepared(&self, xid: &str) -> Result<()> {
         crate::transaction::check_xid(xid)?;
         let sql = format!("COMMIT PREPARED {}", crate::transaction::xid_literal(xid));
@@ -321,6 +402,11 @@ impl SAConnection {
     }
 
     /// Rolls back a prepared transaction (`ROLLBACK PREPARED`), whichever session prepared it.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe, as [`commit_prepared`](Self::commit_prepared):
+    /// [`recover_twophase`](Self::recover_twophase) tells whether `xid` is still prepared.
     pub async fn rollback_prepared(&self, xid: &str) -> Result<()> {
         crate::transaction::check_xid(xid)?;
         let sql = format!("ROLLBACK PREPARED {}", crate::transaction::xid_literal(xid));
@@ -338,6 +424,11 @@ impl SAConnection {
     }
 
     /// Gives the connection back to the pool; an open transaction is rolled back.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping the future drops the connection all the same, which
+    /// gives it back to the pool.
     pub async fn close(self) {
         drop(self.conn);
     }

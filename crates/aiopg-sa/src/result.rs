@@ -131,6 +131,16 @@ enum Source {
 /// rows are fetched as they arrive (memory stays bounded whatever the result size), the
 /// result closes itself when exhausted and at once for a statement that returns no rows, and
 /// fetching from a closed result is an error saying so.
+///
+/// # Cancel safety
+///
+/// [`fetchone`](Self::fetchone), [`first`](Self::first), [`scalar`](Self::scalar) and the
+/// `Stream` implementation's `poll_next` are cancel safe: a row is taken from the connection
+/// only when it is returned. [`fetchmany`](Self::fetchmany) and
+/// [`fetchall`](Self::fetchall) are not: the rows a dropped call had taken are lost, and the
+/// result goes on after them. Dropping the result, or [`close`](Self::close), keeps the
+/// connection in step: the statement runs to its end, and the rows not fetched are read and
+/// discarded by whoever drives the connection next.
 pub struct ResultProxy {
     source: Source,
     columns: Arc<[Column]>,
@@ -211,6 +221,10 @@ impl ResultProxy {
     }
 
     /// The next row; `None` (and the result closes) once exhausted.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping the future loses no row, and the result stays open.
     pub async fn fetchone(&mut self) -> Result<Option<RowProxy>> {
         if self.closed {
             return Err(closed_error());
@@ -232,11 +246,22 @@ impl ResultProxy {
     }
 
     /// Up to `n` more rows (fewer at the end).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe: the rows taken before the future was dropped are lost, and
+    /// the result goes on after them. Use [`fetchone`](Self::fetchone) or the `Stream`
+    /// implementation in a `select!`.
     pub async fn fetchmany(&mut self, n: usize) -> Result<Vec<RowProxy>> {
         self.fetch_up_to(n).await
     }
 
     /// Every remaining row; the result closes.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe: the rows taken before the future was dropped are lost, and
+    /// the result goes on after them.
     pub async fn fetchall(&mut self) -> Result<Vec<RowProxy>> {
         self.fetch_up_to(usize::MAX).await
     }
@@ -276,6 +301,11 @@ impl ResultProxy {
     }
 
     /// The first row, and the result closes (the rest is discarded).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: as [`fetchone`](Self::fetchone), and the result closes only
+    /// when the call returns.
     pub async fn first(&mut self) -> Result<Option<RowProxy>> {
         let row = self.fetchone().await?;
         self.close();
@@ -284,6 +314,10 @@ impl ResultProxy {
 
     /// The first column of the first row (`None` without rows, or for NULL); the result
     /// closes.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`first`](Self::first).
     pub async fn scalar<T: FromSqlOwned>(&mut self) -> Result<Option<T>> {
         match self.first().await? {
             Some(row) => row.try_get::<Option<T>>(0),

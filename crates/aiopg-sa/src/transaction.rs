@@ -46,6 +46,17 @@ enum Kind {
 /// Dropping an active outermost transaction or savepoint rolls it back (the statement is
 /// queued at once); a prepared two-phase transaction is left prepared on the server (that is
 /// its point: find it with `recover_twophase()`).
+///
+/// # Cancel safety
+///
+/// Ending a transaction is not cancel safe. [`commit`](Self::commit) and
+/// [`rollback`](Self::rollback) make the transaction inactive on their first poll, so
+/// dropping them afterwards sends nothing more, but the connection's record of the open
+/// outermost transaction is cleared only when the call completes: after such a drop, every
+/// later `begin()` on the same [`SAConnection`](crate::SAConnection) joins that stale record
+/// instead of sending `BEGIN`, so its `commit()` does nothing. Give the connection back to
+/// the pool after a dropped commit or rollback: the pool rolls back whatever is open. Each
+/// method says more.
 pub struct SATransaction {
     conn: Connection,
     shared: Shared,
@@ -177,6 +188,17 @@ impl SATransaction {
     /// `Usage` for a transaction that is not two-phase, one already prepared, or an inactive
     /// one. If the server refuses (`max_prepared_transactions` is 0, a serialization failure),
     /// the transaction is rolled back, as PostgreSQL does, and becomes inactive.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. Dropped while the `PREPARE TRANSACTION` waits to be
+    /// written, it is taken back and nothing changes. Dropped after, the transaction may have been
+    /// prepared, but this handle does not record it: it goes on as unprepared (dropping it sends a
+    /// `ROLLBACK`, which does not reach a prepared transaction), and until it is dropped a
+    /// `begin()` on the connection joins it. Find `xid` with
+    /// [`recover_twophase`](crate::SAConnection::recover_twophase) and finish it with
+    /// [`commit_prepared`](crate::SAConnection::commit_prepared) or
+    /// [`rollback_prepared`](crate::SAConnection::rollback_prepared).
     pub async fn prepare(&mut self) -> Result<()> {
         let active = self.is_active();
         let Kind::TwoPhase { xid, prepared } = &mut self.kind else {
@@ -208,6 +230,20 @@ impl SATransaction {
     /// Commits: the outermost transaction sends `COMMIT`, a savepoint is released, a joined
     /// `begin()` does nothing (its outer transaction commits). Committing an inactive
     /// transaction (twice, or after a rollback) is an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// A joined transaction's commit does no I/O and is cancel safe; so is a savepoint's (its work
+    /// is kept whether or not the `RELEASE` was sent). For the outermost transaction this method
+    /// is not cancel safe. Dropped before its first poll, the transaction is dropped with it and
+    /// rolled back. From its first poll it is inactive, and dropping it sends nothing more:
+    /// dropped once the `COMMIT` was written, it runs unseen (whether it committed is not known);
+    /// dropped while the `COMMIT` waited to be written, it is taken back and the transaction stays
+    /// open on the server. Either way the connection goes on counting the transaction as open, so
+    /// a later `begin()` on it joins instead of beginning (see the
+    /// [type's section](SATransaction#cancel-safety)). For a prepared two-phase transaction, a
+    /// `COMMIT PREPARED` already sent runs, unseen:
+    /// [`recover_twophase`](crate::SAConnection::recover_twophase) tells.
     pub async fn commit(mut self) -> Result<()> {
         if !self.is_active() {
             self.active = false;
@@ -240,6 +276,17 @@ impl SATransaction {
     /// Rolls back: the outermost transaction or a joined `begin()` roll the whole transaction
     /// back (so the outer one becomes inactive), a savepoint rolls back to where it began.
     /// Rolling back an inactive transaction does nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is not cancel safe. Dropped before its first poll, the transaction is dropped
+    /// with it, which rolls back an outermost transaction or a savepoint (a joined
+    /// transaction's drop does nothing). From its first poll it is inactive: a `ROLLBACK` (or
+    /// `ROLLBACK TO SAVEPOINT`, `ROLLBACK PREPARED`) already written runs, unseen; one that still
+    /// waited to be written is taken back, and the work is **not** undone. For the outermost or a
+    /// joined transaction, the connection goes on counting the transaction as open either way, so
+    /// a later `begin()` on it joins instead of beginning (see the
+    /// [type's section](SATransaction#cancel-safety)).
     pub async fn rollback(mut self) -> Result<()> {
         if !self.is_active() {
             self.active = false;
