@@ -73,7 +73,8 @@ commands:
   demo [--all]          run examples/quickstart and examples/sa (with --all, every example
                         of examples/) on each runtime against a cluster
   bench [args..]        run aiopg-bench (release) against a benchmark-tuned cluster
-                        (AIOPG_BENCH_DSN, AIOPG_BENCH_PG_BINDIR)
+                        (AIOPG_BENCH_DSN, AIOPG_BENCH_PG_BINDIR); with --smoke, an
+                        unoptimised build runs every workload briefly
   fuzz [--seconds N] [--target NAME] [--require]
                         run the cargo-fuzz targets of fuzz/ (dsn, pgpass, mogrify,
                         server) for N seconds each (default 60) and print the
