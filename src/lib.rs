@@ -35,6 +35,32 @@
 //! from inside a tokio runtime, else smol, else async-std; [`ConnectOptions::runtime`] picks
 //! one explicitly.
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tokio`, `smol`, `async-std` | `tokio` | the runtimes (above) |
+//! | `derive` | yes | `#[derive(FromRow)]` |
+//! | `sa` | | `aiopg::sa`: Python's `aiopg.sa` on sea-query |
+//! | `metrics` | | the pool's metrics through the `metrics` crate ([`Pool`]'s docs, "Metrics") |
+//! | `derive-types` | | `#[derive(ToSql, FromSql)]` for enums, composites and domains |
+//! | `with-serde_json-1` (alias `json`) | | json, jsonb ⇄ `serde_json::Value`, `Json<T>` |
+//! | `with-uuid-1` (alias `uuid`) | | uuid ⇄ `uuid::Uuid` |
+//! | `with-chrono-0_4`, `with-time-0_3`, `with-jiff-0_2` | | date, time, timestamp, timestamptz |
+//! | `with-rust_decimal-1` | | numeric ⇄ `rust_decimal::Decimal` |
+//! | `with-cidr-0_2`, `with-cidr-0_3` | | inet, cidr ⇄ `cidr::IpInet`, `IpCidr` |
+//! | `with-eui48-1` | | macaddr ⇄ `eui48::MacAddress` |
+//! | `with-bit-vec-0_6` to `with-bit-vec-0_9` | | bit, varbit ⇄ `bit_vec::BitVec` |
+//! | `with-geo-types-0_7` | | point, box, path ⇄ geo-types |
+//! | `with-smol_str-01` | | text ⇄ `smol_str::SmolStr` |
+//! | `array-impls` | | one-dimensional arrays ⇄ `[T; N]` |
+//!
+//! TLS is always built in (rustls with ring: no OpenSSL, no C toolchain); `sslmode` decides
+//! whether it is used. Without a type feature, the built-in mappings apply: integers,
+//! floats, `bool`, `String`/`&str`, `Vec<u8>`, `SystemTime`, `IpAddr`, `HashMap` for hstore,
+//! `Vec<T>` for arrays, `Option<T>` for NULL. postgres-types' older majors (time 0.2, uuid
+//! 0.8, eui48 0.4, geo-types 0.6, jiff 0.1) are not forwarded.
+//!
 //! # Pipelining and cancel safety
 //!
 //! A [`Connection`] is cheap to clone; queries issued at once from clones or tasks are
@@ -58,6 +84,7 @@
 //!
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use aiopg_conn::{
     connect, BinaryCopyInWriter, BinaryCopyOutStream, BinaryCopyRow, Column, ConnectOptions,
@@ -71,7 +98,7 @@ pub use aiopg_core::config::{self, Config};
 pub use aiopg_core::error::{DbError, ErrorPosition, Severity, SqlState};
 pub use aiopg_core::from_row::FromRow;
 pub use aiopg_core::types;
-pub use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
+pub use aiopg_core::{Error, ErrorKind, Result, RowIndex, TransactionStatus};
 pub use aiopg_cursor::{
     CopyFile, CopyOptions, Cursor, CursorExt, CursorOptions, Description, ScrollMode,
 };
@@ -79,7 +106,8 @@ pub use aiopg_cursor::{
 pub use aiopg_derive::FromRow;
 pub use aiopg_pool::{
     create_pool, IntoConnectOptions, OnConnect, Pool, PoolBuilder, PoolStats, PooledConnection,
-    PooledCursor, Reuse,
+    PooledCursor, Reuse, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE,
+    DEFAULT_TEST_AFTER_IDLE,
 };
 
 /// Python's `aiopg.sa`: an engine over the pool, sea-query statements bound as parameters,

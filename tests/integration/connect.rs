@@ -92,6 +92,43 @@ rt_test! {
 }
 
 rt_test! {
+    async fn client_encoding_other_than_utf8_is_refused_and_utf8_names_are_accepted() {
+        let base = support::dsn();
+        for name in ["LATIN1", "SQL_ASCII", "win1252"] {
+            let err = aiopg::connect(&format!("{base} client_encoding={name}"))
+                .await
+                .expect_err(name);
+            assert_eq!(err.kind(), ErrorKind::Config, "{name}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("client_encoding") && text.contains(name), "{text}");
+        }
+        for name in ["UTF8", "utf-8", "unicode", "auto"] {
+            let conn = aiopg::connect(&format!("{base} client_encoding={name}"))
+                .await
+                .unwrap_or_else(|e| panic!("client_encoding={name}: {e}"));
+            assert_eq!(conn.parameter_status("client_encoding").as_deref(), Some("UTF8"));
+            let rows = conn.query("SELECT 'é'::text", &[]).await.unwrap();
+            assert_eq!(rows[0].get::<&str>(0), "é");
+        }
+    }
+}
+
+rt_test! {
+    async fn fallback_application_name_names_the_session_unless_application_name_does() {
+        let base = support::dsn();
+        let show = |dsn: String| async move {
+            let conn = aiopg::connect(&dsn).await.unwrap();
+            let rows = conn.query("SHOW application_name", &[]).await.unwrap();
+            rows[0].get::<String>(0)
+        };
+        let fallback = format!("{base} application_name='' fallback_application_name=fb_app");
+        assert_eq!(show(fallback).await, "fb_app");
+        let both = format!("{base} application_name=main_app fallback_application_name=fb_app");
+        assert_eq!(show(both).await, "main_app");
+    }
+}
+
+rt_test! {
     async fn tcp_connection_reports_identity() {
         let conn = connect().await;
         let rows = conn

@@ -312,6 +312,20 @@ rt_test! {
 }
 
 rt_test! {
+    async fn reset_on_release_under_transaction_pooling_is_refused_at_build() {
+        let opts = options(&dsn()).transaction_pooling(true);
+        let err = Pool::builder(opts)
+            .runtime(runtime())
+            .reset_on_release(true)
+            .build()
+            .await
+            .expect_err("reset_on_release with transaction_pooling");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("reset_on_release"), "{err}");
+    }
+}
+
+rt_test! {
     async fn recycle_replaces_old_connections() {
         let recycle = Duration::from_millis(200);
         let pool = builder(&app_name("recycle"))

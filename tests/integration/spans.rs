@@ -330,3 +330,83 @@ rt_test! {
         quiet.close().await;
     }
 }
+
+rt_test! {
+    async fn row_streams_and_typed_queries_have_statement_spans() {
+        use futures_util::StreamExt;
+        let (cap, _guard) = capture();
+        let conn = options(&dsn())
+            .trace_query_text(true)
+            .echo(true)
+            .log_slow_statements(Some(Duration::from_millis(20)))
+            .connect()
+            .await
+            .unwrap();
+        // A stream's span lasts until its last row: the slow log counts the whole read.
+        let mut rows = conn
+            .query_stream("SELECT g, pg_sleep(0.03) FROM generate_series(1, 2) g /* streamed */", &[])
+            .await
+            .unwrap();
+        let mut n = 0;
+        while let Some(row) = rows.next().await {
+            row.unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 2);
+        // A stream that fails mid-way records the error on its span.
+        let mut rows = conn
+            .query_stream("SELECT 1 / (g - 2) FROM generate_series(1, 3) g /* fails */", &[])
+            .await
+            .unwrap();
+        let mut failed = None;
+        while let Some(row) = rows.next().await {
+            if let Err(e) = row {
+                failed = Some(e);
+            }
+        }
+        assert_eq!(failed.expect("division by zero").code().map(|c| c.code()), Some("22012"));
+        let typed: Vec<(i32,)> = conn.query_as("SELECT 7 /* typed */", &[]).await.unwrap();
+        assert_eq!(typed, [(7,)]);
+
+        let stmts = cap.spans("aiopg.statement");
+        let with_text = |marker: &str| -> Vec<Seen> {
+            stmts
+                .iter()
+                .filter(|s| field(s, "db.query.text").is_some_and(|t| t.contains(marker)))
+                .cloned()
+                .collect()
+        };
+        let streamed = with_text("/* streamed */");
+        assert_eq!(streamed.len(), 1, "one span for the stream: {stmts:?}");
+        assert_eq!(field(&streamed[0], "db.operation.name"), Some("SELECT"));
+        assert!(field(&streamed[0], "error.type").is_none(), "{streamed:?}");
+        let fails = with_text("/* fails */");
+        assert_eq!(fails.len(), 1, "{stmts:?}");
+        assert_eq!(field(&fails[0], "db.response.status_code"), Some("22012"));
+        assert_eq!(field(&fails[0], "otel.status_code"), Some("ERROR"));
+        let typed = with_text("/* typed */");
+        assert_eq!(typed.len(), 1, "query_as: one span, not one per layer: {stmts:?}");
+
+        let events = cap.events.lock().unwrap().clone();
+        let echoed = |marker: &str| {
+            events
+                .iter()
+                .filter(|e| {
+                    e.target == "aiopg::statement"
+                        && e.fields.get("message").is_some_and(|m| m.contains(marker))
+                })
+                .count()
+        };
+        assert_eq!(echoed("/* streamed */"), 1);
+        assert_eq!(echoed("/* typed */"), 1, "query_as echoes once");
+        let slow: Vec<&Logged> = events
+            .iter()
+            .filter(|e| e.target == "aiopg::slow_statement")
+            .collect();
+        assert!(
+            slow.iter().any(|e| e.fields["message"].contains("/* streamed */")),
+            "the stream read for 60 ms: {slow:?}"
+        );
+        conn.close().await;
+    }
+}

@@ -148,8 +148,9 @@ impl ConnectOptions {
     }
 
     /// Python aiopg's `enable_json` switch, kept for parity. In Rust the type you read a
-    /// column as decides its decoding (`serde_json::Value` with the `with-serde_json-1`
-    /// feature, or `String`), so json and jsonb work whatever this says.
+    /// column as decides its decoding: `serde_json::Value` (or `Json<T>` for a serde type)
+    /// with the `with-serde_json-1` feature, so json and jsonb work whatever this says.
+    /// Without the feature, read them as text in SQL (`col::text`) into a `String`.
     pub fn enable_json(self, _enable: bool) -> Self {
         self
     }
@@ -187,6 +188,11 @@ impl ConnectOptions {
             self.statement_cache_size = 0;
         }
         self
+    }
+
+    /// Whether [`transaction_pooling`](Self::transaction_pooling) is on.
+    pub fn is_transaction_pooling(&self) -> bool {
+        self.transaction_pooling
     }
 
     /// How many notifications, and separately how many notices, the connection keeps for
@@ -720,13 +726,33 @@ async fn connect_target_inner(
         .get_user()
         .ok_or_else(|| Error::config("user", "no user name: set user in the DSN or PGUSER"))?;
 
+    // Rows decode into Rust strings, which are UTF-8: the session always speaks UTF8, and a
+    // client_encoding asking for another is refused rather than ignored.
+    if let Some(enc) = config.get_client_encoding() {
+        if !is_utf8_encoding(enc) {
+            return Err(Error::config(
+                "client_encoding",
+                format!(
+                    "aiopg speaks UTF8 only (Rust strings are UTF-8), not {}; remove the \
+                     setting (or PGCLIENTENCODING) or set it to UTF8: the server converts \
+                     from the database's encoding",
+                    aiopg_core::error::elide(enc)
+                ),
+            ));
+        }
+    }
+
     // Start-up.
     let mut buf = BytesMut::new();
     let mut params: Vec<(&str, &str)> = vec![("user", user), ("client_encoding", "UTF8")];
     if let Some(db) = config.get_dbname() {
         params.push(("database", db));
     }
-    if let Some(app) = config.get_application_name() {
+    // As in libpq: fallback_application_name names the session when application_name does not.
+    if let Some(app) = config
+        .get_application_name()
+        .or(config.get_fallback_application_name())
+    {
         params.push(("application_name", app));
     }
     if let Some(opts) = config.get_options() {
@@ -1143,4 +1169,12 @@ pub(crate) async fn cancel(shared: &Shared) -> Result<()> {
         Ok(r) => r,
         Err(_) => Err(Error::timeout("sending the cancel request")),
     }
+}
+
+/// True for the names PostgreSQL (and libpq's `auto`) accept for UTF-8: `UTF8`, `UTF-8`,
+/// `unicode` in any case, and `auto` (Rust programs read and write UTF-8 whatever the locale).
+fn is_utf8_encoding(name: &str) -> bool {
+    ["utf8", "utf-8", "unicode", "auto"]
+        .iter()
+        .any(|n| name.trim().eq_ignore_ascii_case(n))
 }

@@ -16,6 +16,7 @@ use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 
 use crate::collect::{Collector, StreamRows};
 use crate::connection::{encode_execute, is_stale_statement, Param};
+use crate::trace::{self, StatementTrace};
 use crate::{Connection, Statement};
 
 /// The rows of one statement, decoded as they arrive: from [`Connection::query_stream`].
@@ -47,6 +48,8 @@ pub struct RowStream {
     done: bool,
     rows_affected: Option<u64>,
     tag: Option<String>,
+    /// The statement's span, open until the last row (or an error) is read, or the drop.
+    trace: StatementTrace,
 }
 
 impl fmt::Debug for RowStream {
@@ -101,7 +104,11 @@ impl Stream for RowStream {
                 drop(st);
                 Poll::Ready(this.rows.pop_front().map(Ok))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                drop(st);
+                this.trace.finish(&this.conn.shared, Some(&e));
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => {
                 let (affected, tag) = st
                     .finish_buffered::<StreamRows>(this.id)
@@ -110,6 +117,7 @@ impl Stream for RowStream {
                 this.done = true;
                 this.rows_affected = affected;
                 this.tag = tag;
+                this.trace.finish(&this.conn.shared, None);
                 Poll::Ready(None)
             }
         }
@@ -165,11 +173,27 @@ impl Connection {
         stmt: &Statement,
         params: &[Param<'_>],
     ) -> Result<RowStream> {
+        self.stream(
+            stmt,
+            params,
+            StatementTrace::start(&self.shared, stmt.sql()),
+        )
+    }
+
+    /// Queues `stmt`'s execution; its rows go to the stream returned, which ends `trace`.
+    fn stream(
+        &self,
+        stmt: &Statement,
+        params: &[Param<'_>],
+        mut trace: StatementTrace,
+    ) -> Result<RowStream> {
         let columns = stmt.columns_arc().clone();
-        let id = self.issue(|st| {
-            encode_execute(st, stmt, params)?;
-            Ok(Collector::stream(columns.clone()))
-        })?;
+        let id = self
+            .issue(|st| {
+                encode_execute(st, stmt, params)?;
+                Ok(Collector::stream(columns.clone()))
+            })
+            .inspect_err(|e| trace.finish(&self.shared, Some(e)))?;
         Ok(RowStream {
             conn: self.clone(),
             id,
@@ -178,6 +202,7 @@ impl Connection {
             done: false,
             rows_affected: None,
             tag: None,
+            trace,
         })
     }
 
@@ -231,10 +256,15 @@ impl Connection {
     /// rows start, and as a dropped [`RowStream`] after (the rows decoded so far are dropped, the
     /// rest is read and discarded).
     pub async fn query_as<T: FromRow>(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<T>> {
+        trace::statement(&self.shared, sql, self.query_as_inner(sql, params)).await
+    }
+
+    async fn query_as_inner<T: FromRow>(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<T>> {
         let mut retried = false;
         loop {
             let stmt = self.prepare(sql).await?;
-            let mut rows = self.query_stream_prepared(&stmt, params)?;
+            // The statement's span is query_as's own.
+            let mut rows = self.stream(&stmt, params, StatementTrace::none())?;
             let mut out = Vec::new();
             loop {
                 match std::future::poll_fn(|cx| Pin::new(&mut rows).poll_next(cx)).await {

@@ -155,34 +155,67 @@ pub(crate) async fn statement<T>(
     sql: &str,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let span = statement_span(shared, sql);
-    let echo = shared.trace.echo.load(Ordering::Relaxed);
-    let slow = shared.trace.slow_micros.load(Ordering::Relaxed);
-    if echo {
-        tracing::info!(target: "aiopg::statement", pid = shared.identity.backend_pid, "{sql}");
-    }
-    let started = (slow > 0).then(Instant::now);
-    let res = if span.is_disabled() {
+    let mut trace = StatementTrace::start(shared, sql);
+    let res = if trace.span.is_disabled() {
         fut.await
     } else {
-        fut.instrument(span.clone()).await
+        fut.instrument(trace.span.clone()).await
     };
-    if let Err(e) = &res {
-        record_error(&span, e);
-    }
-    if let Some(started) = started {
-        let took = started.elapsed();
-        if took.as_micros() >= u128::from(slow) {
-            tracing::warn!(
-                target: "aiopg::slow_statement",
-                pid = shared.identity.backend_pid,
-                elapsed_ms = took.as_secs_f64() * 1e3,
-                ok = res.is_ok(),
-                "slow statement: {sql}"
-            );
+    trace.finish(shared, res.as_ref().err());
+    res
+}
+
+/// One statement's span and logging, for a statement whose end is not one future's end (a
+/// [`RowStream`](crate::RowStream) ends when its last row is read): opened by
+/// [`start`](Self::start), which echoes the statement, closed by [`finish`](Self::finish),
+/// which records an error and logs a slow statement. Costs a disabled span and no clock read
+/// when nobody listens and no slow threshold is set.
+pub(crate) struct StatementTrace {
+    pub(crate) span: Span,
+    /// With a slow-statement threshold: when it began, the threshold in µs, and its text.
+    started: Option<(Instant, u64, Box<str>)>,
+}
+
+impl StatementTrace {
+    pub(crate) fn start(shared: &Shared, sql: &str) -> StatementTrace {
+        let span = statement_span(shared, sql);
+        if shared.trace.echo.load(Ordering::Relaxed) {
+            tracing::info!(target: "aiopg::statement", pid = shared.identity.backend_pid, "{sql}");
+        }
+        let slow = shared.trace.slow_micros.load(Ordering::Relaxed);
+        StatementTrace {
+            span,
+            started: (slow > 0).then(|| (Instant::now(), slow, sql.into())),
         }
     }
-    res
+
+    /// No span and no logging: for a statement inside another one's trace.
+    pub(crate) fn none() -> StatementTrace {
+        StatementTrace {
+            span: Span::none(),
+            started: None,
+        }
+    }
+
+    /// Ends the statement (`error`: how it failed); a second call does nothing.
+    pub(crate) fn finish(&mut self, shared: &Shared, error: Option<&Error>) {
+        if let Some(e) = error {
+            record_error(&self.span, e);
+        }
+        if let Some((started, slow, sql)) = self.started.take() {
+            let took = started.elapsed();
+            if took.as_micros() >= u128::from(slow) {
+                tracing::warn!(
+                    target: "aiopg::slow_statement",
+                    pid = shared.identity.backend_pid,
+                    elapsed_ms = took.as_secs_f64() * 1e3,
+                    ok = error.is_none(),
+                    "slow statement: {sql}"
+                );
+            }
+        }
+        self.span = Span::none();
+    }
 }
 
 /// The span of a transaction, from BEGIN to its end; its statements are its children.

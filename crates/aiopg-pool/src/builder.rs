@@ -254,6 +254,10 @@ impl PoolBuilder {
 
     /// On release, also runs `UNLISTEN *` and `RESET ALL`, so that the next user does not
     /// inherit `LISTEN`s or `SET`s (default: off).
+    ///
+    /// Refused by [`build`](Self::build) with options using
+    /// [`ConnectOptions::transaction_pooling`], where the pooler resets server connections
+    /// itself and these statements are refused.
     pub fn reset_on_release(mut self, reset: bool) -> Self {
         self.settings.reset_on_release = reset;
         self
@@ -340,6 +344,17 @@ impl PoolBuilder {
                     "min_size ({}) is larger than max_size ({})",
                     settings.min_size, settings.max_size
                 ),
+            ));
+        }
+        if settings.reset_on_release && options.is_transaction_pooling() {
+            // `UNLISTEN *; RESET ALL` is session state work that transaction pooling refuses
+            // (and that the pooler does itself between clients): every release would
+            // close the connection instead.
+            return Err(Error::config(
+                "reset_on_release",
+                "cannot be combined with ConnectOptions::transaction_pooling: the pooler \
+                 resets server connections itself (PgBouncer's server_reset_query), and \
+                 UNLISTEN and RESET ALL are refused under transaction pooling",
             ));
         }
         if let Some(rt) = &self.runtime {

@@ -117,6 +117,7 @@
 //!   usage error; Python aiopg's keeps working, on the connection its next user now has.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod metrics;

@@ -284,7 +284,8 @@ impl RequireAuth {
                 .ok_or_else(|| {
                     let accepted: Vec<&str> = AuthMethod::NAMES.iter().map(|(n, _)| *n).collect();
                     ctx.err(format!(
-                        "invalid method{} in `require_auth`; accepted methods: {} (each may                          be negated with `!`)",
+                        "invalid method{} in `require_auth`; accepted methods: {} (each may be \
+                         negated with `!`)",
                         ctx.shown(name),
                         accepted.join(", ")
                     ))
@@ -802,7 +803,8 @@ impl Config {
         {
             return Err(Error::config(
                 name("sslnegotiation"),
-                "sslnegotiation=direct needs sslmode=require, verify-ca or verify-full: a                  server that does not speak TLS at once cannot fall back to plaintext",
+                "sslnegotiation=direct needs sslmode=require, verify-ca or verify-full: a \
+                 server that does not speak TLS at once cannot fall back to plaintext",
             ));
         }
         if self.ssl_root_cert.as_deref() == Some(Path::new("system")) {
@@ -902,7 +904,10 @@ impl Config {
         self
     }
 
-    /// Sets `client_encoding` (`auto` picks it from the locale, as in libpq).
+    /// Sets `client_encoding`. aiopg-conn speaks UTF8 only (Rust strings are UTF-8): `UTF8`,
+    /// `UTF-8`, `unicode` and `auto` are accepted, and connecting with any other value fails
+    /// with a config error naming `client_encoding` (the server converts from the
+    /// database's own encoding, whatever that is).
     pub fn client_encoding(&mut self, encoding: impl Into<String>) -> &mut Config {
         self.client_encoding = non_empty(encoding);
         self
