@@ -10,7 +10,7 @@ use aiopg::ErrorKind;
 use crate::support::{options, require_cluster, rt_test};
 
 /// A loopback port nothing listens on.
-fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     l.local_addr().expect("address").port()
 }

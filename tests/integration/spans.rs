@@ -410,3 +410,26 @@ rt_test! {
         conn.close().await;
     }
 }
+
+rt_test! {
+    async fn the_connect_span_names_the_server_it_reached() {
+        let Some(cluster) = crate::support::require_cluster("spans") else { return };
+        let (cap, _guard) = capture();
+        let dead = crate::hosts::closed_port();
+        let conn = options(&format!(
+            "host=127.0.0.1,127.0.0.1 port={dead},{} user=aiopg_trust dbname=postgres \
+             sslmode=disable",
+            cluster.port
+        ))
+        .connect()
+        .await
+        .expect("the second host is up");
+        let connects = cap.spans("aiopg.connect");
+        assert_eq!(connects.len(), 1, "{connects:?}");
+        // Not the first host of the list, which refused the connection.
+        assert_eq!(field(&connects[0], "server.port"), Some(cluster.port.to_string().as_str()));
+        assert_eq!(field(&connects[0], "server.address"), Some("127.0.0.1"));
+        assert!(field(&connects[0], "otel.status_code").is_none(), "{connects:?}");
+        conn.close().await;
+    }
+}

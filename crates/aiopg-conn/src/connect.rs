@@ -251,7 +251,12 @@ impl ConnectOptions {
             .instrument(span.clone())
             .await
         {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                if !span.is_disabled() {
+                    crate::trace::record_server(&span, &conn.shared);
+                }
+                conn
+            }
             Err(e) => {
                 crate::trace::record_error(&span, &e);
                 return Err(e);

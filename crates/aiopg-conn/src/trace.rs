@@ -80,7 +80,7 @@ pub(crate) fn operation(sql: &str) -> Option<String> {
 }
 
 /// Records the server's address, port and database on `span`.
-fn record_server(span: &Span, shared: &Shared) {
+pub(crate) fn record_server(span: &Span, shared: &Shared) {
     let id = &shared.identity;
     record_host(span, &id.host, id.port);
     if let Some(db) = id.config.get_dbname().or(id.config.get_user()) {
@@ -261,7 +261,7 @@ pub(crate) fn connect_span(config: &aiopg_core::Config) -> Span {
         server.port = Empty,
     );
     if !span.is_disabled() {
-        // The first host of the list (the connection may reach another).
+        // The first host of the list, until the connection knows the one it reached.
         if let Some(host) = config.get_hosts().first() {
             record_host(
                 &span,
