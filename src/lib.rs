@@ -118,7 +118,7 @@ pub use aiopg_sa as sa;
 /// What the code `#[derive(FromRow)]` generates names; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use aiopg_core::from_row::__derive::field_error;
+    pub use aiopg_core::from_row::__derive::{field_error, try_from_failed};
     pub use aiopg_core::from_row::{check_column_count, has_column, FromRow};
     pub use aiopg_core::types::FromSqlOwned;
     pub use aiopg_core::{Error, Result, Row};

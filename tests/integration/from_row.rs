@@ -276,3 +276,70 @@ rt_test! {
         assert_eq!(tuples[2], (3, "3".to_owned()));
     }
 }
+
+/// Columns named the way a JSON-minded schema names them, read into snake_case fields.
+#[derive(Debug, PartialEq, FromRow)]
+#[aiopg(rename_all = "camelCase")]
+struct Account {
+    account_id: i32,
+    created_by: String,
+    /// An explicit rename wins over `rename_all`.
+    #[aiopg(rename = "KIND")]
+    kind: String,
+    /// Stored as bigint, used as u32: out-of-range values are errors, not wraps.
+    #[aiopg(try_from = "i64")]
+    quota: u32,
+    /// Absent in some queries, converted when present.
+    #[aiopg(try_from = "i32", default)]
+    level: u8,
+}
+
+rt_test! {
+    async fn from_row_rename_all_and_try_from() {
+        let row = one_row(
+            r#"SELECT 1::int4 AS "accountId", 'ann'::text AS "createdBy", 'x'::text AS "KIND",
+                      4000000000::int8 AS quota, 3::int4 AS level"#,
+        )
+        .await;
+        let a = Account::from_row(&row).unwrap();
+        assert_eq!(
+            a,
+            Account {
+                account_id: 1,
+                created_by: "ann".into(),
+                kind: "x".into(),
+                quota: 4_000_000_000,
+                level: 3,
+            }
+        );
+        // `default` with `try_from`: the column is absent.
+        let row = one_row(
+            r#"SELECT 1::int4 AS "accountId", 'ann'::text AS "createdBy", 'x'::text AS "KIND",
+                      5::int8 AS quota"#,
+        )
+        .await;
+        assert_eq!(Account::from_row(&row).unwrap().level, 0);
+
+        // A value the target type cannot hold is a decode error naming the field and both
+        // types, and never quoting the value.
+        let row = one_row(
+            r#"SELECT 1::int4 AS "accountId", 'ann'::text AS "createdBy", 'x'::text AS "KIND",
+                      -98765::int8 AS quota"#,
+        )
+        .await;
+        let err = Account::from_row(&row).expect_err("-98765 into u32");
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        let text = err.to_string();
+        assert!(text.contains("quota") && text.contains("i64") && text.contains("u32"), "{text}");
+        assert!(!text.contains("98765"), "the value is not quoted: {text}");
+        // The column in the wrong case is missing (names match exactly, then ignoring ASCII
+        // case: "created_by" is neither).
+        let row = one_row(
+            r#"SELECT 1::int4 AS "accountId", 'ann'::text AS created_by, 'x'::text AS "KIND",
+                      5::int8 AS quota"#,
+        )
+        .await;
+        let err = Account::from_row(&row).expect_err("createdBy is missing");
+        assert!(err.to_string().contains("created_by"), "{err}");
+    }
+}

@@ -102,6 +102,16 @@ pub mod __derive {
     pub fn field_error(error: Error, ty: &str, field: &str) -> Error {
         error.context(format_args!("field `{field}` of `{ty}`"))
     }
+
+    /// A `#[aiopg(try_from = "...")]` conversion failed. The value is not quoted (it may be
+    /// secret), nor is the conversion's own error, which may quote it.
+    #[cold]
+    pub fn try_from_failed(from: &str, into: &str) -> Error {
+        Error::decode(
+            format!("the column's value, read as `{from}`, does not convert into `{into}`"),
+            None,
+        )
+    }
 }
 
 macro_rules! tuple_impls {

@@ -35,16 +35,21 @@ use syn::{Attribute, Data, DeriveInput, Fields, GenericParam, Ident, LitStr, Pat
 /// |---|---|
 /// | `#[aiopg(rename = "col")]` | read column `col` instead of the field's name |
 /// | `#[aiopg(default)]` | when the row has no such column, use `Default::default()` (a NULL is still an error unless the field is an `Option`) |
+/// | `#[aiopg(try_from = "i64")]` | read the column as an `i64`, then convert with `TryFrom<i64>` (a failed conversion is a decode error naming the field, never a panic) |
 /// | `#[aiopg(flatten)]` | build the field, whose type implements `FromRow`, from the same row |
 /// | `#[aiopg(skip)]` | read nothing: the field is `Default::default()` |
 ///
-/// `rename` and `default` combine; `flatten` and `skip` stand alone. Tuple struct fields take
-/// no attributes.
+/// `rename`, `default` and `try_from` combine; `flatten` and `skip` stand alone. Tuple struct
+/// fields take no attributes.
 ///
-/// # Container attribute
+/// # Container attributes
 ///
-/// `#[aiopg(crate = "path::to::aiopg")]` names the `aiopg` crate for the generated code, for
-/// a crate that reaches aiopg through a re-export. The default is `::aiopg`.
+/// - `#[aiopg(rename_all = "camelCase")]` reads each field (without a `rename` of its own)
+///   from its name in that case: `lowercase`, `UPPERCASE`, `snake_case`,
+///   `SCREAMING_SNAKE_CASE`, `kebab-case`, `camelCase` or `PascalCase` (`created_at` becomes
+///   `createdAt`).
+/// - `#[aiopg(crate = "path::to::aiopg")]` names the `aiopg` crate for the generated code,
+///   for a crate that reaches aiopg through a re-export. The default is `::aiopg`.
 ///
 /// Structs with lifetime parameters are not supported (rows decode into owned values);
 /// type parameters are, with the bounds their fields need added to the implementation.
@@ -121,11 +126,59 @@ impl Errors {
 const OWNED: &str = "a FromRow field owns its value: rows are read into owned types \
                      (String rather than &str, Vec<u8> rather than &[u8])";
 
-const FIELD_ATTRIBUTES: &str = "`rename = \"...\"`, `default`, `flatten` or `skip`";
+const FIELD_ATTRIBUTES: &str =
+    "`rename = \"...\"`, `default`, `try_from = \"Type\"`, `flatten` or `skip`";
+
+/// The cases `#[aiopg(rename_all = "...")]` accepts, turning a snake_case field name into the
+/// column name.
+const CASES: [&str; 7] = [
+    "lowercase",
+    "UPPERCASE",
+    "snake_case",
+    "SCREAMING_SNAKE_CASE",
+    "kebab-case",
+    "camelCase",
+    "PascalCase",
+];
+
+/// `field` (a Rust field name, snake_case) in `case`, one of [`CASES`].
+fn rename_case(field: &str, case: &str) -> String {
+    let words = field.split('_').filter(|w| !w.is_empty());
+    let capitalised = |w: &str| {
+        let mut c = w.chars();
+        c.next()
+            .map(|f| {
+                f.to_uppercase()
+                    .chain(c.flat_map(char::to_lowercase))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match case {
+        "lowercase" => field.to_lowercase(),
+        "UPPERCASE" => field.to_uppercase(),
+        "snake_case" => field.to_owned(),
+        "SCREAMING_SNAKE_CASE" => field.to_uppercase(),
+        "kebab-case" => words.collect::<Vec<_>>().join("-"),
+        "camelCase" => words
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    w.to_lowercase()
+                } else {
+                    capitalised(w)
+                }
+            })
+            .collect::<Vec<String>>()
+            .concat(),
+        "PascalCase" => words.map(capitalised).collect::<Vec<String>>().concat(),
+        _ => unreachable!("rename_all is checked against CASES"),
+    }
+}
 
 fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
-    let krate = container_attributes(&input.attrs, &mut errors);
+    let (krate, rename_all) = container_attributes(&input.attrs, &mut errors);
 
     let fields = match &input.data {
         Data::Struct(s) => &s.fields,
@@ -196,13 +249,36 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                         errors.push(syn::Error::new_spanned(ty, OWNED));
                         continue;
                     }
-                    Kind::Column { rename, default } => {
-                        let column = match rename {
-                            Some(lit) => lit,
-                            None => LitStr::new(&field_str, ident.span()),
+                    Kind::Column {
+                        rename,
+                        default,
+                        try_from,
+                    } => {
+                        let column = match (rename, &rename_all) {
+                            (Some(lit), _) => lit,
+                            (None, Some(case)) => {
+                                LitStr::new(&rename_case(&field_str, case), ident.span())
+                            }
+                            (None, None) => LitStr::new(&field_str, ident.span()),
                         };
-                        bound(ty, quote!(#p::FromSqlOwned));
-                        let read = fail(quote_spanned!(ty.span()=> __row.try_get::<#ty>(#column)));
+                        let read = match try_from {
+                            None => {
+                                bound(ty, quote!(#p::FromSqlOwned));
+                                fail(quote_spanned!(ty.span()=> __row.try_get::<#ty>(#column)))
+                            }
+                            Some(src) => {
+                                bound(&src, quote!(#p::FromSqlOwned));
+                                bound(ty, quote!(::core::convert::TryFrom<#src>));
+                                let src_str = src.to_token_stream().to_string().replace(' ', "");
+                                let ty_str = ty.to_token_stream().to_string().replace(' ', "");
+                                fail(quote_spanned! {ty.span()=>
+                                    __row.try_get::<#src>(#column).and_then(|__v| {
+                                        <#ty as ::core::convert::TryFrom<#src>>::try_from(__v)
+                                            .map_err(|_| #p::try_from_failed(#src_str, #ty_str))
+                                    })
+                                })
+                            }
+                        };
                         if default {
                             bound(ty, quote!(::core::default::Default));
                             quote_spanned! {ty.span()=>
@@ -296,9 +372,11 @@ fn mentions_any(tokens: TokenStream, params: &[&Ident]) -> bool {
         })
 }
 
-/// The crate path from `#[aiopg(crate = "...")]`, else `::aiopg`.
-fn container_attributes(attrs: &[Attribute], errors: &mut Errors) -> TokenStream {
+/// The crate path from `#[aiopg(crate = "...")]`, else `::aiopg`; the case of
+/// `#[aiopg(rename_all = "...")]`.
+fn container_attributes(attrs: &[Attribute], errors: &mut Errors) -> (TokenStream, Option<String>) {
     let mut krate: Option<Path> = None;
+    let mut rename_all: Option<String> = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("aiopg")) {
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
@@ -308,7 +386,23 @@ fn container_attributes(attrs: &[Attribute], errors: &mut Errors) -> TokenStream
                     return Err(meta.error("duplicate `crate` attribute"));
                 }
                 Ok(())
-            } else if ["rename", "default", "flatten", "skip"]
+            } else if meta.path.is_ident("rename_all") {
+                let lit: LitStr = meta.value()?.parse()?;
+                let case = lit.value();
+                if !CASES.contains(&case.as_str()) {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "unknown case `{case}` for rename_all: expected one of {}",
+                            CASES.join(", ")
+                        ),
+                    ));
+                }
+                if rename_all.replace(case).is_some() {
+                    return Err(meta.error("duplicate `rename_all` attribute"));
+                }
+                Ok(())
+            } else if ["rename", "default", "flatten", "skip", "try_from"]
                 .iter()
                 .any(|f| meta.path.is_ident(f))
             {
@@ -319,7 +413,8 @@ fn container_attributes(attrs: &[Attribute], errors: &mut Errors) -> TokenStream
             } else {
                 Err(meta.error(format!(
                     "unknown aiopg attribute `{}` on the struct: the struct takes \
-                     `crate = \"path::to::aiopg\"`, its fields take {FIELD_ATTRIBUTES}",
+                     `crate = \"path::to::aiopg\"` and `rename_all = \"...\"`, its fields take \
+                     {FIELD_ATTRIBUTES}",
                     path_str(&meta)
                 )))
             }
@@ -328,10 +423,11 @@ fn container_attributes(attrs: &[Attribute], errors: &mut Errors) -> TokenStream
             errors.push(e);
         }
     }
-    match krate {
+    let krate = match krate {
         Some(path) => path.into_token_stream(),
         None => quote!(::aiopg),
-    }
+    };
+    (krate, rename_all)
 }
 
 /// Where a named field's value comes from.
@@ -339,6 +435,8 @@ enum Kind {
     Column {
         rename: Option<LitStr>,
         default: bool,
+        /// Read the column as this type, then convert with `TryFrom`.
+        try_from: Option<Type>,
     },
     Flatten,
     Skip,
@@ -347,6 +445,7 @@ enum Kind {
 #[derive(Default)]
 struct FieldAttrs {
     rename: Option<LitStr>,
+    try_from: Option<Type>,
     default: Option<Span>,
     flatten: Option<Span>,
     skip: Option<Span>,
@@ -383,14 +482,24 @@ fn field_attributes(attrs: &[Attribute], errors: &mut Errors) -> Kind {
                     return Err(meta.error("duplicate `rename` attribute"));
                 }
                 Ok(())
+            } else if meta.path.is_ident("try_from") {
+                let lit: LitStr = meta.value()?.parse()?;
+                let ty: Type = lit.parse()?;
+                if a.try_from.replace(ty).is_some() {
+                    return Err(meta.error("duplicate `try_from` attribute"));
+                }
+                Ok(())
             } else if meta.path.is_ident("default") {
                 flag(&meta, &mut a.default, "default")
             } else if meta.path.is_ident("flatten") {
                 flag(&meta, &mut a.flatten, "flatten")
             } else if meta.path.is_ident("skip") {
                 flag(&meta, &mut a.skip, "skip")
-            } else if meta.path.is_ident("crate") {
-                Err(meta.error("`crate` is a struct attribute: put it on the struct, not a field"))
+            } else if meta.path.is_ident("crate") || meta.path.is_ident("rename_all") {
+                Err(meta.error(format!(
+                    "`{}` is a struct attribute: put it on the struct, not a field",
+                    path_str(&meta)
+                )))
             } else {
                 Err(meta.error(format!(
                     "unknown aiopg field attribute `{}`: expected {FIELD_ATTRIBUTES}",
@@ -408,6 +517,7 @@ fn field_attributes(attrs: &[Attribute], errors: &mut Errors) -> Kind {
             ("rename", a.rename.as_ref().map(LitStr::span)),
             ("default", a.default),
             ("flatten", a.flatten),
+            ("try_from", a.try_from.as_ref().map(Spanned::span)),
         ];
         for (name, _) in others.iter().filter(|(_, s)| s.is_some()) {
             errors.push(syn::Error::new(
@@ -432,11 +542,19 @@ fn field_attributes(attrs: &[Attribute], errors: &mut Errors) -> Kind {
                  struct's fields instead",
             ));
         }
+        if a.try_from.is_some() {
+            errors.push(syn::Error::new(
+                flatten,
+                "`try_from` does not combine with `flatten`: a flattened field is built from \
+                 the row, not converted from one column",
+            ));
+        }
         return Kind::Flatten;
     }
     Kind::Column {
         rename: a.rename,
         default: a.default.is_some(),
+        try_from: a.try_from,
     }
 }
 
@@ -531,6 +649,46 @@ mod tests {
         assert!(
             !out.contains("where"),
             "no bounds without type parameters: {out}"
+        );
+    }
+
+    #[test]
+    fn rename_all_and_try_from() {
+        let out = expand_str(
+            "#[aiopg(rename_all = \"camelCase\")] struct U { created_at: i64, \
+             #[aiopg(rename = \"ID\")] user_id: i32, #[aiopg(try_from = \"i64\")] n: u32 }",
+        )
+        .unwrap();
+        assert!(out.contains("(\"createdAt\")"), "{out}");
+        assert!(
+            out.contains("(\"ID\")"),
+            "rename wins over rename_all: {out}"
+        );
+        assert!(out.contains("try_get :: < i64 > (\"n\")"), "{out}");
+        assert!(out.contains("TryFrom < i64 >"), "{out}");
+        assert!(out.contains("try_from_failed (\"i64\" , \"u32\")"), "{out}");
+        let cases = [
+            ("lowercase", "ab_cd"),
+            ("UPPERCASE", "AB_CD"),
+            ("snake_case", "ab_cd"),
+            ("SCREAMING_SNAKE_CASE", "AB_CD"),
+            ("kebab-case", "ab-cd"),
+            ("camelCase", "abCd"),
+            ("PascalCase", "AbCd"),
+        ];
+        for (case, want) in cases {
+            assert_eq!(rename_case("ab_cd", case), want, "{case}");
+        }
+        let err = expand_str("#[aiopg(rename_all = \"Title\")] struct U { a: i32 }").unwrap_err();
+        assert!(err.contains("unknown case `Title`"), "{err}");
+        let err =
+            expand_str("struct U { #[aiopg(rename_all = \"lowercase\")] a: i32 }").unwrap_err();
+        assert!(err.contains("`rename_all` is a struct attribute"), "{err}");
+        let err =
+            expand_str("struct U { #[aiopg(flatten, try_from = \"i64\")] a: A }").unwrap_err();
+        assert!(
+            err.contains("`try_from` does not combine with `flatten`"),
+            "{err}"
         );
     }
 
