@@ -10,8 +10,9 @@ use aiopg::types::{ToSql, Type};
 use aiopg::{BinaryCopyInWriter, BinaryCopyOutStream, Connection, ErrorKind, SqlState};
 use bytes::Bytes;
 use futures_util::{SinkExt, TryStreamExt};
+use rand::{Rng, SeedableRng};
 
-use crate::support::{connect, rt_test, spawn};
+use crate::support::{cluster, connect, options, poll_then_drop, rt_test, runtime_name, spawn};
 
 const ROWS: i64 = 1_000_000;
 
@@ -482,5 +483,178 @@ rt_test! {
         let err = cur.copy_from(data, "copy_t", &options).await.unwrap_err();
         assert_eq!(err.code(), Some(&SqlState::UNDEFINED_COLUMN), "{err}");
         assert_eq!(conn.query_scalar::<i64>("SELECT count(*) FROM copy_t", &[]).await.unwrap(), 3);
+    }
+}
+
+/// The seed of a randomised test: `AIOPG_TEST_SEED` when set (to replay a failure), else a
+/// fresh one. Every failure message names it.
+fn seed() -> u64 {
+    std::env::var("AIOPG_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+}
+
+/// A connection whose socket buffers fill soon: over the cluster's Unix socket when it is
+/// known (a few hundred KiB of buffers, where loopback TCP has megabytes), else the DSN's.
+async fn small_buffered_connection() -> Connection {
+    match cluster() {
+        Some(c) => options(&format!(
+            "host={} port={} user=postgres dbname=postgres",
+            c.socket_dir, c.port
+        ))
+        .connect()
+        .await
+        .expect("connect over the Unix socket"),
+        None => connect().await,
+    }
+}
+
+/// A table other sessions see (a temporary one would not do): `(id int8 PRIMARY KEY, name
+/// text, score float8)`, fresh for this test and runtime.
+async fn shared_table(conn: &Connection, test: &str) -> String {
+    let t = format!(
+        "copy_{test}_{}_{}",
+        runtime_name().replace('-', "_"),
+        std::process::id()
+    );
+    conn.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {t}; \
+         CREATE TABLE {t} (id int8 PRIMARY KEY, name text NOT NULL, score float8)"
+    ))
+    .await
+    .unwrap();
+    t
+}
+
+/// Row `i` of the backpressure tests (names of varying length).
+fn drop_row_name(i: i64) -> String {
+    format!("{i}:{}", "x".repeat((i % 97) as usize))
+}
+
+/// What `t` holds, and what it should hold with rows `1..=n` exactly once each: (count,
+/// distinct ids, digest of every value in order).
+async fn drop_digests(
+    conn: &Connection,
+    t: &str,
+    n: i64,
+) -> ((i64, i64, String), (i64, i64, String)) {
+    let got = conn
+        .query(
+            &format!(
+                "SELECT count(*), count(DISTINCT id), coalesce(md5(string_agg(id || '|' || name \
+                 || '|' || score::text, ',' ORDER BY id)), '') FROM {t}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let want = conn
+        .query(
+            "SELECT count(*), count(*), coalesce(md5(string_agg(g || '|' || (g || ':' || \
+             repeat('x', (g % 97)::int4)) || '|' || (g + 0.5)::float8::text, ',' ORDER BY g)), '') \
+             FROM generate_series(1, $1::int8) g",
+            &[&n],
+        )
+        .await
+        .unwrap();
+    let three = |r: &aiopg::Row| (r.get::<i64>(0), r.get::<i64>(1), r.get::<String>(2));
+    (three(&got[0]), three(&want[0]))
+}
+
+rt_test! {
+    async fn binary_rows_are_copied_exactly_once_whatever_writes_are_dropped_under_backpressure() {
+        let seed = seed();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let conn = small_buffered_connection().await;
+        let blocker = connect().await;
+        let t = shared_table(&conn, "binary_drop").await;
+        let types = [Type::INT8, Type::TEXT, Type::FLOAT8];
+        for round in 0..12 {
+            let fail = |what: String| -> String {
+                format!("seed {seed} (AIOPG_TEST_SEED={seed} replays it), round {round}: {what}")
+            };
+            conn.batch_execute(&format!("TRUNCATE {t}")).await.unwrap();
+            // Another session's uncommitted row with an id the COPY inserts early: the server
+            // stops at it, stops reading, and the writer's data piles up until it must wait.
+            let key: i64 = rng.random_range(1..=50);
+            blocker
+                .batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES ({key}, 'blocker', 0)"))
+                .await
+                .unwrap();
+            let w = conn
+                .copy_in(&format!("COPY {t} (id, name, score) FROM STDIN (FORMAT binary)"))
+                .await
+                .unwrap();
+            let mut w = BinaryCopyInWriter::new(w, &types);
+            let (mut i, mut last, mut blocked, mut dropped) = (1i64, i64::MAX, false, 0u32);
+            while i <= last {
+                let name = drop_row_name(i);
+                let score = i as f64 + 0.5;
+                // One poll while the server is stuck (it wakes nobody); up to a few once it
+                // reads again, so that drops land at random points of the waits.
+                let polls = if blocked { rng.random_range(1..=3) } else { 1 };
+                match poll_then_drop(w.write(&[&i, &name, &score]), polls).await {
+                    Some(Ok(())) => i += 1,
+                    Some(Err(e)) => panic!("{}", fail(format!("write of row {i}: {e}"))),
+                    None if !blocked => {
+                        // The first write that had to wait, dropped: let the server go on,
+                        // and send a random number of rows more.
+                        blocked = true;
+                        dropped += 1;
+                        blocker.batch_execute("ROLLBACK").await.unwrap();
+                        last = i + rng.random_range(0..20_000);
+                    }
+                    // Dropped: the row was not written (write's cancel safety); again.
+                    None => dropped += 1,
+                }
+                assert!(i < 3_000_000, "{}", fail("no write ever waited for room".into()));
+            }
+            let copied = w.finish().await;
+            let copied = copied.unwrap_or_else(|e| panic!("{}", fail(format!("finish: {e}"))));
+            assert_eq!(copied, last as u64, "{}", fail(format!("rows copied ({dropped} writes dropped)")));
+            let (got, want) = drop_digests(&conn, &t, last).await;
+            assert_eq!(got, want, "{}", fail(format!("the table's rows ({dropped} writes dropped)")));
+        }
+        conn.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    }
+}
+
+rt_test! {
+    async fn a_write_dropped_part_way_refuses_the_rest_of_the_copy_and_nothing_is_copied() {
+        let conn = small_buffered_connection().await;
+        let blocker = connect().await;
+        let t = shared_table(&conn, "torn").await;
+        blocker
+            .batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES (1, 'blocker', 0)"))
+            .await
+            .unwrap();
+        let mut w = conn.copy_in(&format!("COPY {t} FROM STDIN")).await.unwrap();
+        // Far more than the socket's buffers: the write takes a part, then waits, stuck.
+        let mut data = String::new();
+        let mut i = 0i64;
+        while data.len() < 8 << 20 {
+            i += 1;
+            data.push_str(&format!("{i}\t{}\t{i}.5\n", drop_row_name(i)));
+        }
+        assert!(
+            poll_then_drop(w.write(data.as_bytes()), 1).await.is_none(),
+            "the write never waited for room"
+        );
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+        // What was taken ends mid-way; going on would copy a torn row, or the wrong rows.
+        let err = w.write(b"999999999\tlast\t1\n").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+        let err = futures_util::AsyncWriteExt::write(&mut w, b"1").await.unwrap_err();
+        assert!(err.to_string().contains("dropped"), "{err}");
+        let err = w.finish().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+        assert_eq!(conn.query_scalar::<i64>(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap(), 0);
+        assert_eq!(conn.transaction_status(), aiopg::TransactionStatus::Idle);
+        conn.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
     }
 }

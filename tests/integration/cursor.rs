@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use aiopg::prelude::*;
 use aiopg::{CursorOptions, ErrorKind, ScrollMode, SqlState};
 use futures_util::StreamExt;
+use rand::{Rng, SeedableRng};
 
-use crate::support::{connect, rt_test};
+use crate::support::{connect, poll_then_drop, rt_test, spawn};
 
 fn ints(rows: &[aiopg::Row]) -> Vec<i32> {
     rows.iter().map(|r| r.get::<i32>(0)).collect()
@@ -237,5 +238,148 @@ rt_test! {
         let rows = conn.query(&sql, &[]).await.unwrap();
         assert_eq!(rows[0].get::<i32>(0), 5);
         assert_eq!(rows[0].get::<&str>(1), "it's");
+    }
+}
+
+/// The seed of a randomised test: `AIOPG_TEST_SEED` when set (to replay a failure), else a
+/// fresh one. Every failure message names it.
+fn seed() -> u64 {
+    std::env::var("AIOPG_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+}
+
+/// Server cursors named `name` on `conn`'s session (pg_cursors is per session).
+async fn server_cursors(conn: &aiopg::Connection, name: &str) -> aiopg::Result<i64> {
+    conn.query_scalar("SELECT count(*) FROM pg_cursors WHERE name = $1", &[&name])
+        .await
+}
+
+/// Now and then a statement in flight on `conn`, so that the next request waits behind it:
+/// a drop then lands on a request still queued (taken back) as well as on one written.
+fn maybe_neighbour(
+    rng: &mut impl Rng,
+    conn: &aiopg::Connection,
+) -> Option<crate::support::Join<aiopg::Result<()>>> {
+    rng.random_bool(0.5).then(|| {
+        let c = conn.clone();
+        spawn(async move { c.batch_execute("SELECT pg_sleep(0.001)").await })
+    })
+}
+
+rt_test! {
+    async fn a_named_cursor_dropped_mid_execute_or_close_leaves_no_server_cursor_behind() {
+        let seed = seed();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let conn = connect().await;
+        let name = "dropped_mid_way";
+        for round in 0..150 {
+            let fail = |what: String| -> String {
+                format!("seed {seed} (AIOPG_TEST_SEED={seed} replays it), round {round}: {what}")
+            };
+            let in_block = rng.random_bool(0.5);
+            if in_block {
+                conn.batch_execute("BEGIN").await.unwrap();
+            }
+            let options = CursorOptions {
+                name: Some(name.into()),
+                withhold: rng.random_bool(0.3),
+                ..Default::default()
+            };
+            let mut cur = conn.cursor_with(options).await.unwrap();
+            for _ in 0..rng.random_range(1..=3) {
+                let neighbour = maybe_neighbour(&mut rng, &conn);
+                let polls = rng.random_range(1..=6);
+                let sql = "SELECT generate_series(1, 3)";
+                if let Some(res) = poll_then_drop(cur.execute(sql, &[]), polls).await {
+                    res.unwrap_or_else(|e| panic!("{}", fail(format!("execute after drops: {e}"))));
+                }
+                if let Some(n) = neighbour {
+                    n.await.unwrap();
+                }
+            }
+            // Whatever was dropped, the name declares again and the rows are this result's.
+            cur.execute("SELECT generate_series(1, 4)", &[])
+                .await
+                .unwrap_or_else(|e| panic!("{}", fail(format!("execute after drops: {e}"))));
+            assert_eq!(ints(&cur.fetchall().await.unwrap()), [1, 2, 3, 4], "{}", fail("rows".into()));
+            match rng.random_range(0..3) {
+                0 => cur.close().await.unwrap_or_else(|e| panic!("{}", fail(format!("close: {e}")))),
+                1 => {
+                    let neighbour = maybe_neighbour(&mut rng, &conn);
+                    let polls = rng.random_range(1..=4);
+                    if let Some(res) = poll_then_drop(cur.close(), polls).await {
+                        res.unwrap_or_else(|e| panic!("{}", fail(format!("close: {e}"))));
+                    }
+                    drop(cur);
+                    if let Some(n) = neighbour {
+                        n.await.unwrap();
+                    }
+                }
+                _ => drop(cur),
+            }
+            let left = server_cursors(&conn, name)
+                .await
+                .unwrap_or_else(|e| panic!("{}", fail(format!("the transaction was aborted: {e}"))));
+            assert_eq!(left, 0, "{}", fail(format!("server cursors left (in a block: {in_block})")));
+            if in_block {
+                conn.batch_execute("COMMIT").await.unwrap();
+            }
+            assert_eq!(conn.query_scalar::<i32>("SELECT 1", &[]).await.unwrap(), 1);
+            assert_eq!(conn.transaction_status(), aiopg::TransactionStatus::Idle, "{}", fail("status".into()));
+        }
+    }
+}
+
+rt_test! {
+    async fn a_named_cursor_whose_transaction_ended_executes_closes_and_drops_cleanly() {
+        let conn = connect().await;
+        let named = || CursorOptions { name: Some("outlived".into()), ..Default::default() };
+        let mut cur = conn.cursor_with(named()).await.unwrap();
+        conn.batch_execute("BEGIN").await.unwrap();
+        cur.execute("SELECT generate_series(1, 3)", &[]).await.unwrap();
+        assert_eq!(ints(&cur.fetchall().await.unwrap()), [1, 2, 3]);
+        // Not WITH HOLD: the server cursor ends with its transaction.
+        conn.batch_execute("COMMIT").await.unwrap();
+        cur.execute("SELECT generate_series(1, 2)", &[]).await.unwrap();
+        assert_eq!(ints(&cur.fetchall().await.unwrap()), [1, 2]);
+        // Declared inside a transaction that rolls back: gone again; its clean-up at drop,
+        // inside the next transaction, must not abort it.
+        conn.batch_execute("BEGIN").await.unwrap();
+        cur.execute("SELECT 7", &[]).await.unwrap();
+        conn.batch_execute("ROLLBACK; BEGIN").await.unwrap();
+        drop(cur);
+        assert_eq!(conn.query_scalar::<i32>("SELECT 1", &[]).await.unwrap(), 1);
+        assert_eq!(server_cursors(&conn, "outlived").await.unwrap(), 0);
+        conn.batch_execute("COMMIT").await.unwrap();
+        // close() of one whose transaction ended: nothing to close, no error.
+        let mut cur = conn.cursor_with(named()).await.unwrap();
+        conn.batch_execute("BEGIN").await.unwrap();
+        cur.execute("SELECT 1", &[]).await.unwrap();
+        conn.batch_execute("COMMIT").await.unwrap();
+        cur.close().await.unwrap();
+        assert_eq!(server_cursors(&conn, "outlived").await.unwrap(), 0);
+        assert_eq!(conn.transaction_status(), aiopg::TransactionStatus::Idle);
+        // An odd name (quotes, a backslash, more than the 63 bytes the server keeps of it) is
+        // closed just the same, by execute and by the drop.
+        let odd = format!("it's a \\ \"cursor\" {}", "é".repeat(40));
+        let mut cur = conn
+            .cursor_with(CursorOptions { name: Some(odd), ..Default::default() })
+            .await
+            .unwrap();
+        cur.execute("SELECT 1", &[]).await.unwrap();
+        cur.execute("SELECT 2", &[]).await.unwrap();
+        assert_eq!(ints(&cur.fetchall().await.unwrap()), [2]);
+        drop(cur);
+        let named: i64 = conn
+            .query_scalar("SELECT count(*) FROM pg_cursors WHERE name <> ''", &[])
+            .await
+            .unwrap();
+        assert_eq!(named, 0, "the odd name's cursor was left open");
     }
 }

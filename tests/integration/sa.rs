@@ -7,8 +7,9 @@ use aiopg::sa::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Order, Query, Tabl
 use aiopg::sa::{Engine, ResultProxy, SqlValue};
 use aiopg::ErrorKind;
 use futures_util::TryStreamExt;
+use rand::{Rng, SeedableRng};
 
-use crate::support::{dsn, options, rt_test, runtime};
+use crate::support::{dsn, options, poll_then_drop, rt_test, runtime, spawn, Join};
 
 async fn engine(max: usize) -> Engine {
     Engine::builder(options(&dsn()))
@@ -585,5 +586,216 @@ rt_test! {
             .unwrap_err();
         let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
         assert!(msg.contains("price"), "the panic names the known columns: {msg}");
+    }
+}
+
+/// The seed of a randomised test: `AIOPG_TEST_SEED` when set (to replay a failure), else a
+/// fresh one. Every failure message names it.
+fn seed() -> u64 {
+    std::env::var("AIOPG_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+}
+
+/// Committed rows of `t` whose `val` is `v`, seen from `other`.
+async fn visible(other: &aiopg::sa::SAConnection, t: &str, v: &str) -> i64 {
+    other
+        .scalar::<i64>(format!("SELECT count(*) FROM {t} WHERE val = '{v}'"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+type Boxed<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = aiopg::Result<T>> + Send + 'a>>;
+
+/// One round of [`dropped_transaction_calls_leave_the_connection_idle_and_begin_begins`]:
+/// a transaction call dropped after a random number of polls, perhaps with a statement of
+/// another caller in flight ahead of it; then what a user would check.
+async fn dropped_transaction_round(
+    rng: &mut impl Rng,
+    c: &aiopg::sa::SAConnection,
+    other: &aiopg::sa::SAConnection,
+    t: &str,
+    xid: &str,
+    round: usize,
+) -> Result<(), String> {
+    let v = format!("round_{round}");
+    let neighbour: Option<Join<aiopg::Result<()>>> = rng.random_bool(0.5).then(|| {
+        let n = c.connection().clone();
+        spawn(async move { n.batch_execute("SELECT pg_sleep(0.001)").await })
+    });
+    let polls = rng.random_range(1..=6);
+    let op = rng.random_range(0..6);
+    let what;
+    match op {
+        0..=2 => {
+            let fut: Boxed<'_, aiopg::sa::SATransaction> = match op {
+                0 => Box::pin(c.begin()),
+                1 => Box::pin(c.begin_with(aiopg::TransactionOptions {
+                    isolation_level: aiopg::IsolationLevel::RepeatableRead,
+                    ..Default::default()
+                })),
+                _ => Box::pin(c.begin_twophase(Some(xid))),
+            };
+            what = format!("begin (kind {op}) dropped after {polls} polls");
+            if let Some(res) = poll_then_drop(fut, polls).await {
+                let tx = res.map_err(|e| format!("{what}: it failed: {e}"))?;
+                insert(c, t, &v).await;
+                tx.rollback()
+                    .await
+                    .map_err(|e| format!("{what}: rollback: {e}"))?;
+                if visible(other, t, &v).await != 0 {
+                    return Err(format!("{what}: its rolled back work is committed"));
+                }
+            }
+        }
+        3 | 4 => {
+            let commit = op == 3;
+            what = format!(
+                "{} dropped after {polls} polls",
+                if commit { "commit" } else { "rollback" }
+            );
+            let tx = c.begin().await.map_err(|e| format!("{what}: begin: {e}"))?;
+            insert(c, t, &v).await;
+            let fut: Boxed<'_, ()> = if commit {
+                Box::pin(tx.commit())
+            } else {
+                Box::pin(tx.rollback())
+            };
+            match poll_then_drop(fut, polls).await {
+                Some(Ok(())) => {
+                    let seen = visible(other, t, &v).await;
+                    if seen != i64::from(commit) {
+                        return Err(format!(
+                            "{what}: it completed, and {seen} rows are committed"
+                        ));
+                    }
+                }
+                Some(Err(e)) => return Err(format!("{what}: it failed: {e}")),
+                // Dropped: whether a commit ran is unknown to the caller.
+                None => {}
+            }
+        }
+        _ => {
+            what = format!("prepare dropped after {polls} polls");
+            let mut tx = c
+                .begin_twophase(Some(xid))
+                .await
+                .map_err(|e| format!("{what}: begin_twophase: {e}"))?;
+            insert(c, t, &v).await;
+            let prepared = poll_then_drop(tx.prepare(), polls).await;
+            if let Some(Err(e)) = &prepared {
+                return Err(format!("{what}: it failed: {e}"));
+            }
+            // Whatever the drop left, the handle ends it, and tells the truth about it.
+            let commit = rng.random_bool(0.5);
+            let res = if commit {
+                tx.commit().await
+            } else {
+                tx.rollback().await
+            };
+            let seen = visible(other, t, &v).await;
+            let consistent = match (commit, &res) {
+                (true, Ok(())) => seen == 1,
+                // Only a prepare that may not have run can leave nothing to commit.
+                (true, Err(_)) => seen == 0 && prepared.is_none(),
+                (false, Ok(())) => seen == 0,
+                (false, Err(_)) => false,
+            };
+            let end = if commit { "commit" } else { "rollback" };
+            if !consistent {
+                return Err(format!(
+                    "{what}, then {end}: {res:?}, and {seen} rows are committed"
+                ));
+            }
+            let left = other.recover_twophase().await.map_err(|e| e.to_string())?;
+            if left.iter().any(|x| x == xid) {
+                return Err(format!("{what}, then {end}: {xid} is still prepared"));
+            }
+        }
+    }
+    if let Some(n) = neighbour {
+        n.await
+            .map_err(|e| format!("{what}: the neighbour failed: {e}"))?;
+    }
+    // The transaction's handle is gone: nothing is open on the connection.
+    c.scalar::<i32>("SELECT 1")
+        .await
+        .map_err(|e| format!("{what}: SELECT 1: {e}"))?;
+    if c.in_transaction() {
+        return Err(format!(
+            "{what}: the connection is left inside a transaction"
+        ));
+    }
+    // And the next begin() begins: its rollback undoes, its commit commits.
+    let probe = format!("{v}_probe");
+    let tx = c
+        .begin()
+        .await
+        .map_err(|e| format!("{what}: next begin: {e}"))?;
+    insert(c, t, &probe).await;
+    if !c.in_transaction() {
+        return Err(format!("{what}: the next begin() began no transaction"));
+    }
+    tx.rollback()
+        .await
+        .map_err(|e| format!("{what}: next rollback: {e}"))?;
+    if visible(other, t, &probe).await != 0 {
+        return Err(format!("{what}: the next begin()'s rollback undid nothing"));
+    }
+    let tx = c
+        .begin()
+        .await
+        .map_err(|e| format!("{what}: next begin: {e}"))?;
+    insert(c, t, &probe).await;
+    tx.commit()
+        .await
+        .map_err(|e| format!("{what}: next commit: {e}"))?;
+    if visible(other, t, &probe).await != 1 {
+        return Err(format!(
+            "{what}: the next begin()'s commit committed nothing"
+        ));
+    }
+    Ok(())
+}
+
+rt_test! {
+    async fn dropped_transaction_calls_leave_the_connection_idle_and_begin_begins() {
+        let seed = seed();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let engine = engine(3).await;
+        let c = engine.acquire().await.unwrap();
+        let other = engine.acquire().await.unwrap();
+        let t = table("dropped_tx");
+        create(&c, &t).await;
+        let prefix = table("dropped_xid");
+        let mut outcome = Ok(());
+        for round in 0..120 {
+            let xid = format!("{prefix}_{round}");
+            if let Err(e) = dropped_transaction_round(&mut rng, &c, &other, &t, &xid, round).await {
+                outcome = Err(format!(
+                    "seed {seed} (AIOPG_TEST_SEED={seed} replays it), round {round}: {e}"
+                ));
+                break;
+            }
+        }
+        // Whatever happened, leave no prepared transaction (they hold their locks) and no
+        // table behind.
+        drop(c);
+        for x in other.recover_twophase().await.unwrap() {
+            if x.starts_with(&prefix) {
+                other.rollback_prepared(&x).await.unwrap();
+            }
+        }
+        drop_table(&other, &t).await;
+        if let Err(e) = outcome {
+            panic!("{e}");
+        }
     }
 }

@@ -129,6 +129,7 @@ impl Connection {
             buf,
             big: None,
             ending: false,
+            torn: false,
             rows: None,
         })
     }
@@ -201,6 +202,10 @@ impl Connection {
 /// `poll_close` is [`finish`](Self::finish): once polled, CopyDone is queued, and the COPY
 /// completes even if the writer is then dropped (see there). Helpers that loop over these
 /// (`write_all`, `send_all`) are not cancel safe: part of their input may have been taken.
+///
+/// [`write`](Self::write) takes its data in pieces, waiting for room between them: dropped
+/// after it took part of its data, it leaves the writer refusing any more (writes and
+/// `finish` fail with a `Usage` error), so that a torn row is never copied; see there.
 pub struct CopyInWriter {
     ex: Option<Exclusive>,
     info: CopyInfo,
@@ -211,6 +216,9 @@ pub struct CopyInWriter {
     big: Option<Bytes>,
     /// CopyDone (or CopyFail) is queued; only the answer remains.
     ending: bool,
+    /// A [`write`](Self::write) was dropped after it had taken part of its data: what was
+    /// taken may end mid-row, so the COPY may only be aborted.
+    torn: bool,
     rows: Option<u64>,
 }
 
@@ -226,6 +234,14 @@ impl fmt::Debug for CopyInWriter {
 
 fn ended() -> Error {
     Error::usage("the COPY has ended; start a new one")
+}
+
+fn torn() -> Error {
+    Error::usage(
+        "a write() on this COPY was dropped after it had taken part of its data, which may end \
+         mid-row: the COPY cannot go on; abort() it or drop the writer (nothing is copied), and \
+         copy again",
+    )
 }
 
 impl CopyInWriter {
@@ -246,27 +262,43 @@ impl CopyInWriter {
     ///
     /// This method is not cancel safe. `data` is taken in pieces (into the writer's buffer, or
     /// as CopyData messages of their own), and the call waits for room between them. Dropped
-    /// during such a wait, a prefix of `data` has been taken and will be sent, and nothing tells
-    /// how much: going on with the COPY would send a torn row. After a dropped `write`, end the
-    /// COPY with [`abort`](Self::abort) or by dropping the writer.
+    /// while it waits before taking anything, nothing of `data` was taken, and the COPY goes on
+    /// as if the call had not been made. Dropped after it took a part, an unknown prefix of
+    /// `data` is queued, which may end mid-row: the writer then refuses to go on (later writes,
+    /// [`finish`](Self::finish) and `poll_close` fail with a `Usage` error), so the torn data is
+    /// never copied. End such a COPY with [`abort`](Self::abort) or by dropping the writer:
+    /// nothing is copied. Rows are never torn through the `Sink` implementation, which takes
+    /// each item whole, nor through [`BinaryCopyInWriter::write`], which is cancel safe.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.torn {
+            return Err(torn());
+        }
         let mut rest = data;
         while !rest.is_empty() {
             let n = poll_fn(|cx| self.poll_write_data(cx, rest)).await?;
             rest = &rest[n..];
+            // Until the rest is taken, a drop leaves a prefix of `data` queued.
+            self.torn = !rest.is_empty();
         }
         Ok(())
     }
 
-    /// Sends `data` as one message (after what is buffered), then waits while too much is
-    /// unsent.
-    async fn flush_data(&mut self, data: &[u8]) -> Result<()> {
+    /// Queues `data` as one message (after what is buffered), without waiting for room: the
+    /// caller waits with [`poll_room`](Self::poll_room) before it queues more.
+    fn queue_data(&mut self, data: &[u8]) -> Result<()> {
         if self.ending {
             return Err(ended());
         }
         self.push_buffered()?;
-        self.append(data)?;
-        poll_fn(|cx| self.poll_push(cx, UNSENT)).await
+        self.append(data)
+    }
+
+    /// Waits until at most [`UNSENT`] bytes of the COPY are unsent (taking nothing).
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.ending {
+            return Poll::Ready(Err(ended()));
+        }
+        self.poll_push(cx, UNSENT)
     }
 
     /// Sends what is buffered and waits until all of it is on the socket.
@@ -370,6 +402,9 @@ impl CopyInWriter {
         if let Some(rows) = self.rows {
             return Poll::Ready(Ok(rows));
         }
+        if self.torn && !self.ending {
+            return Poll::Ready(Err(torn()));
+        }
         if !self.ending {
             if let Err(e) = self.push_buffered() {
                 return Poll::Ready(Err(e));
@@ -408,7 +443,9 @@ impl CopyInWriter {
     }
 
     /// Ends the data and waits for the server: the number of rows copied. A server error
-    /// (a malformed row, a constraint) is returned here, and nothing was copied.
+    /// (a malformed row, a constraint) is returned here, and nothing was copied. After a
+    /// [`write`](Self::write) dropped part-way this is a `Usage` error, and the COPY is ended
+    /// with CopyFail (nothing is copied).
     ///
     /// # Cancel safety
     ///
@@ -454,6 +491,9 @@ impl Sink<Bytes> for CopyInWriter {
         if self.ending {
             return Poll::Ready(Err(ended()));
         }
+        if self.torn {
+            return Poll::Ready(Err(torn()));
+        }
         if self.buf.len() >= HEADER + CHUNK || self.big.is_some() {
             return self.poll_push(cx, UNSENT);
         }
@@ -463,6 +503,9 @@ impl Sink<Bytes> for CopyInWriter {
     fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
         if self.ending {
             return Err(ended());
+        }
+        if self.torn {
+            return Err(torn());
         }
         if self.big.is_none() && item.len() >= CHUNK {
             // Sent as a message of its own by the next poll, without a copy into `buf`.
@@ -493,6 +536,9 @@ impl AsyncWrite for CopyInWriter {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.torn && !self.ending {
+            return Poll::Ready(Err(to_io(torn())));
+        }
         self.poll_write_data(cx, data).map_err(to_io)
     }
 
@@ -641,6 +687,8 @@ impl Drop for CopyOutReader {
 ///
 /// Rows are encoded into a buffer and handed to the [`CopyInWriter`] about 64 KiB at a time.
 /// Dropping this writer drops the `CopyInWriter` with it: CopyFail, nothing is copied.
+/// [`write`](Self::write) is cancel safe: a row is written exactly when the call returns
+/// `Ok`, so a dropped write is simply made again.
 ///
 /// ```no_run
 /// # async fn f(conn: aiopg_conn::Connection) -> aiopg_core::Result<()> {
@@ -656,7 +704,11 @@ impl Drop for CopyOutReader {
 pub struct BinaryCopyInWriter {
     writer: CopyInWriter,
     types: Vec<Type>,
+    /// Rows encoded and not yet handed to `writer` (the format's header first).
     buf: BytesMut,
+    /// A batch was handed to `writer` since the last wait for room: the next row waits
+    /// (backpressure) before it is taken.
+    wait_room: bool,
 }
 
 impl BinaryCopyInWriter {
@@ -670,19 +722,22 @@ impl BinaryCopyInWriter {
             writer,
             types: types.to_vec(),
             buf,
+            wait_room: false,
         }
     }
 
     /// Writes one row. A value that cannot be encoded for its column's type is an `Encode`
     /// error, and nothing of the row is written (the COPY goes on).
     ///
+    /// Rows are buffered; when the buffer reaches about 64 KiB it is queued for sending, and
+    /// the next call first waits while too much of the COPY is unsent (backpressure).
+    ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe. When the buffer reaches about 64 KiB, the call queues it
-    /// for sending and waits for room. Dropped during that wait, the rows queued are still in this
-    /// writer's buffer as well, and the next `write` or `finish` sends them a second time: the
-    /// COPY would then copy them twice, or fail on a second format header. After a dropped
-    /// `write`, end the COPY with [`abort`](Self::abort) or by dropping the writer.
+    /// This method is cancel safe: the row is written if and only if the call returns `Ok`. The
+    /// only wait (for room) comes before the row is taken; dropped during it, nothing of the row
+    /// was taken and the rows written before are queued once, so the COPY goes on: write the
+    /// row again.
     pub async fn write(&mut self, row: &[Param<'_>]) -> Result<()> {
         if !self.writer.is_binary() {
             return Err(Error::usage(
@@ -695,6 +750,11 @@ impl BinaryCopyInWriter {
                 row.len(),
                 self.types.len()
             )));
+        }
+        if self.wait_room {
+            // Nothing of this row is taken before the wait: a drop here loses nothing.
+            poll_fn(|cx| self.writer.poll_room(cx)).await?;
+            self.wait_room = false;
         }
         let mark = self.buf.len();
         self.buf.put_i16(row.len() as i16);
@@ -727,29 +787,33 @@ impl BinaryCopyInWriter {
             }
         }
         if self.buf.len() >= CHUNK {
-            self.flush_rows().await?;
+            // Queued and taken out of the buffer at once, with no wait in between: the
+            // rows go out exactly once whatever is dropped later.
+            self.queue_rows()?;
+            self.wait_room = true;
         }
         Ok(())
     }
 
-    /// Sends the encoded rows as one message; the buffer keeps its allocation.
-    async fn flush_rows(&mut self) -> Result<()> {
-        self.writer.flush_data(&self.buf).await?;
+    /// Queues the encoded rows as one message and empties the buffer (which keeps its
+    /// allocation), without waiting.
+    fn queue_rows(&mut self) -> Result<()> {
+        let res = self.writer.queue_data(&self.buf);
         self.buf.clear();
-        Ok(())
+        res
     }
 
     /// Ends the data (the format's trailer) and the COPY: the number of rows copied.
     ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe. Dropped while the last rows and the trailer are being
-    /// sent, the writer goes with the future: CopyFail, nothing is copied. Dropped once
-    /// [`CopyInWriter::finish`] has been polled, the COPY completes on the server unseen, as
-    /// described there.
+    /// This method is not cancel safe. Dropped before its first poll, the writer goes with the
+    /// future: CopyFail, nothing is copied. Its first poll queues the last rows, the trailer and
+    /// CopyDone (no wait comes between them): from then on the COPY completes (or fails) on the
+    /// server even if the future is dropped, unseen, as [`CopyInWriter::finish`] describes.
     pub async fn finish(mut self) -> Result<u64> {
         self.buf.put_i16(-1);
-        self.flush_rows().await?;
+        self.queue_rows()?;
         self.writer.finish().await
     }
 

@@ -111,7 +111,8 @@
 //! | [`Transaction::rollback_savepoint`], [`Savepoint::rollback`] | Not cancel safe: the work may not have been undone. |
 //! | [`transact`](Connection::transact) | As its transaction's parts: dropped before `COMMIT`, rolled back. |
 //! | [`copy_in`](Connection::copy_in); dropping a [`CopyInWriter`] | The COPY is ended with CopyFail: nothing is copied. |
-//! | [`CopyInWriter::write`], [`BinaryCopyInWriter::write`] | Not cancel safe: part of the data may have been taken. |
+//! | [`BinaryCopyInWriter::write`] | Cancel safe: the row is written if and only if the call returns `Ok`. |
+//! | [`CopyInWriter::write`] | A drop after part of the data was taken makes the writer refuse all further data (`Usage`), so no torn row is copied; dropping the writer then ends the COPY with CopyFail. |
 //! | [`CopyInWriter::flush`], [`CopyInWriter::abort`] | Cancel safe. |
 //! | [`CopyInWriter::finish`], [`BinaryCopyInWriter::finish`] | Not cancel safe: once polled, the COPY may complete unseen. |
 //! | [`copy_out`](Connection::copy_out); dropping a [`CopyOutReader`] or [`BinaryCopyOutStream`] | The rest of the data is read and discarded. Their `poll_next` is cancel safe. |

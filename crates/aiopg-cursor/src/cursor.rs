@@ -11,7 +11,7 @@ use std::time::Duration;
 use aiopg_conn::{Connection, Param, Transaction};
 use aiopg_core::row::{Column, Row};
 use aiopg_core::types::Oid;
-use aiopg_core::{Error, Result, TransactionStatus};
+use aiopg_core::{Error, ErrorKind, Result, TransactionStatus};
 
 /// How many rows a server-side cursor fetches per round trip unless told otherwise
 /// (psycopg2's default `itersize`).
@@ -124,7 +124,9 @@ type Fetch = Pin<Box<dyn Future<Output = Result<Vec<Row>>> + Send>>;
 /// flight is kept in the cursor between polls, so a dropped `next()` future loses no row.
 /// A fetch method, [`scroll`](Self::scroll), `execute` or a COPY called while that `FETCH` is
 /// still in flight drops it, and if it was sent, its rows are lost. Dropping the cursor
-/// closes a declared server cursor with a detached `CLOSE`.
+/// closes its server cursor, if it may have one, with a detached close that finds out on the
+/// server whether there is one to close (see [`execute`](Self::execute)), so a `DECLARE`
+/// abandoned mid-flight never leaves a server cursor behind.
 pub struct Cursor {
     conn: Connection,
     options: CursorOptions,
@@ -136,8 +138,11 @@ pub struct Cursor {
     rowcount: i64,
     columns: Option<Arc<[Column]>>,
     results: Results,
-    /// Whether a server-side cursor is declared on the server now.
-    declared: bool,
+    /// A server cursor this cursor declared may exist: set before a `DECLARE` is sent, and
+    /// cleared only once a close was answered (or the `DECLARE`'s own error showed that it did
+    /// not run). While it is set, the next `execute`, `close` or the drop closes the cursor
+    /// on the server with [`close_if_open_sql`], which cannot fail for want of a cursor.
+    maybe_declared: bool,
     /// The fetch in flight for the `Stream` implementation.
     pending: Option<Fetch>,
 }
@@ -200,7 +205,7 @@ impl CursorExt for Connection {
                 rowcount: -1,
                 columns: None,
                 results: Results::NotExecuted,
-                declared: false,
+                maybe_declared: false,
                 pending: None,
             })
         }
@@ -210,6 +215,33 @@ impl CursorExt for Connection {
 /// Quotes an identifier for SQL.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `s` as an SQL escape string literal (`E'...'`), which means the same whatever
+/// `standard_conforming_strings` says. `s` must not contain NUL.
+fn escape_literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A statement that closes this session's server cursor `name` if there is one, and does
+/// nothing otherwise.
+///
+/// `CLOSE name` fails (SQLSTATE 34000) when the cursor does not exist, and inside a transaction
+/// block that failure aborts the transaction; yet whether a `DECLARE` ran is unknown when its
+/// future was dropped after it was written, and a cursor not declared `WITH HOLD` is gone once
+/// its transaction ended. So the close looks the cursor up in `pg_cursors` and closes it only
+/// if it is there, in one server-side step (a PL/pgSQL `DO` block: a `refcursor` names any
+/// portal of the session, SQL-declared cursors included). The name is cut to 63 bytes by its
+/// cast to `name`, as the parser cuts the identifier in `DECLARE`. Like any statement, it fails
+/// inside an already failed transaction block; the cursor is then undone with that block,
+/// unless it was declared `WITH HOLD` in an earlier transaction.
+fn close_if_open_sql(name: &str) -> String {
+    let body = format!(
+        "DECLARE c pg_catalog.refcursor := ({})::pg_catalog.name; BEGIN IF EXISTS (SELECT 1 \
+         FROM pg_catalog.pg_cursors WHERE name = c::pg_catalog.text) THEN CLOSE c; END IF; END",
+        escape_literal(name)
+    );
+    format!("DO {}", escape_literal(&body))
 }
 
 impl Cursor {
@@ -234,6 +266,11 @@ impl Cursor {
         self.options.name.as_deref().map(quote_ident)
     }
 
+    /// [`close_if_open_sql`] for this cursor's name.
+    fn close_sql(&self) -> Option<String> {
+        self.options.name.as_deref().map(close_if_open_sql)
+    }
+
     /// Runs a statement. Its rows (if any) are then read with the fetch methods or by
     /// iterating.
     ///
@@ -244,12 +281,16 @@ impl Cursor {
     /// discarded. The cursor is left without a result (fetching fails with a `Usage` error) and
     /// [`rowcount`](Self::rowcount) is -1.
     ///
-    /// On a named cursor this method is not cancel safe. Dropped after the `DECLARE` was written,
-    /// the server cursor exists but this cursor does not know it: dropping the cursor does not
-    /// close it (it lasts until the transaction ends or, declared `WITH HOLD`, until the session
-    /// ends), and the next `execute` on this cursor fails with SQLSTATE 42P03 (the cursor name is
-    /// taken). Dropped while the `CLOSE` of the previous result waited to be written, that server
-    /// cursor stays open the same way.
+    /// On a named cursor, dropping the future leaves no server cursor behind either. The cursor
+    /// counts its server cursor as possibly declared from the moment the `DECLARE` is issued
+    /// until a close of it has been answered; while it does, the next `execute`, a
+    /// [`close`](Self::close) or dropping the cursor closes it with a statement that looks it up
+    /// on the server first (a `DO` block), so it closes the server cursor if the `DECLARE` ran
+    /// and does nothing, without an error, if it did not (or if the transaction it was declared
+    /// in has ended). The next `execute` with the same name therefore works, and dropping the
+    /// cursor closes what the dropped `execute` may have declared. The cursor itself is left
+    /// without a result. Dropped while the close of the previous result was in flight, the next
+    /// call closes it again, harmlessly.
     pub async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<()> {
         self.execute_timeout(sql, params, None).await
     }
@@ -259,8 +300,8 @@ impl Cursor {
     /// # Cancel safety
     ///
     /// As [`execute`](Self::execute): the connection stays in step, the cursor is left without a
-    /// result, and on a named cursor a `DECLARE` already sent leaves a server cursor this cursor
-    /// no longer knows.
+    /// result, and on a named cursor a `DECLARE` that may have run is closed by the next
+    /// `execute`, `close` or the cursor's drop.
     pub async fn execute_timeout(
         &mut self,
         sql: &str,
@@ -304,10 +345,13 @@ impl Cursor {
         timeout: Option<Duration>,
     ) -> Result<()> {
         let conn = self.conn.clone();
-        if self.declared {
-            self.declared = false;
-            conn.with_timeout(timeout, conn.batch_execute(&format!("CLOSE {name}")))
+        if self.maybe_declared {
+            let close = self.close_sql().expect("a server cursor has a name");
+            conn.with_timeout(timeout, conn.batch_execute(&close))
                 .await?;
+            // Answered: whatever there was is closed. Dropped before, it stays set, and the
+            // next call (or the drop) closes again.
+            self.maybe_declared = false;
         }
         // The description comes from the statement itself, so it is there before any fetch.
         let stmt = conn.with_timeout(timeout, conn.prepare(sql)).await?;
@@ -323,10 +367,23 @@ impl Cursor {
             "DECLARE {name}{scroll} CURSOR{} FOR {sql}",
             if hold { " WITH HOLD" } else { "" }
         );
-        let res = conn
+        // From here until a close is answered the server cursor may exist, whatever becomes of
+        // this future.
+        self.maybe_declared = true;
+        let res = match conn
             .with_timeout(timeout, conn.query_unprepared(&declare, params))
-            .await?;
-        self.declared = true;
+            .await
+        {
+            Ok(res) => res,
+            Err(e) => {
+                if e.kind() == ErrorKind::Db {
+                    // The server's own answer: the DECLARE did not run (nor, with 42P03, is
+                    // the cursor of that name this one's to close).
+                    self.maybe_declared = false;
+                }
+                return Err(e);
+            }
+        };
         self.statusmessage = res.tag;
         self.columns = Some(Arc::from(stmt.columns()));
         self.results = Results::Server {
@@ -616,28 +673,28 @@ impl Cursor {
 
     /// Closes the cursor (and its server-side cursor). Using it afterwards is an error.
     ///
+    /// A named cursor's server cursor is closed by a statement that looks it up first, so
+    /// closing one whose transaction has ended (taking a cursor not declared `WITH HOLD` with
+    /// it) is no error.
+    ///
     /// # Cancel safety
     ///
-    /// On a client-side cursor this method is cancel safe: no I/O. On a named cursor it is not:
-    /// the cursor counts as closed from the first poll, so dropping it afterwards sends nothing.
-    /// Dropped before the `CLOSE` was written, it is taken back, and the server cursor stays open
-    /// until the transaction ends (or, declared `WITH HOLD`, until the session ends). Dropped
-    /// after, it is closed.
+    /// This method is cancel safe. The cursor counts as closed from the first poll. On a named
+    /// cursor, its server cursor counts as possibly open until the close is answered: dropped
+    /// before (or failed, inside a failed transaction block), calling `close` again or dropping
+    /// the cursor closes it again (the drop detached, ahead of anything issued later on the
+    /// connection), which does nothing if the first close ran. No server cursor is left behind
+    /// once the cursor is dropped.
     pub async fn close(&mut self) -> Result<()> {
-        if self.closed {
-            return Ok(());
-        }
         self.closed = true;
         self.pending = None;
         self.results = Results::NoRows;
-        if self.declared {
-            self.declared = false;
-            if let Some(name) = self.quoted_name() {
-                if !self.conn.is_closed() {
-                    self.conn.batch_execute(&format!("CLOSE {name}")).await?;
-                }
+        if self.maybe_declared && !self.conn.is_closed() {
+            if let Some(close) = self.close_sql() {
+                self.conn.batch_execute(&close).await?;
             }
         }
+        self.maybe_declared = false;
         Ok(())
     }
 
@@ -748,10 +805,12 @@ impl Cursor {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
-        if self.declared {
-            if let Some(name) = self.quoted_name() {
-                // Closed ahead of whatever the connection runs next, without blocking.
-                self.conn.detach(&format!("CLOSE {name}"));
+        if self.maybe_declared {
+            if let Some(close) = self.close_sql() {
+                // Closed ahead of whatever the connection runs next, without blocking; a
+                // cursor that is not there (a DECLARE taken back, a transaction ended) is
+                // left alone without an error.
+                self.conn.detach(&close);
             }
         }
     }
@@ -948,10 +1007,7 @@ fn string_literal(s: &str) -> Result<String> {
     if s.contains('\0') {
         return Err(Error::usage("a COPY option cannot contain a NUL character"));
     }
-    Ok(format!(
-        "E'{}'",
-        s.replace('\\', "\\\\").replace('\'', "''")
-    ))
+    Ok(escape_literal(s))
 }
 
 /// `COPY table [(columns)] <direction> (FORMAT text, DELIMITER .., NULL ..)`.

@@ -40,8 +40,11 @@
 //! `WITH HOLD` (it must outlive the statement's implicit transaction) and lasts until it is
 //! closed or the session ends; inside one, `WITH HOLD` is used only when
 //! [`CursorOptions::withhold`] asks. Dropping the cursor closes it on the server without
-//! blocking: the `CLOSE` is queued ahead of anything issued later on the connection
-//! ([`Connection::detach`](aiopg_conn::Connection::detach)).
+//! blocking: the close is queued ahead of anything issued later on the connection
+//! ([`Connection::detach`](aiopg_conn::Connection::detach)). A cursor's close (by
+//! `execute` of a new result, `close` or the drop) looks the server cursor up first and closes
+//! it only if it is there, so it never fails, nor aborts a transaction, for a cursor that a
+//! dropped `execute` may not have declared or that ended with its transaction.
 //!
 //! # Cancel safety
 //!
@@ -53,11 +56,11 @@
 //! | Method | Dropped before it completes |
 //! |---|---|
 //! | [`CursorExt::cursor`], [`CursorExt::cursor_with`] | Cancel safe: no I/O. |
-//! | [`Cursor::execute`], [`Cursor::execute_timeout`], [`Cursor::callproc`], [`Cursor::executemany`] | A sent statement runs, unseen; the cursor is left without a result. A named cursor may leave its server cursor declared and unknown to it (see [`Cursor::execute`]). |
+//! | [`Cursor::execute`], [`Cursor::execute_timeout`], [`Cursor::callproc`], [`Cursor::executemany`] | A sent statement runs, unseen; the cursor is left without a result. A named cursor's `DECLARE` that may have run is closed by the next `execute`, `close` or the drop (see [`Cursor::execute`]). |
 //! | [`Cursor::fetchone`], [`Cursor::next`], [`Cursor::fetchmany`], [`Cursor::fetchall`] | Cancel safe on a client-side cursor (no I/O). On a named cursor, rows of a `FETCH` already sent are lost. |
 //! | the `Stream` implementation | Cancel safe: the `FETCH` in flight stays in the cursor between polls. |
 //! | [`Cursor::scroll`] | Cancel safe on a client-side cursor. On a named cursor, the position may be wrong: scroll again with [`ScrollMode::Absolute`]. |
-//! | [`Cursor::close`] | On a named cursor, the server cursor may stay open. |
+//! | [`Cursor::close`] | Cancel safe: a close not answered is made again by the next `close` or the drop. |
 //! | [`Cursor::begin`] | Cancel safe, as [`Connection::begin`](aiopg_conn::Connection::begin). |
 //! | [`Cursor::copy_from`], [`Cursor::copy_to`], [`Cursor::copy_expert`] | Into a table: nothing is copied unless the COPY was already finishing. Out of one: the rest of the data is discarded. |
 //!

@@ -436,7 +436,7 @@ enum Kind {
         rename: Option<LitStr>,
         default: bool,
         /// Read the column as this type, then convert with `TryFrom`.
-        try_from: Option<Type>,
+        try_from: Option<Box<Type>>,
     },
     Flatten,
     Skip,
@@ -554,7 +554,7 @@ fn field_attributes(attrs: &[Attribute], errors: &mut Errors) -> Kind {
     Kind::Column {
         rename: a.rename,
         default: a.default.is_some(),
-        try_from: a.try_from,
+        try_from: a.try_from.map(Box::new),
     }
 }
 

@@ -315,13 +315,11 @@ impl SAConnection {
     ///
     /// # Cancel safety
     ///
-    /// Joining an open transaction does no I/O and is cancel safe. Opening one is not. Dropped
-    /// while the `BEGIN` waits to be written, it is taken back and nothing changes. Dropped
-    /// after, the server opens the transaction but no [`SATransaction`] exists to end it: the
-    /// connection stays inside a transaction block ([`in_transaction`](Self::in_transaction)
-    /// says so), statements run on it are part of that transaction, and a later `begin()` sends
-    /// `BEGIN` into it (the server warns) and ends it with its own `COMMIT` or `ROLLBACK`.
-    /// Dropping the `SAConnection` gives the connection back to the pool, which rolls it back.
+    /// This method is cancel safe. Joining an open transaction does no I/O. Opening one sends
+    /// `BEGIN`; dropped before the server answered, a `ROLLBACK` is queued behind it (detached:
+    /// driven by a task on the runtime, ahead of anything issued later on the connection), so
+    /// a `BEGIN` that ran leaves no transaction open, and one taken back unsent makes that
+    /// `ROLLBACK` a harmless warning. No transaction is recorded, and the next `begin()` begins.
     pub async fn begin(&self) -> Result<SATransaction> {
         SATransaction::begin(&self.conn, &self.tx, None, false).await
     }
@@ -331,8 +329,8 @@ impl SAConnection {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe, as [`begin`](Self::begin): dropped once its `BEGIN` was written, the
-    /// transaction is open on the server with no [`SATransaction`] to end it.
+    /// This method is cancel safe, as [`begin`](Self::begin): a `BEGIN` dropped before its
+    /// answer is followed by a `ROLLBACK`, so no transaction is left open.
     pub async fn begin_with(&self, options: TransactionOptions) -> Result<SATransaction> {
         SATransaction::begin(&self.conn, &self.tx, Some(options), false).await
     }
@@ -342,9 +340,10 @@ impl SAConnection {
     ///
     /// # Cancel safety
     ///
-    /// Inside a transaction, dropped once its `SAVEPOINT` was written, the savepoint exists on the
-    /// server unused until the transaction ends, which is harmless. Outside one, as
-    /// [`begin`](Self::begin): not cancel safe.
+    /// This method is cancel safe. Inside a transaction, dropped once its `SAVEPOINT` was
+    /// written, the savepoint exists on the server unused until the transaction ends, which is
+    /// harmless. Outside one, as [`begin`](Self::begin): a `BEGIN` dropped before its answer is
+    /// followed by a `ROLLBACK`.
     pub async fn begin_nested(&self) -> Result<SATransaction> {
         SATransaction::begin(&self.conn, &self.tx, None, true).await
     }
@@ -362,8 +361,9 @@ impl SAConnection {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe, as [`begin`](Self::begin): dropped once its `BEGIN` was written, the
-    /// transaction is open on the server with no [`SATransaction`] to end it.
+    /// This method is cancel safe, as [`begin`](Self::begin): a `BEGIN` dropped before its
+    /// answer is followed by a `ROLLBACK`, so no transaction is left open (nothing is prepared
+    /// before [`SATransaction::prepare`]).
     pub async fn begin_twophase(&self, xid: Option<&str>) -> Result<SATransaction> {
         SATransaction::begin_twophase(&self.conn, &self.tx, xid).await
     }

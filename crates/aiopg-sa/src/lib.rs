@@ -69,15 +69,18 @@
 //! | [`create_engine`], [`EngineBuilder::build`], [`Engine::from_pool`], [`Engine::acquire`], [`Engine::release`], [`Engine::wait_closed`], [`SAConnection::close`] | Cancel safe. |
 //! | [`SAConnection::execute`], [`SAConnection::scalar`] | A sent statement runs, unseen. |
 //! | [`SAConnection::recover_twophase`] | Cancel safe (a read). |
-//! | [`SAConnection::begin`], [`SAConnection::begin_with`], [`SAConnection::begin_twophase`], [`SAConnection::begin_nested`] outside a transaction | Not cancel safe: a `BEGIN` that ran leaves the connection in a transaction no handle ends. |
+//! | [`SAConnection::begin`], [`SAConnection::begin_with`], [`SAConnection::begin_twophase`], [`SAConnection::begin_nested`] outside a transaction | Cancel safe: a `BEGIN` dropped before its answer is followed by a detached `ROLLBACK`. |
 //! | [`SAConnection::begin_nested`] inside a transaction | A `SAVEPOINT` that ran stays, unused, until the transaction ends. |
-//! | [`SATransaction::commit`], [`SATransaction::rollback`], [`SATransaction::prepare`] | Not cancel safe: the outcome is unknown, and the connection may go on counting the transaction as open. |
+//! | [`SATransaction::rollback`] | Cancel safe, except for a prepared two-phase transaction (see there): the work is undone. |
+//! | [`SATransaction::commit`] | Not cancel safe: whether it committed is unknown. The connection is left outside the transaction, and the next `begin()` begins. |
+//! | [`SATransaction::prepare`] | Not cancel safe, but knowable: the handle then counts the transaction as possibly prepared, and its `commit()` or `rollback()` finds out. The connection is left outside the transaction. |
 //! | [`SAConnection::commit_prepared`], [`SAConnection::rollback_prepared`] | Not cancel safe: the outcome is unknown; [`SAConnection::recover_twophase`] tells. |
 //! | [`ResultProxy::fetchone`], [`ResultProxy::first`], [`ResultProxy::scalar`], the `Stream` implementation | Cancel safe: no row is lost. |
 //! | [`ResultProxy::fetchmany`], [`ResultProxy::fetchall`] | Not cancel safe: the rows this call had taken are lost. |
 //!
-//! After a dropped transaction method, give the connection back to the pool (drop the
-//! [`SAConnection`]) rather than going on with it: the pool rolls back whatever is open.
+//! After a dropped transaction method the [`SAConnection`] can go on: no transaction is left
+//! open on it (a `ROLLBACK` queued behind the dropped statement sees to it), and its next
+//! `begin()` begins a new one.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 

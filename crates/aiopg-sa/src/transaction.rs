@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use aiopg_conn::{Connection, TransactionOptions};
-use aiopg_core::{Error, Result};
+use aiopg_core::{Error, Result, SqlState};
 
 /// What the transactions of one connection share.
 #[derive(Debug, Default)]
@@ -35,10 +35,92 @@ enum Kind {
     TwoPhase {
         /// The transaction identifier (`gid`).
         xid: String,
-        /// True once `PREPARE TRANSACTION` succeeded: the transaction then lives on the
-        /// server, apart from the session.
-        prepared: bool,
+        /// How far `PREPARE TRANSACTION` got.
+        phase: Phase,
     },
+}
+
+/// Where a two-phase transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not prepared: the session's own transaction.
+    Open,
+    /// A `prepare()` was dropped (or lost its connection) before its answer: the transaction
+    /// is either prepared on the server or rolled back, and the session is outside it either
+    /// way (the drop queued a `ROLLBACK` behind the `PREPARE TRANSACTION` for the case it was
+    /// taken back unsent). `commit()` and `rollback()` find out which.
+    MaybePrepared,
+    /// `PREPARE TRANSACTION` succeeded: the transaction lives on the server, apart from the
+    /// session.
+    Prepared,
+}
+
+impl Phase {
+    /// The transaction is (or may be) prepared: it lives apart from the session.
+    fn apart(self) -> bool {
+        self != Phase::Open
+    }
+}
+
+/// When an undo queued by a dropped call still applies.
+#[derive(Debug, Clone, Copy)]
+enum UndoIf {
+    /// No outermost transaction was opened since the call started (the generation did not
+    /// move): an undo would otherwise land in that newer transaction.
+    NoNewerRoot(u64),
+    /// The outermost transaction of this generation is still the open one (for a savepoint).
+    RootOpen(u64),
+}
+
+/// Queues `undo` (detached: it goes out ahead of anything issued later on the connection) if
+/// dropped while armed, that is, while a statement's answer is still unknown.
+struct UndoOnDrop<'a> {
+    conn: &'a Connection,
+    shared: &'a Shared,
+    undo: &'a str,
+    when: UndoIf,
+    armed: bool,
+}
+
+impl Drop for UndoOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let applies = {
+            let st = lock(self.shared);
+            match self.when {
+                UndoIf::NoNewerRoot(generation) => st.generation == generation,
+                UndoIf::RootOpen(generation) => st.root == Some(generation),
+            }
+        };
+        if applies {
+            self.conn.detach(self.undo);
+        }
+    }
+}
+
+/// Runs `sql`; if the future is dropped before the server answered, queues `undo` (when
+/// `when` says it still applies). `undo` must be harmless where `sql` did run or was
+/// taken back (a `ROLLBACK` with no transaction open is a warning, not an error).
+async fn run_or_undo(
+    conn: &Connection,
+    shared: &Shared,
+    sql: &str,
+    undo: &str,
+    when: UndoIf,
+) -> Result<()> {
+    let mut guard = UndoOnDrop {
+        conn,
+        shared,
+        undo,
+        when,
+        armed: true,
+    };
+    let res = conn.batch_execute(sql).await;
+    // Answered, either way: nothing is left to undo.
+    guard.armed = false;
+    res
 }
 
 /// A transaction of an [`SAConnection`](crate::SAConnection), as aiopg.sa's `Transaction`:
@@ -49,14 +131,18 @@ enum Kind {
 ///
 /// # Cancel safety
 ///
-/// Ending a transaction is not cancel safe. [`commit`](Self::commit) and
-/// [`rollback`](Self::rollback) make the transaction inactive on their first poll, so
-/// dropping them afterwards sends nothing more, but the connection's record of the open
-/// outermost transaction is cleared only when the call completes: after such a drop, every
-/// later `begin()` on the same [`SAConnection`](crate::SAConnection) joins that stale record
-/// instead of sending `BEGIN`, so its `commit()` does nothing. Give the connection back to
-/// the pool after a dropped commit or rollback: the pool rolls back whatever is open. Each
-/// method says more.
+/// Whatever call is dropped, the connection is left outside the transaction, and the
+/// [`SAConnection`](crate::SAConnection)'s next `begin()` really begins. The outermost
+/// transaction's [`commit`](Self::commit), [`rollback`](Self::rollback) and
+/// [`prepare`](Self::prepare) clear the connection's record of it on their first poll; dropped
+/// before the server answered, they queue a `ROLLBACK` behind their statement (detached, ahead
+/// of anything issued later), which ends the transaction if their statement was taken back
+/// unsent, and does nothing if it ran. What a dropped commit leaves is unknown (committed if
+/// the `COMMIT` ran, rolled back otherwise); a dropped prepare is found out by this handle's
+/// `commit()` or `rollback()`. Each method says more. Right after a drop,
+/// [`in_transaction`](crate::SAConnection::in_transaction) may still show the state before that
+/// queued `ROLLBACK` (it reports the last answer read); the next statement's answer brings it
+/// up to date.
 pub struct SATransaction {
     conn: Connection,
     shared: Shared,
@@ -88,13 +174,22 @@ impl SATransaction {
         shared: &Shared,
         xid: Option<&str>,
     ) -> Result<SATransaction> {
-        if lock(shared).root.is_some()
-            || conn.transaction_status() != aiopg_core::TransactionStatus::Idle
-        {
-            return Err(Error::usage(
+        let inside = || {
+            Error::usage(
                 "begin_twophase() inside a transaction: a two-phase transaction must be the \
                  outermost one (commit or roll back the open transaction first)",
-            ));
+            )
+        };
+        if lock(shared).root.is_some() {
+            return Err(inside());
+        }
+        if conn.transaction_status() != aiopg_core::TransactionStatus::Idle {
+            // The status is the last answer's: a ROLLBACK queued by a dropped call may still be
+            // on its way. An empty query's answer brings it up to date.
+            conn.batch_execute("").await?;
+            if conn.transaction_status() != aiopg_core::TransactionStatus::Idle {
+                return Err(inside());
+            }
         }
         let xid = match xid {
             Some(xid) => {
@@ -103,14 +198,14 @@ impl SATransaction {
             }
             None => new_xid(conn.backend_pid()),
         };
-        conn.batch_execute("BEGIN").await?;
+        begin_root(conn, shared, "BEGIN").await?;
         let generation = open_root(shared);
         Ok(SATransaction {
             conn: conn.clone(),
             shared: shared.clone(),
             kind: Kind::TwoPhase {
                 xid,
-                prepared: false,
+                phase: Phase::Open,
             },
             generation,
             active: true,
@@ -151,7 +246,7 @@ impl SATransaction {
             });
         }
         let sql = options.unwrap_or_default().begin_sql();
-        conn.batch_execute(&sql).await?;
+        begin_root(conn, shared, &sql).await?;
         let generation = open_root(shared);
         Ok(SATransaction {
             conn: conn.clone(),
@@ -166,7 +261,7 @@ impl SATransaction {
     /// prepared two-phase transaction stays active until `commit()` or `rollback()`.
     pub fn is_active(&self) -> bool {
         self.active
-            && (matches!(self.kind, Kind::TwoPhase { prepared: true, .. })
+            && (matches!(&self.kind, Kind::TwoPhase { phase, .. } if phase.apart())
                 || lock(&self.shared).root == Some(self.generation))
     }
 
@@ -185,65 +280,109 @@ impl SATransaction {
     ///
     /// # Errors
     ///
-    /// `Usage` for a transaction that is not two-phase, one already prepared, or an inactive
-    /// one. If the server refuses (`max_prepared_transactions` is 0, a serialization failure),
-    /// the transaction is rolled back, as PostgreSQL does, and becomes inactive.
+    /// `Usage` for a transaction that is not two-phase, one already prepared (or whose earlier
+    /// `prepare()` was dropped), or an inactive one. If the server refuses
+    /// (`max_prepared_transactions` is 0, a serialization failure), the transaction is rolled
+    /// back, as PostgreSQL does, and becomes inactive. A `CommitUnknown` error (the connection
+    /// was lost once the statement was sent) leaves the transaction possibly prepared, as a
+    /// dropped call does.
     ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe. Dropped while the `PREPARE TRANSACTION` waits to be
-    /// written, it is taken back and nothing changes. Dropped after, the transaction may have been
-    /// prepared, but this handle does not record it: it goes on as unprepared (dropping it sends a
-    /// `ROLLBACK`, which does not reach a prepared transaction), and until it is dropped a
-    /// `begin()` on the connection joins it. Find `xid` with
-    /// [`recover_twophase`](crate::SAConnection::recover_twophase) and finish it with
-    /// [`commit_prepared`](crate::SAConnection::commit_prepared) or
-    /// [`rollback_prepared`](crate::SAConnection::rollback_prepared).
+    /// This method is not cancel safe, but its outcome is always knowable. From its first poll
+    /// the connection counts the session's transaction as ended (a later `begin()` begins anew)
+    /// and this handle counts it as possibly prepared. Dropped before the server answered, a
+    /// `ROLLBACK` is queued behind the `PREPARE TRANSACTION` (detached): if the statement was
+    /// taken back unsent, that rolls the transaction back; if it ran, the transaction is
+    /// prepared (or the server refused and rolled it back) and the `ROLLBACK` does nothing.
+    /// Either way the session is outside the transaction. The handle stays active and finds out
+    /// which it was: [`commit`](Self::commit) sends `COMMIT PREPARED` and fails, with the
+    /// server's SQLSTATE 42704 (`undefined_object`), if nothing was prepared (the work was rolled
+    /// back); [`rollback`](Self::rollback) sends `ROLLBACK PREPARED` and succeeds either way.
+    /// Dropping the handle instead leaves a transaction that may be prepared to
+    /// [`recover_twophase`](crate::SAConnection::recover_twophase), as for a prepared one.
     pub async fn prepare(&mut self) -> Result<()> {
         let active = self.is_active();
-        let Kind::TwoPhase { xid, prepared } = &mut self.kind else {
+        let Kind::TwoPhase { xid, phase } = &mut self.kind else {
             return Err(Error::usage(
                 "prepare() is only for a two-phase transaction (begin_twophase)",
             ));
         };
-        if *prepared {
-            return Err(Error::usage(
-                "this two-phase transaction is already prepared: commit() or rollback() it",
-            ));
+        match *phase {
+            Phase::Open => {}
+            Phase::Prepared => {
+                return Err(Error::usage(
+                    "this two-phase transaction is already prepared: commit() or rollback() it",
+                ))
+            }
+            Phase::MaybePrepared => {
+                return Err(Error::usage(
+                    "this two-phase transaction may already be prepared (an earlier prepare() \
+                     did not complete): commit() or rollback() it, which finds out",
+                ))
+            }
         }
         if !active {
             self.active = false;
             return Err(inactive());
         }
-        let res = self
-            .conn
-            .batch_execute(&format!("PREPARE TRANSACTION {}", xid_literal(xid)))
-            .await;
-        match res {
-            Ok(()) => *prepared = true,
-            Err(_) => self.active = false,
-        }
+        // From here the session's transaction is over, or about to be, whatever becomes of
+        // this future: it is prepared, or rolled back (by the server, or by the undo).
+        *phase = Phase::MaybePrepared;
+        let sql = format!("PREPARE TRANSACTION {}", xid_literal(xid));
+        let generation = self.generation;
         self.end_root();
+        let res = run_or_undo(
+            &self.conn,
+            &self.shared,
+            &sql,
+            "ROLLBACK",
+            UndoIf::NoNewerRoot(generation),
+        )
+        .await;
+        match &res {
+            Ok(()) => self.set_phase(Phase::Prepared),
+            // Sent whole, answer lost: prepared or not, only the server knows.
+            Err(e) if e.is_commit_unknown() => {}
+            // Refused (and rolled back by the server), or never sent on a connection that
+            // is gone: nothing is prepared.
+            Err(_) => {
+                self.set_phase(Phase::Open);
+                self.active = false;
+            }
+        }
         res
+    }
+
+    fn set_phase(&mut self, to: Phase) {
+        if let Kind::TwoPhase { phase, .. } = &mut self.kind {
+            *phase = to;
+        }
     }
 
     /// Commits: the outermost transaction sends `COMMIT`, a savepoint is released, a joined
     /// `begin()` does nothing (its outer transaction commits). Committing an inactive
     /// transaction (twice, or after a rollback) is an error.
     ///
+    /// A two-phase transaction whose [`prepare`](Self::prepare) did not complete is committed
+    /// with `COMMIT PREPARED` if it was prepared; if it was not (the work was rolled back), this
+    /// fails with the server's SQLSTATE 42704 (`undefined_object`), saying so.
+    ///
     /// # Cancel safety
     ///
     /// A joined transaction's commit does no I/O and is cancel safe; so is a savepoint's (its work
     /// is kept whether or not the `RELEASE` was sent). For the outermost transaction this method
-    /// is not cancel safe. Dropped before its first poll, the transaction is dropped with it and
-    /// rolled back. From its first poll it is inactive, and dropping it sends nothing more:
-    /// dropped once the `COMMIT` was written, it runs unseen (whether it committed is not known);
-    /// dropped while the `COMMIT` waited to be written, it is taken back and the transaction stays
-    /// open on the server. Either way the connection goes on counting the transaction as open, so
-    /// a later `begin()` on it joins instead of beginning (see the
-    /// [type's section](SATransaction#cancel-safety)). For a prepared two-phase transaction, a
-    /// `COMMIT PREPARED` already sent runs, unseen:
-    /// [`recover_twophase`](crate::SAConnection::recover_twophase) tells.
+    /// is not cancel safe: whether a dropped commit committed is not known. Dropped before its
+    /// first poll, the transaction is dropped with it and rolled back. From its first poll it is
+    /// inactive and the connection's record of it is cleared, so a later `begin()` on the
+    /// [`SAConnection`](crate::SAConnection) begins anew. Dropped before the server answered, a
+    /// `ROLLBACK` is queued behind the `COMMIT` (detached, ahead of anything issued later): if
+    /// the `COMMIT` was written, it runs unseen (committed, unless the server refuses) and the
+    /// `ROLLBACK` does nothing; if it was still waiting to be written, it is taken back and the
+    /// `ROLLBACK` ends the transaction. The connection is left outside a transaction either way.
+    /// For a prepared two-phase transaction, a `COMMIT PREPARED` already sent runs, unseen, and
+    /// one taken back leaves the transaction prepared:
+    /// [`recover_twophase`](crate::SAConnection::recover_twophase) tells which.
     pub async fn commit(mut self) -> Result<()> {
         if !self.is_active() {
             self.active = false;
@@ -257,36 +396,57 @@ impl SATransaction {
                     .batch_execute(&format!("RELEASE SAVEPOINT {name}"))
                     .await
             }
-            Kind::TwoPhase {
-                xid,
-                prepared: true,
-            } => {
-                self.conn
+            Kind::TwoPhase { xid, phase } if phase.apart() => {
+                let res = self
+                    .conn
                     .batch_execute(&format!("COMMIT PREPARED {}", xid_literal(xid)))
-                    .await
+                    .await;
+                match res {
+                    Err(e)
+                        if *phase == Phase::MaybePrepared
+                            && e.code() == Some(&SqlState::UNDEFINED_OBJECT) =>
+                    {
+                        Err(e.context(
+                            "nothing was committed: the transaction's prepare() did not \
+                             complete, and it was not prepared but rolled back",
+                        ))
+                    }
+                    res => res,
+                }
             }
             Kind::Root | Kind::TwoPhase { .. } => {
-                let res = self.conn.batch_execute("COMMIT").await;
                 self.end_root();
-                res
+                run_or_undo(
+                    &self.conn,
+                    &self.shared,
+                    "COMMIT",
+                    "ROLLBACK",
+                    UndoIf::NoNewerRoot(self.generation),
+                )
+                .await
             }
         }
     }
 
     /// Rolls back: the outermost transaction or a joined `begin()` roll the whole transaction
     /// back (so the outer one becomes inactive), a savepoint rolls back to where it began.
-    /// Rolling back an inactive transaction does nothing.
+    /// Rolling back an inactive transaction does nothing. A two-phase transaction whose
+    /// [`prepare`](Self::prepare) did not complete is rolled back with `ROLLBACK PREPARED` if it
+    /// was prepared, and was rolled back already if not: both succeed.
     ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe. Dropped before its first poll, the transaction is dropped
-    /// with it, which rolls back an outermost transaction or a savepoint (a joined
-    /// transaction's drop does nothing). From its first poll it is inactive: a `ROLLBACK` (or
-    /// `ROLLBACK TO SAVEPOINT`, `ROLLBACK PREPARED`) already written runs, unseen; one that still
-    /// waited to be written is taken back, and the work is **not** undone. For the outermost or a
-    /// joined transaction, the connection goes on counting the transaction as open either way, so
-    /// a later `begin()` on it joins instead of beginning (see the
-    /// [type's section](SATransaction#cancel-safety)).
+    /// For the outermost transaction, a joined one and a savepoint, this method is cancel safe:
+    /// the work is undone whether or not the future completes. Dropped before its first poll, the
+    /// transaction is dropped with it, which rolls back an outermost transaction or a savepoint (a
+    /// joined transaction's drop does nothing: its outer one still rolls back when ended or
+    /// dropped). From its first poll the transaction is inactive, and for the outermost or a
+    /// joined transaction the connection's record of it is cleared, so a later `begin()` begins
+    /// anew. Dropped before the server answered, the same statement is queued again behind it
+    /// (detached, ahead of anything issued later): it undoes the work if the first was taken back
+    /// unsent, and does nothing more if it ran. For a prepared two-phase transaction, a
+    /// `ROLLBACK PREPARED` already sent runs, unseen, and one taken back leaves the transaction
+    /// prepared: [`recover_twophase`](crate::SAConnection::recover_twophase) tells which.
     pub async fn rollback(mut self) -> Result<()> {
         if !self.is_active() {
             self.active = false;
@@ -295,22 +455,42 @@ impl SATransaction {
         self.active = false;
         match &self.kind {
             Kind::Nested(name) => {
-                self.conn
-                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {name}"))
-                    .await
+                let sql = format!("ROLLBACK TO SAVEPOINT {name}");
+                run_or_undo(
+                    &self.conn,
+                    &self.shared,
+                    &sql,
+                    &sql,
+                    UndoIf::RootOpen(self.generation),
+                )
+                .await
             }
-            Kind::TwoPhase {
-                xid,
-                prepared: true,
-            } => {
-                self.conn
+            Kind::TwoPhase { xid, phase } if phase.apart() => {
+                let res = self
+                    .conn
                     .batch_execute(&format!("ROLLBACK PREPARED {}", xid_literal(xid)))
-                    .await
+                    .await;
+                match res {
+                    // Not prepared: the transaction was rolled back already.
+                    Err(e)
+                        if *phase == Phase::MaybePrepared
+                            && e.code() == Some(&SqlState::UNDEFINED_OBJECT) =>
+                    {
+                        Ok(())
+                    }
+                    res => res,
+                }
             }
             Kind::Root | Kind::Joined | Kind::TwoPhase { .. } => {
-                let res = self.conn.batch_execute("ROLLBACK").await;
                 self.end_root();
-                res
+                run_or_undo(
+                    &self.conn,
+                    &self.shared,
+                    "ROLLBACK",
+                    "ROLLBACK",
+                    UndoIf::NoNewerRoot(self.generation),
+                )
+                .await
             }
         }
     }
@@ -331,14 +511,30 @@ impl Drop for SATransaction {
         match &self.kind {
             Kind::Joined => {}
             Kind::Nested(name) => self.conn.detach(&format!("ROLLBACK TO SAVEPOINT {name}")),
-            // A prepared transaction outlives the session: it waits for the coordinator.
-            Kind::TwoPhase { prepared: true, .. } => {}
+            // A prepared transaction (or one that may be) outlives the session: it waits for
+            // the coordinator.
+            Kind::TwoPhase { phase, .. } if phase.apart() => {}
             Kind::Root | Kind::TwoPhase { .. } => {
                 self.conn.detach("ROLLBACK");
                 self.end_root();
             }
         }
     }
+}
+
+/// Sends the `BEGIN` (`sql`) of an outermost transaction. Dropped before the server answered,
+/// a `ROLLBACK` is queued behind it (detached), so a `BEGIN` that ran leaves no transaction
+/// that no handle ends; one taken back unsent makes that `ROLLBACK` a harmless warning.
+async fn begin_root(conn: &Connection, shared: &Shared, sql: &str) -> Result<()> {
+    let generation = lock(shared).generation;
+    run_or_undo(
+        conn,
+        shared,
+        sql,
+        "ROLLBACK",
+        UndoIf::NoNewerRoot(generation),
+    )
+    .await
 }
 
 /// Records a new outermost transaction; returns its generation.
