@@ -80,6 +80,33 @@ rt_test! {
 }
 
 rt_test! {
+    async fn the_engine_reports_its_dsn_timeout_name_and_state() {
+        // The test cluster's trust role ignores the password; the DSN must not show it.
+        let secret = "sa-engine-secret-pw";
+        let engine = Engine::builder(options(&format!("{} password={secret}", dsn())))
+            .runtime(runtime())
+            .min_size(0)
+            .max_size(2)
+            .timeout(Duration::from_millis(2500))
+            .name("orders-engine")
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(engine.name(), "orders-engine");
+        assert_eq!(engine.timeout(), Some(Duration::from_millis(2500)));
+        let shown = engine.dsn();
+        assert!(!shown.contains(secret), "the password is hidden: {shown}");
+        assert!(shown.contains("********"), "{shown}");
+        let port = crate::support::cluster().expect("the xtask cluster").port;
+        assert!(shown.contains(&port.to_string()), "{shown}");
+        assert!(!engine.is_closed());
+        engine.close();
+        assert!(engine.is_closed());
+        engine.wait_closed().await.unwrap();
+    }
+}
+
+rt_test! {
     async fn an_engine_for_a_server_that_is_not_there_fails_at_creation() {
         // A closed loopback port.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1125,6 +1125,11 @@ impl Pool {
         &self.inner.name
     }
 
+    /// The connection string the pool's connections use, a password shown as `********`.
+    pub fn dsn(&self) -> String {
+        self.inner.options.config().redacted_dsn()
+    }
+
     /// The most connections the pool holds (aiopg's `maxsize`).
     pub fn max_size(&self) -> usize {
         self.inner.settings.max_size

@@ -94,6 +94,8 @@ impl EngineBuilder {
         reuse(Reuse);
         /// [`PoolBuilder::runtime`]: the runtime for timers, tasks and connections.
         runtime(Arc<dyn Runtime>);
+        /// [`PoolBuilder::name`]: the pool's name, in its metrics (feature `metrics`).
+        name(impl Into<String>);
     }
 
     /// [`PoolBuilder::on_connect`]: runs on every new connection before it is used.
@@ -228,6 +230,28 @@ impl Engine {
     /// The pool underneath.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The connection string, a password shown as `********` (aiopg.sa's `engine.dsn`).
+    pub fn dsn(&self) -> String {
+        self.pool.dsn()
+    }
+
+    /// The bound on [`acquire`](Self::acquire) (aiopg.sa's `engine.timeout`; `None`: no
+    /// limit). Statements have their own, the connections' [`Connection::timeout`](aiopg_conn::Connection::timeout).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.pool.timeout()
+    }
+
+    /// True once [`close`](Self::close) or [`terminate`](Self::terminate) was called
+    /// (aiopg.sa's `engine.closed`).
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
+    /// The pool's name ([`EngineBuilder::name`]).
+    pub fn name(&self) -> &str {
+        self.pool.name()
     }
 }
 
