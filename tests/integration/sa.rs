@@ -607,6 +607,14 @@ rt_test! {
         assert_eq!(row["bin"], SqlValue::Bytes(vec![0, 255]));
         assert_eq!(row["half"], 0.5);
         assert_eq!(row.get::<i32>("n"), 1);
+        // aiopg.sa's row.values() and row.items().
+        assert_eq!(row.values().len(), 8);
+        assert_eq!(row.values()[1], "one");
+        let items = row.items();
+        assert_eq!(items.len(), 8);
+        assert_eq!(items[0], ("n", &SqlValue::Int(1)));
+        assert_eq!(items[2].0, "nothing");
+        assert!(items[2].1.is_null());
         let err = row.value("missing").unwrap_err();
         assert!(err.to_string().contains("label"), "lists the known columns: {err}");
         let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row["missing"].is_null()))

@@ -59,7 +59,7 @@ impl RowProxy {
     /// error listing the known ones.
     pub fn value(&self, idx: impl aiopg_core::RowIndex) -> Result<&SqlValue> {
         match idx.index(self.row.columns()) {
-            Some(i) => Ok(&self.values()[i]),
+            Some(i) => Ok(&self.decoded()[i]),
             // try_get's error names the known columns.
             None => Err(self
                 .row
@@ -74,7 +74,22 @@ impl RowProxy {
         self.row
     }
 
-    fn values(&self) -> &[SqlValue] {
+    /// Every value, in column order, as [`SqlValue`]s (aiopg.sa's `row.values()`).
+    pub fn values(&self) -> &[SqlValue] {
+        self.decoded()
+    }
+
+    /// Every column's name beside its value, in order (aiopg.sa's `row.items()`).
+    pub fn items(&self) -> Vec<(&str, &SqlValue)> {
+        self.row
+            .columns()
+            .iter()
+            .map(|c| c.name())
+            .zip(self.decoded())
+            .collect()
+    }
+
+    fn decoded(&self) -> &[SqlValue] {
         self.values.get_or_init(|| {
             self.row
                 .columns()
