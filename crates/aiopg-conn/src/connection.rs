@@ -29,11 +29,25 @@ use crate::SimpleQueryMessage;
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// The request the innermost [`Connection::with_timeout`] running on this thread issued last:
-/// the connection (its `Shared`'s address) and the request's id.
+/// the connection (its `Shared`'s address) and the request's id. While it drops its future,
+/// also the request it watches (its last) and whether that drop took it back unsent.
 #[derive(Clone, Copy)]
 struct Scope {
     conn: usize,
     last: Option<u64>,
+    watch: Option<u64>,
+    taken_back: bool,
+}
+
+impl Scope {
+    fn new(conn: usize) -> Scope {
+        Scope {
+            conn,
+            last: None,
+            watch: None,
+            taken_back: false,
+        }
+    }
 }
 
 thread_local! {
@@ -216,12 +230,78 @@ impl Future for Request<'_> {
     }
 }
 
+impl Request<'_> {
+    /// Gives the request up, as dropping it does, and says whether it was taken back: `true`
+    /// when none of its bytes had been written, so that the server never sees it; `false` when
+    /// it was written (wholly or in part) or answered: it runs, or ran, its answer discarded.
+    pub(crate) fn withdraw(&mut self) -> bool {
+        if self.finished {
+            return false;
+        }
+        self.finished = true;
+        let taken_back = self.shared.lock().abandon(self.id);
+        if taken_back {
+            // A `with_timeout` dropping its future learns that its request never ran. (Not
+            // `with`: a drop may come as the thread ends.)
+            let key = self.shared as *const Shared as usize;
+            let _ = SCOPE.try_with(|s| {
+                if let Some(mut scope) = s.get() {
+                    if scope.conn == key && scope.watch == Some(self.id) {
+                        scope.taken_back = true;
+                        s.set(Some(scope));
+                    }
+                }
+            });
+        }
+        taken_back
+    }
+}
+
 impl Drop for Request<'_> {
     fn drop(&mut self) {
-        if !self.finished {
-            self.shared.lock().abandon(self.id);
-        }
+        self.withdraw();
     }
+}
+
+/// Polls `fut` (still there: see [`drop_scoped`]) with a [`Connection::with_timeout`] scope
+/// for connection `key` installed, so that the requests it issues are known to be its own;
+/// the last one's id goes to `last`.
+fn poll_scoped<F: Future>(
+    key: usize,
+    fut: Pin<&mut Option<F>>,
+    last: &AtomicU64,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    let fut = fut
+        .as_pin_mut()
+        .expect("with_timeout polls its future only before dropping it");
+    let outer = SCOPE.replace(Some(Scope::new(key)));
+    let res = fut.poll(cx);
+    let mine = SCOPE.replace(outer).and_then(|s| s.last);
+    if let Some(id) = mine {
+        last.store(id, Ordering::Relaxed);
+        // An enclosing `with_timeout` on the same connection owns these too.
+        SCOPE.with(|s| {
+            if let Some(mut outer) = s.get() {
+                if outer.conn == key {
+                    outer.last = mine;
+                    s.set(Some(outer));
+                }
+            }
+        });
+    }
+    res
+}
+
+/// Drops `fut` with a scope installed (as [`poll_scoped`]) and says whether that drop took
+/// request `watch` back unsent.
+fn drop_scoped<F>(key: usize, mut fut: Pin<&mut Option<F>>, watch: u64) -> bool {
+    let outer = SCOPE.replace(Some(Scope {
+        watch: Some(watch),
+        ..Scope::new(key)
+    }));
+    fut.set(None);
+    SCOPE.replace(outer).is_some_and(|s| s.taken_back)
 }
 
 impl Connection {
@@ -580,10 +660,15 @@ impl Connection {
     /// CancelRequest stops it and the call returns a `Timeout` error once the server has
     /// confirmed, so the connection is usable for the next statement (Python aiopg closes it
     /// instead). A statement that finished before the cancel landed returns its result. When
-    /// the statement is still queued behind other callers' requests, nothing is cancelled:
-    /// `fut` is dropped (a request not yet written is taken back; one already written runs,
-    /// and its answer is discarded) and the call returns `Timeout` at once, so a timeout never
-    /// stops a neighbour's statement.
+    /// the statement is still queued behind other callers' requests, nothing is cancelled, so
+    /// that a timeout never stops a neighbour's statement: `fut` is dropped and the call returns
+    /// at once. A request not yet written is taken back and never runs: `Timeout` (a `COMMIT`
+    /// taken back ended nothing: its [`Transaction`](crate::Transaction) is still active, and
+    /// rolls back when dropped). One already written runs and its answer is discarded:
+    /// `Timeout`, except for a request that may commit (a `COMMIT`, an implicit transaction),
+    /// whose outcome is then unknown: the connection is closed and the call returns
+    /// [`CommitUnknown`](ErrorKind::CommitUnknown) (or, if only part of it had been written,
+    /// `Timeout`: the close keeps the rest from ever going out, so it never runs).
     ///
     /// The call returns within `timeout` plus [`CANCEL_GRACE`]: if the cancel cannot be sent
     /// and confirmed in that time, the connection is closed and the error says so. A cancel
@@ -609,33 +694,12 @@ impl Connection {
         let key = Arc::as_ptr(&self.shared) as usize;
         // The id of the last request `fut` issued (`u64::MAX`: none yet); atomic only to keep
         // this future `Send`.
-        let last = AtomicU64::new(u64::MAX);
-        let mut fut = std::pin::pin!(fut);
-        // Polls `fut` with this call's scope installed, so that the requests it issues are
-        // known to be its own.
-        let scoped = poll_fn(|cx| {
-            let outer = SCOPE.replace(Some(Scope {
-                conn: key,
-                last: None,
-            }));
-            let res = fut.as_mut().poll(cx);
-            let mine = SCOPE.replace(outer).and_then(|s| s.last);
-            if let Some(id) = mine {
-                last.store(id, Ordering::Relaxed);
-                // An enclosing `with_timeout` on the same connection owns these too.
-                SCOPE.with(|s| {
-                    if let Some(mut outer) = s.get() {
-                        if outer.conn == key {
-                            outer.last = mine;
-                            s.set(Some(outer));
-                        }
-                    }
-                });
-            }
-            res
-        });
-        let mut scoped = std::pin::pin!(scoped);
-        if let Ok(r) = aiopg_rt::timeout(&*self.shared.runtime, limit, scoped.as_mut()).await {
+        let issued = AtomicU64::new(u64::MAX);
+        // In an `Option`, so that it can be dropped here, under this call's scope, to learn
+        // whether its request was taken back.
+        let mut fut = std::pin::pin!(Some(fut));
+        let scoped = poll_fn(|cx| poll_scoped(key, fut.as_mut(), &issued, cx));
+        if let Ok(r) = aiopg_rt::timeout(&*self.shared.runtime, limit, scoped).await {
             return r;
         }
         let timed_out = |what: &str| {
@@ -648,7 +712,7 @@ impl Connection {
                 None,
             )
         };
-        let last = last.load(Ordering::Relaxed);
+        let last = issued.load(Ordering::Relaxed);
         if last != u64::MAX && self.shared.lock().awaits_copy_data(last) {
             // A COPY FROM STDIN still taking data: the server waits for the client, which a
             // cancel does not interrupt. CopyFail ends it (nothing is copied); the server's
@@ -673,35 +737,74 @@ impl Connection {
                 }
             };
         }
+        // One more poll: an answer another caller read just as the time ran out is not lost.
+        let again = poll_fn(|cx| Poll::Ready(poll_scoped(key, fut.as_mut(), &issued, cx))).await;
+        if let Poll::Ready(r) = again {
+            return r;
+        }
+        // That poll may have issued another request.
+        let last = issued.load(Ordering::Relaxed);
         let (executing, in_doubt) = if last == u64::MAX {
             (false, false)
         } else {
             let st = self.shared.lock();
             (st.is_executing(last), st.commit_in_doubt(last))
         };
-        if !executing && in_doubt {
-            // Sent whole but still queued behind others: it will run, unseen by the caller.
-            return Err(Error::commit_unknown(
-                format!(
-                    "the statement outlived its timeout ({} s) while waiting behind other \
-                     requests",
-                    limit.as_secs_f64()
-                ),
-                None,
-            ));
-        }
         if !executing {
-            // Queued behind other callers (or between requests): leave the neighbours alone.
-            return Err(timed_out(
-                "it was still waiting behind other requests on this connection and was \
-                 withdrawn (if it had been sent, it still runs and its answer is discarded); \
-                 the connection is still usable",
-            ));
+            // Queued behind other callers (or between requests): leave the neighbours alone,
+            // and drop `fut`, which takes its request back if none of it was written.
+            let commits = last != u64::MAX && self.shared.lock().may_commit(last);
+            let taken_back = last != u64::MAX && drop_scoped(key, fut.as_mut(), last);
+            if last == u64::MAX {
+                return Err(timed_out(
+                    "it was still waiting behind other requests on this connection and was \
+                     withdrawn (if it had been sent, it still runs and its answer is discarded); \
+                     the connection is still usable",
+                ));
+            }
+            if taken_back {
+                return Err(timed_out(
+                    "it was still waiting behind other requests on this connection and was \
+                     withdrawn unsent: it never runs; the connection is still usable",
+                ));
+            }
+            if !commits {
+                return Err(timed_out(
+                    "it was waiting behind other requests on this connection, already sent: it \
+                     still runs, and its answer is discarded; the connection is still usable",
+                ));
+            }
+            // A COMMIT (or an implicit transaction) that was sent runs unseen: its outcome is
+            // unknown, and `CommitUnknown` means the connection is closed (nobody may go on
+            // as if the outcome were known). If only part of it was written, the close keeps
+            // the rest from going out: it never runs.
+            let whole = {
+                let mut st = self.shared.lock();
+                let whole = st.written_whole(last);
+                st.close_commit_timed_out();
+                whole
+            };
+            return Err(if whole {
+                Error::commit_unknown(
+                    format!(
+                        "the statement outlived its timeout ({} s) while it waited, sent, behind \
+                         other requests; the connection was closed",
+                        limit.as_secs_f64()
+                    ),
+                    None,
+                )
+            } else {
+                timed_out(
+                    "it was waiting behind other requests, only partly sent; the connection was \
+                     closed, so it never runs (nothing was committed)",
+                )
+            });
         }
         tracing::debug!(?limit, "statement timed out; cancelling it on the server");
         let rt = &*self.shared.runtime;
         let cancelled = aiopg_rt::timeout(rt, CANCEL_GRACE, self.cancel()).await;
-        let confirm = aiopg_rt::timeout(rt, CANCEL_GRACE, scoped.as_mut());
+        let scoped = poll_fn(|cx| poll_scoped(key, fut.as_mut(), &issued, cx));
+        let confirm = aiopg_rt::timeout(rt, CANCEL_GRACE, scoped);
         let cancel_error = match cancelled {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),

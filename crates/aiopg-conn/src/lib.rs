@@ -105,10 +105,10 @@
 //! | [`Pipeline::transaction`], [`Pipeline::transaction_with_retry`] | Keeps the connection in step; a sent transaction runs to its end: it may commit unseen. |
 //! | [`query_stream`](Connection::query_stream); dropping a [`RowStream`] | The rest of the result is read and discarded. [`RowStream`]'s `poll_next` is cancel safe. |
 //! | [`begin`](Connection::begin), [`begin_with`](Connection::begin_with), [`Transaction::begin`] | Cancel safe: a `BEGIN` that may have run is followed by a `ROLLBACK`. |
-//! | [`Transaction::commit`], [`Transaction::rollback`] | Not cancel safe: the outcome is unknown (see each method). |
-//! | [`Transaction::savepoint`], [`Transaction::point`], [`Savepoint::point`] | A `SAVEPOINT` that may have run is undone (see each method for a caveat). |
+//! | [`Transaction::commit`], [`Transaction::rollback`] | Taken back unsent: nothing ended, and the guard still rolls back when dropped. Dropped once sent: it runs, and a `COMMIT`'s outcome is unknown to the caller (see each method). |
+//! | [`Transaction::savepoint`], [`Transaction::point`], [`Savepoint::point`] | Cancel safe: a `SAVEPOINT` that may have run is undone; one taken back unsent queues no undo. |
 //! | [`Transaction::release_savepoint`], [`Savepoint::commit`] | The savepoint's work is kept either way. |
-//! | [`Transaction::rollback_savepoint`], [`Savepoint::rollback`] | Not cancel safe: the work may not have been undone. |
+//! | [`Transaction::rollback_savepoint`], [`Savepoint::rollback`] | Taken back unsent: the savepoint stays open (and its guard still undoes it when dropped); once sent, the work is undone. |
 //! | [`transact`](Connection::transact) | As its transaction's parts: dropped before `COMMIT`, rolled back. |
 //! | [`copy_in`](Connection::copy_in); dropping a [`CopyInWriter`] | The COPY is ended with CopyFail: nothing is copied. |
 //! | [`BinaryCopyInWriter::write`] | Cancel safe: the row is written if and only if the call returns `Ok`. |
@@ -142,7 +142,9 @@
 //! returns within the timeout plus [`CANCEL_GRACE`] (2 s): that grace bounds sending the
 //! cancel request and reading the cancelled statement's answer together, and past it the
 //! connection is closed. A committing request (see below) that was wholly sent when the call
-//! gives up on it fails with [`ErrorKind::CommitUnknown`]: it may have committed.
+//! gives up on it fails with [`ErrorKind::CommitUnknown`] (it may have committed), and the
+//! connection is closed, as that kind always means; one taken back unsent is a `Timeout`
+//! that ended nothing (a `COMMIT`'s transaction is still active).
 //!
 //! The server's own `statement_timeout` needs no client involvement: set it per session
 //! (`SET statement_timeout = '5s'`, or `options='-c statement_timeout=5s'` in the DSN) or per

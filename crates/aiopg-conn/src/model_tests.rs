@@ -232,6 +232,25 @@ struct Server {
     tx_synced: bool,
     /// The portal is a BEGIN's.
     begin_portal: bool,
+    /// A transaction block opened by a simple-query `BEGIN` (the `Transaction` API), apart
+    /// from the pipelined transactions' `tx`.
+    block: Option<Block>,
+    /// The values of the `INSERT n` statements that committed (or ran outside a block).
+    rows: Vec<i64>,
+    /// `ROLLBACK TO` or `RELEASE` of a savepoint that does not exist, in a healthy block: the
+    /// error aborts a transaction none of whose statements failed.
+    lost_savepoints: Vec<String>,
+}
+
+/// A transaction block of the simulated server (see [`Server::session`]).
+#[derive(Debug, Default)]
+struct Block {
+    /// A statement failed: everything but `ROLLBACK [TO SAVEPOINT]` fails until then.
+    failed: bool,
+    /// The values inserted in the block, in order.
+    rows: Vec<i64>,
+    /// Open savepoints, innermost last: name, and how many rows the block had then.
+    savepoints: Vec<(String, usize)>,
 }
 
 fn put_msg(out: &mut VecDeque<u8>, tag: u8, body: &[u8]) {
@@ -330,11 +349,173 @@ impl Server {
     }
 
     fn status(&self) -> &'static [u8] {
-        match self.tx {
-            None => b"I",
-            Some(false) => b"T",
-            Some(true) => b"E",
+        match (self.tx, &self.block) {
+            (Some(false), _) => b"T",
+            (Some(true), _) => b"E",
+            (None, Some(b)) if b.failed => b"E",
+            (None, Some(_)) => b"T",
+            (None, None) => b"I",
         }
+    }
+
+    /// The statements of the `Transaction` API, in a simple query of one or more statements
+    /// separated by `"; "`: `BEGIN`, `COMMIT` (inside a block), `ROLLBACK`, `SAVEPOINT n`,
+    /// `ROLLBACK TO SAVEPOINT n`, `RELEASE SAVEPOINT n`, `INSERT v`, `FAIL` (an error), and
+    /// `Q v` inside a block, with PostgreSQL's rules for a failed block. Returns false for
+    /// anything else, which is handled as before.
+    fn session(&mut self, sql: &str, out: &mut VecDeque<u8>) -> bool {
+        let first = sql.split("; ").next().unwrap_or("");
+        let in_block = self.block.is_some();
+        let ours = matches!(first, "BEGIN" | "ROLLBACK" | "FAIL")
+            || (in_block && (first == "COMMIT" || first.starts_with("Q ")))
+            || [
+                "SAVEPOINT ",
+                "ROLLBACK TO SAVEPOINT ",
+                "RELEASE SAVEPOINT ",
+                "INSERT ",
+            ]
+            .iter()
+            .any(|p| first.starts_with(p));
+        if !ours {
+            return false;
+        }
+        for stmt in sql.split("; ") {
+            if let Err((code, msg)) = self.session_statement(stmt, out) {
+                put_msg(out, b'E', &error_body(code, &msg));
+                if let Some(b) = self.block.as_mut() {
+                    b.failed = true;
+                }
+                // The rest of the query is skipped.
+                break;
+            }
+        }
+        true
+    }
+
+    fn session_statement(
+        &mut self,
+        stmt: &str,
+        out: &mut VecDeque<u8>,
+    ) -> Result<(), (&'static str, String)> {
+        let aborted = || {
+            Err((
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .to_owned(),
+            ))
+        };
+        let outside = |what: &str| {
+            Err((
+                "25P01",
+                format!("{what} can only be used in transaction blocks"),
+            ))
+        };
+        let failed = self.block.as_ref().is_some_and(|b| b.failed);
+        match stmt {
+            "BEGIN" => {
+                if self.block.is_some() {
+                    self.violations.push(
+                        "BEGIN inside a transaction block: an earlier transaction was left open"
+                            .into(),
+                    );
+                } else {
+                    self.block = Some(Block::default());
+                }
+                put_msg(out, b'C', b"BEGIN\0");
+                return Ok(());
+            }
+            "COMMIT" => {
+                let tag: &[u8] = match self.block.take() {
+                    Some(b) if b.failed => b"ROLLBACK\0",
+                    Some(b) => {
+                        self.rows.extend(b.rows);
+                        b"COMMIT\0"
+                    }
+                    None => b"COMMIT\0",
+                };
+                put_msg(out, b'C', tag);
+                return Ok(());
+            }
+            "ROLLBACK" => {
+                // Outside a block PostgreSQL only warns.
+                self.block = None;
+                put_msg(out, b'C', b"ROLLBACK\0");
+                return Ok(());
+            }
+            "FAIL" => return Err(("22012", "division by zero".to_owned())),
+            _ => {}
+        }
+        if let Some(v) = stmt.strip_prefix("INSERT ") {
+            let v: i64 = v.parse().expect("INSERT <int>");
+            match self.block.as_mut() {
+                None => self.rows.push(v),
+                Some(_) if failed => return aborted(),
+                Some(b) => b.rows.push(v),
+            }
+            put_msg(out, b'C', b"INSERT 0 1\0");
+            return Ok(());
+        }
+        if let Some(v) = stmt.strip_prefix("Q ") {
+            if failed {
+                return aborted();
+            }
+            let v: i64 = v.parse().expect("Q <int>");
+            if v < 0 {
+                return Err(("22023", "bad value".to_owned()));
+            }
+            put_msg(out, b'T', &row_description(TEXT));
+            put_msg(out, b'D', &data_row(v.to_string().as_bytes()));
+            put_msg(out, b'C', b"SELECT 1\0");
+            return Ok(());
+        }
+        if let Some(name) = stmt.strip_prefix("SAVEPOINT ") {
+            let Some(b) = self.block.as_mut() else {
+                return outside("SAVEPOINT");
+            };
+            if failed {
+                return aborted();
+            }
+            b.savepoints.push((name.to_owned(), b.rows.len()));
+            put_msg(out, b'C', b"SAVEPOINT\0");
+            return Ok(());
+        }
+        let (name, rollback) = if let Some(n) = stmt.strip_prefix("ROLLBACK TO SAVEPOINT ") {
+            (n, true)
+        } else if let Some(n) = stmt.strip_prefix("RELEASE SAVEPOINT ") {
+            (n, false)
+        } else {
+            self.violations
+                .push(format!("unknown statement {stmt:?} of the Transaction API"));
+            return Err(("42601", "syntax error".to_owned()));
+        };
+        let what = if rollback {
+            "ROLLBACK TO SAVEPOINT"
+        } else {
+            "RELEASE SAVEPOINT"
+        };
+        let Some(b) = self.block.as_mut() else {
+            return outside(what);
+        };
+        if failed && !rollback {
+            return aborted();
+        }
+        let Some(i) = b.savepoints.iter().rposition(|(n, _)| n == name) else {
+            if !failed {
+                self.lost_savepoints.push(format!("{what} {name}"));
+            }
+            return Err(("3B001", format!("savepoint \"{name}\" does not exist")));
+        };
+        if rollback {
+            let mark = b.savepoints[i].1;
+            b.rows.truncate(mark);
+            b.savepoints.truncate(i + 1);
+            b.failed = false;
+            put_msg(out, b'C', b"ROLLBACK\0");
+        } else {
+            b.savepoints.truncate(i);
+            put_msg(out, b'C', b"RELEASE\0");
+        }
+        Ok(())
     }
 
     fn handle(&mut self, tag: u8, b: &[u8], out: &mut VecDeque<u8>) {
@@ -396,6 +577,10 @@ impl Server {
         if tag == b'Q' {
             let sql = cstr(b, &mut at);
             self.skipping = false;
+            if self.tx.is_none() && self.session(&sql, out) {
+                put_msg(out, b'Z', self.status());
+                return;
+            }
             if sql == "COMMIT" {
                 self.tx_synced = false;
                 let values = std::mem::take(&mut self.tx_values);
@@ -1669,4 +1854,620 @@ fn dropped_requests_with_a_pending_close_leave_no_answer_behind() {
         },
     ];
     Model::new(2).run(&actions).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Transaction guards: `Transaction` and `Savepoint` futures dropped after random polls.
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GuardEnd {
+    Commit,
+    Rollback,
+    Drop,
+}
+
+/// One call on the transaction guard (or a statement inside it).
+#[derive(Debug, Clone)]
+enum GuardOp {
+    /// A new guard (the one before it dropped), begun.
+    Begin,
+    /// `INSERT v` of a fresh value, run to its end.
+    Insert,
+    /// A failing statement, run to its end.
+    Fail,
+    /// A scoped savepoint's life: `point()`, an insert, maybe a failing statement, its end.
+    Point {
+        fail: bool,
+        end: GuardEnd,
+    },
+    Savepoint,
+    RollbackSavepoint,
+    ReleaseSavepoint,
+    Commit,
+    Rollback,
+    DropGuard,
+}
+
+/// What happens around a guard call while it is polled.
+#[derive(Debug, Clone)]
+enum Noise {
+    /// Neighbour `i` (if free) issues a simple query: another caller's request in flight,
+    /// which holds back what is issued after it.
+    Neighbour(usize),
+    PollNeighbours,
+    Server(usize),
+    /// The most bytes one write takes (0: writes pend).
+    Write(usize),
+    RunTasks,
+}
+
+#[derive(Debug, Clone)]
+struct GuardStep {
+    op: GuardOp,
+    /// Dropped after this many polls unless it finished; `None`: run to its end.
+    polls: Option<usize>,
+    noise: Vec<Noise>,
+}
+
+/// What must have become of a transaction's rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fate {
+    Committed,
+    RolledBack,
+    /// A `COMMIT` sent, its answer dropped: either.
+    Unknown,
+}
+
+/// One transaction's rows, as far as its user can know them.
+#[derive(Debug)]
+struct Ledger {
+    /// Rows by savepoint level (0: the transaction's own), mirroring the guard's stack.
+    levels: Vec<Vec<i64>>,
+    /// Rows a savepoint rollback undid (or a savepoint never committed): never committed.
+    undone: Vec<i64>,
+    fate: Option<Fate>,
+}
+
+type Neighbour = (
+    Pin<Box<dyn Future<Output = aiopg_core::Result<()>> + Send>>,
+    Arc<Flag>,
+);
+
+fn poll_flagged<F: Future + ?Sized>(fut: Pin<&mut F>, flag: &Arc<Flag>) -> Poll<F::Output> {
+    flag.0.store(false, Ordering::SeqCst);
+    let waker = Waker::from(flag.clone());
+    fut.poll(&mut Context::from_waker(&waker))
+}
+
+fn poll_neighbours(nbs: &mut [Option<Neighbour>]) {
+    for slot in nbs.iter_mut() {
+        if let Some((f, flag)) = slot.as_mut() {
+            if poll_flagged(f.as_mut(), flag).is_ready() {
+                // In a failed block it fails: either way it is answered.
+                *slot = None;
+            }
+        }
+    }
+}
+
+fn apply_noise(m: &mut Model, nbs: &mut [Option<Neighbour>], noise: &Noise) {
+    match noise {
+        Noise::Neighbour(i) => {
+            if nbs[*i].is_none() {
+                let c = m.conn.clone();
+                let mut nb: Neighbour = (
+                    Box::pin(async move { c.batch_execute("Q 1").await }),
+                    Arc::new(Flag(AtomicBool::new(false))),
+                );
+                if poll_flagged(nb.0.as_mut(), &nb.1).is_pending() {
+                    nbs[*i] = Some(nb);
+                }
+            }
+        }
+        Noise::PollNeighbours => poll_neighbours(nbs),
+        Noise::Server(n) => {
+            let mut net = m.net.lock().unwrap();
+            m.server.step(&mut net, *n);
+        }
+        Noise::Write(limit) => {
+            let mut net = m.net.lock().unwrap();
+            net.write_limit = *limit;
+            if *limit > 0 {
+                if let Some(w) = net.write_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        Noise::RunTasks => m.run_tasks(false),
+    }
+}
+
+/// Everything moves: the socket takes all, the server answers all, tasks and neighbours run.
+fn progress(m: &mut Model, nbs: &mut [Option<Neighbour>]) {
+    apply_noise(m, nbs, &Noise::Write(1 << 20));
+    apply_noise(m, nbs, &Noise::Server(usize::MAX));
+    m.run_tasks(false);
+    poll_neighbours(nbs);
+}
+
+/// A scoped savepoint's life (see [`GuardOp::Point`]); `flags` say how far it got: the
+/// insert ran, its commit was called, its rollback returned `Ok`.
+async fn point_life(
+    tx: &mut crate::Transaction,
+    conn: &Connection,
+    v: i64,
+    fail: bool,
+    end: GuardEnd,
+    flags: &[AtomicBool; 3],
+) -> aiopg_core::Result<()> {
+    let [inserted, committing, rolled_back] = flags;
+    let mut sp = tx.point().await?;
+    conn.batch_execute(&format!("INSERT {v}")).await?;
+    inserted.store(true, Ordering::SeqCst);
+    if fail {
+        let _ = conn.batch_execute("FAIL").await;
+    }
+    match end {
+        GuardEnd::Commit => {
+            committing.store(true, Ordering::SeqCst);
+            sp.commit().await
+        }
+        GuardEnd::Rollback => {
+            sp.rollback().await?;
+            rolled_back.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        GuardEnd::Drop => Ok(()),
+    }
+}
+
+/// The guard ends (dropped): an active one is rolled back.
+fn end_guard(
+    tx: &mut Option<crate::Transaction>,
+    ledger: &mut Option<Ledger>,
+    done: &mut Vec<Ledger>,
+) {
+    if let Some(t) = tx.take() {
+        if let Some(mut l) = ledger.take() {
+            if t.is_active() {
+                l.fate = Some(Fate::RolledBack);
+            }
+            done.push(l);
+        }
+    }
+}
+
+/// An error a statement may meet in a transaction that had failed before it.
+fn is_aborted(e: &aiopg_core::Error) -> bool {
+    e.code().map(|c| c.code()) == Some("25P02")
+}
+
+/// Random calls on transaction guards (begin, inserts, failing statements, scoped savepoints,
+/// the savepoint stack, commit, rollback, drop), each dropped after a random number of polls,
+/// with other callers' requests in flight, writes pending or split, and the server answering
+/// at its own pace. The user's view must be the truth: once a guard is gone and the
+/// connection settled, the server is inside no transaction block (and the client says so);
+/// rows are committed if and only if `commit()` returned `Ok` (either way for a commit whose
+/// future was dropped once sent); rows a savepoint rollback undid never commit; and no
+/// `ROLLBACK TO` or `RELEASE` names a savepoint that does not exist in a healthy block.
+fn guard_outcomes(steps: &[GuardStep]) -> Result<(), String> {
+    let mut m = Model::new(100);
+    let conn = m.conn.clone();
+    let mut nbs: Vec<Option<Neighbour>> = (0..3).map(|_| None).collect();
+    let mut tx: Option<crate::Transaction> = None;
+    let mut ledger: Option<Ledger> = None;
+    let mut done: Vec<Ledger> = Vec::new();
+    let mut next_value = 0i64;
+    for (n, step) in steps.iter().enumerate() {
+        let at = |what: String| format!("step {n} ({step:?}): {what}");
+        match step.op {
+            GuardOp::Begin => {
+                end_guard(&mut tx, &mut ledger, &mut done);
+                tx = Some(conn.transaction(crate::TransactionOptions::default()));
+            }
+            GuardOp::DropGuard => {
+                end_guard(&mut tx, &mut ledger, &mut done);
+                continue;
+            }
+            _ if !tx.as_ref().is_some_and(crate::Transaction::is_active) => continue,
+            _ => {}
+        }
+        let t = tx.as_mut().expect("a guard");
+        let depth_before = t.savepoint_depth();
+        next_value += 1;
+        let v = next_value;
+        let flags = [
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+        ];
+        let c = conn.clone();
+        let polls = match step.op {
+            // Their outcome must be known.
+            GuardOp::Insert | GuardOp::Fail => None,
+            _ => step.polls,
+        };
+        let res = {
+            let mut fut: Pin<Box<dyn Future<Output = aiopg_core::Result<()>> + '_>> = match step.op
+            {
+                GuardOp::Begin => Box::pin(t.begin()),
+                GuardOp::Insert => {
+                    Box::pin(async move { c.batch_execute(&format!("INSERT {v}")).await })
+                }
+                GuardOp::Fail => Box::pin(async move { c.batch_execute("FAIL").await }),
+                GuardOp::Point { fail, end } => Box::pin(point_life(t, &c, v, fail, end, &flags)),
+                GuardOp::Savepoint => Box::pin(t.savepoint()),
+                GuardOp::RollbackSavepoint => Box::pin(t.rollback_savepoint()),
+                GuardOp::ReleaseSavepoint => Box::pin(t.release_savepoint()),
+                GuardOp::Commit => Box::pin(t.commit()),
+                GuardOp::Rollback => Box::pin(t.rollback()),
+                GuardOp::DropGuard => unreachable!(),
+            };
+            let flag = Arc::new(Flag(AtomicBool::new(false)));
+            let mut res = None;
+            // Poll `k + 1` comes after noise `k`.
+            for k in 0..10_000 {
+                if polls.is_some_and(|p| k >= p) {
+                    break;
+                }
+                // What happens before each poll (the first one issues the call's request).
+                match step.noise.get(k) {
+                    Some(noise) => apply_noise(&mut m, &mut nbs, noise),
+                    None if polls.is_none() && k > 0 => progress(&mut m, &mut nbs),
+                    None => {}
+                }
+                m.conn.shared.lock().check().map_err(&at)?;
+                if let Poll::Ready(r) = poll_flagged(fut.as_mut(), &flag) {
+                    res = Some(r);
+                    break;
+                }
+            }
+            if res.is_none() && polls.is_none() {
+                return Err(at("the call never finished".into()));
+            }
+            // Dropped here unless it finished.
+            res
+        };
+        m.conn.shared.lock().check().map_err(&at)?;
+        let t = tx.as_mut().expect("a guard");
+        let (depth, active) = (t.savepoint_depth(), t.is_active());
+        let unexpected = |e: &aiopg_core::Error| Err(at(format!("failed with {e}")));
+        let l = ledger.as_mut();
+        match (&step.op, res) {
+            (GuardOp::Begin, Some(Ok(()))) => {
+                ledger = Some(Ledger {
+                    levels: vec![Vec::new()],
+                    undone: Vec::new(),
+                    fate: None,
+                });
+            }
+            (GuardOp::Begin, None) => {}
+            (GuardOp::Insert, Some(Ok(()))) => {
+                l.expect("active")
+                    .levels
+                    .last_mut()
+                    .expect("level 0")
+                    .push(v);
+            }
+            (GuardOp::Insert, Some(Err(e))) if is_aborted(&e) => {}
+            (GuardOp::Fail, Some(Err(e))) if e.code().map(|c| c.code()) == Some("22012") => {}
+            (GuardOp::Fail, Some(Err(e))) if is_aborted(&e) => {}
+            (GuardOp::Point { .. }, res) => {
+                if let Some(Err(e)) = &res {
+                    if !is_aborted(e) {
+                        return unexpected(e);
+                    }
+                }
+                let [inserted, committing, rolled_back] = &flags;
+                let l = l.expect("active");
+                if inserted.load(Ordering::SeqCst) {
+                    if committing.load(Ordering::SeqCst) && !rolled_back.load(Ordering::SeqCst) {
+                        // Released, or kept on the server: its work is the transaction's.
+                        l.levels.last_mut().expect("a level").push(v);
+                    } else {
+                        l.undone.push(v);
+                    }
+                }
+            }
+            (GuardOp::Savepoint, res) => {
+                if let Some(Err(e)) = &res {
+                    if !is_aborted(e) {
+                        return unexpected(e);
+                    }
+                }
+                if depth == depth_before + 1 {
+                    l.expect("active").levels.push(Vec::new());
+                } else if depth != depth_before {
+                    return Err(at(format!("depth {depth_before} became {depth}")));
+                }
+            }
+            (GuardOp::RollbackSavepoint | GuardOp::ReleaseSavepoint, res) => {
+                match &res {
+                    Some(Err(e)) if e.kind() == ErrorKind::Usage && depth_before == 0 => {}
+                    // RELEASE in a failed block.
+                    Some(Err(e))
+                        if is_aborted(e) && matches!(step.op, GuardOp::ReleaseSavepoint) => {}
+                    Some(Err(e)) => return unexpected(e),
+                    _ => {}
+                }
+                if depth + 1 == depth_before {
+                    // Sent (or answered): it runs.
+                    let l = l.expect("active");
+                    let level = l.levels.pop().expect("a savepoint level");
+                    if matches!(step.op, GuardOp::RollbackSavepoint) {
+                        l.undone.extend(level);
+                    } else {
+                        l.levels.last_mut().expect("level 0").extend(level);
+                    }
+                } else if depth != depth_before {
+                    return Err(at(format!("depth {depth_before} became {depth}")));
+                } else if res.as_ref().is_some_and(|r| r.is_ok()) {
+                    return Err(at("Ok, yet the savepoint is still open".into()));
+                }
+            }
+            (GuardOp::Commit | GuardOp::Rollback, res) => {
+                let commit = matches!(step.op, GuardOp::Commit);
+                let fate = match res {
+                    Some(Ok(())) if commit => Some(Fate::Committed),
+                    Some(Ok(())) => Some(Fate::RolledBack),
+                    Some(Err(e))
+                        if commit
+                            && e.kind() == ErrorKind::Usage
+                            && e.to_string().contains("rolled it back") =>
+                    {
+                        Some(Fate::RolledBack)
+                    }
+                    Some(Err(e)) => return unexpected(&e),
+                    // Taken back unsent: still open.
+                    None if active => None,
+                    None if commit => Some(Fate::Unknown),
+                    None => Some(Fate::RolledBack),
+                };
+                if let Some(fate) = fate {
+                    if active {
+                        return Err(at(format!("{fate:?}, yet the guard is still active")));
+                    }
+                    l.expect("active").fate = Some(fate);
+                }
+            }
+            (_, Some(Err(e))) => return unexpected(&e),
+            (_, res) => return Err(at(format!("returned {res:?}"))),
+        }
+        if let Some(v) = m.server.violations.first() {
+            return Err(at(format!("the server saw a protocol violation: {v}")));
+        }
+        if let Some(sp) = m.server.lost_savepoints.first() {
+            return Err(at(format!(
+                "{sp}: no such savepoint; the error aborted a healthy transaction"
+            )));
+        }
+    }
+    end_guard(&mut tx, &mut ledger, &mut done);
+    // Settle, as a user would: a last statement, answered after everything issued before it,
+    // while every neighbour and detached clean-up runs.
+    let c = conn.clone();
+    let mut last: Pin<Box<dyn Future<Output = aiopg_core::Result<()>>>> =
+        Box::pin(async move { c.batch_execute("Q 7").await });
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let mut answered = None;
+    for _ in 0..10_000 {
+        if answered.is_none() {
+            if let Poll::Ready(r) = poll_flagged(last.as_mut(), &flag) {
+                answered = Some(r);
+            }
+        }
+        progress(&mut m, &mut nbs);
+        let idle = answered.is_some()
+            && nbs.iter().all(Option::is_none)
+            && m.tasks.is_empty()
+            && !m.conn.shared.lock().has_unanswered();
+        if idle {
+            break;
+        }
+    }
+    match answered {
+        None => return Err("the connection never settled".into()),
+        Some(Err(e)) if !is_aborted(&e) => return Err(format!("the last statement: {e}")),
+        Some(_) => {}
+    }
+    if !nbs.iter().all(Option::is_none) || !m.tasks.is_empty() {
+        return Err("the connection never settled".into());
+    }
+    if let Some(v) = m.server.violations.first() {
+        return Err(format!("the server saw a protocol violation: {v}"));
+    }
+    if let Some(sp) = m.server.lost_savepoints.first() {
+        return Err(format!(
+            "{sp}: no such savepoint; the error aborted a healthy transaction"
+        ));
+    }
+    if m.server.block.is_some() {
+        return Err("a transaction was left open on the server after its guard was gone".into());
+    }
+    if m.conn.transaction_status() != aiopg_core::TransactionStatus::Idle {
+        return Err(format!(
+            "the server is idle but the client says {:?}",
+            m.conn.transaction_status()
+        ));
+    }
+    for l in &done {
+        let rows: Vec<i64> = l.levels.iter().flatten().copied().collect();
+        for v in &l.undone {
+            if m.server.rows.contains(v) {
+                return Err(format!(
+                    "row {v} was undone by a savepoint, yet it committed ({l:?})"
+                ));
+            }
+        }
+        match l.fate {
+            Some(Fate::Committed) => {
+                if let Some(v) = rows.iter().find(|v| !m.server.rows.contains(v)) {
+                    return Err(format!(
+                        "commit() returned Ok but row {v} did not commit ({l:?})"
+                    ));
+                }
+            }
+            Some(Fate::RolledBack) => {
+                if let Some(v) = rows.iter().find(|v| m.server.rows.contains(v)) {
+                    return Err(format!(
+                        "the transaction was reported rolled back but row {v} committed ({l:?})"
+                    ));
+                }
+            }
+            Some(Fate::Unknown) => {}
+            None => return Err(format!("a transaction with no outcome: {l:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn guard_op() -> impl Strategy<Value = GuardOp> {
+    let end = prop_oneof![
+        Just(GuardEnd::Commit),
+        Just(GuardEnd::Rollback),
+        Just(GuardEnd::Drop)
+    ];
+    prop_oneof![
+        3 => Just(GuardOp::Begin),
+        3 => Just(GuardOp::Insert),
+        1 => Just(GuardOp::Fail),
+        3 => (any::<bool>(), end).prop_map(|(fail, end)| GuardOp::Point { fail, end }),
+        2 => Just(GuardOp::Savepoint),
+        2 => Just(GuardOp::RollbackSavepoint),
+        1 => Just(GuardOp::ReleaseSavepoint),
+        3 => Just(GuardOp::Commit),
+        1 => Just(GuardOp::Rollback),
+        1 => Just(GuardOp::DropGuard),
+    ]
+}
+
+fn noise() -> impl Strategy<Value = Noise> {
+    prop_oneof![
+        3 => (0..3usize).prop_map(Noise::Neighbour),
+        2 => Just(Noise::PollNeighbours),
+        3 => (1usize..4).prop_map(Noise::Server),
+        2 => prop_oneof![Just(0usize), Just(5), Just(1 << 20)].prop_map(Noise::Write),
+        1 => Just(Noise::RunTasks),
+    ]
+}
+
+fn guard_step() -> impl Strategy<Value = GuardStep> {
+    (
+        guard_op(),
+        prop_oneof![2 => Just(None), 3 => (1usize..6).prop_map(Some)],
+        proptest::collection::vec(noise(), 0..6),
+    )
+        .prop_map(|(op, polls, noise)| GuardStep { op, polls, noise })
+}
+
+proptest! {
+    #![proptest_config(model_config())]
+
+    /// See [`guard_outcomes`].
+    #[test]
+    fn transaction_guards_dropped_anywhere_tell_the_truth_and_leave_no_transaction_open(
+        steps in proptest::collection::vec(guard_step(), 1..40),
+    ) {
+        if let Err(e) = guard_outcomes(&steps) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+fn step(op: GuardOp, polls: Option<usize>, noise: Vec<Noise>) -> GuardStep {
+    GuardStep { op, polls, noise }
+}
+
+/// A `COMMIT` (or `ROLLBACK`) held back behind another caller's request and taken back when
+/// its future is dropped ended nothing: the guard must still roll back on drop.
+#[test]
+fn a_commit_or_rollback_taken_back_unsent_leaves_the_guard_to_roll_back() {
+    for op in [GuardOp::Commit, GuardOp::Rollback] {
+        let steps = vec![
+            step(GuardOp::Begin, None, vec![]),
+            step(GuardOp::Insert, None, vec![]),
+            step(op.clone(), Some(1), vec![Noise::Neighbour(0)]),
+            step(GuardOp::DropGuard, None, vec![]),
+        ];
+        guard_outcomes(&steps).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    }
+}
+
+/// A `ROLLBACK TO SAVEPOINT` taken back unsent undid nothing: the savepoint stays open.
+#[test]
+fn a_savepoint_rollback_taken_back_unsent_leaves_the_savepoint_open() {
+    let steps = vec![
+        step(GuardOp::Begin, None, vec![]),
+        step(GuardOp::Savepoint, None, vec![]),
+        step(GuardOp::Insert, None, vec![]),
+        step(
+            GuardOp::RollbackSavepoint,
+            Some(1),
+            vec![Noise::Neighbour(0)],
+        ),
+        step(GuardOp::RollbackSavepoint, None, vec![]),
+        step(GuardOp::Commit, None, vec![]),
+    ];
+    guard_outcomes(&steps).unwrap();
+}
+
+/// A scoped savepoint whose `SAVEPOINT` was taken back unsent has nothing to undo: an undo
+/// naming it would abort the transaction.
+#[test]
+fn a_savepoint_taken_back_unsent_queues_no_undo() {
+    let steps = vec![
+        step(GuardOp::Begin, None, vec![]),
+        step(
+            GuardOp::Point {
+                fail: false,
+                end: GuardEnd::Commit,
+            },
+            Some(1),
+            vec![Noise::Neighbour(0)],
+        ),
+        step(GuardOp::Commit, None, vec![]),
+    ];
+    guard_outcomes(&steps).unwrap();
+}
+
+/// A savepoint guard dropped after a failed statement queues its undo; a commit issued before
+/// that undo is answered must report what the server did (it commits).
+#[test]
+fn a_commit_behind_a_savepoint_undo_reports_what_the_server_did() {
+    let steps = vec![
+        step(GuardOp::Begin, None, vec![]),
+        step(GuardOp::Insert, None, vec![]),
+        step(
+            GuardOp::Point {
+                fail: true,
+                end: GuardEnd::Drop,
+            },
+            None,
+            vec![],
+        ),
+        step(GuardOp::Commit, None, vec![]),
+    ];
+    guard_outcomes(&steps).unwrap();
+}
+
+/// A `RELEASE` taken back leaves its savepoint on the server. A later `SAVEPOINT` that fails
+/// (the transaction had failed) and whose future is dropped once sent is undone by name: were
+/// the name reused, that undo would roll back to the stale savepoint, silently undoing work the
+/// caller saw succeed, and un-fail the transaction, which then commits without it.
+#[test]
+fn an_undo_never_reaches_a_stale_savepoint_of_the_same_name() {
+    let steps = vec![
+        step(GuardOp::Begin, None, vec![]),
+        step(GuardOp::Savepoint, None, vec![]),
+        step(GuardOp::Insert, None, vec![]),
+        step(
+            GuardOp::ReleaseSavepoint,
+            Some(1),
+            vec![Noise::Neighbour(0)],
+        ),
+        step(GuardOp::Fail, None, vec![]),
+        step(GuardOp::Savepoint, Some(1), vec![]),
+        step(GuardOp::Commit, None, vec![]),
+    ];
+    guard_outcomes(&steps).unwrap();
 }

@@ -301,6 +301,18 @@ impl State {
         }
     }
 
+    /// True when request `id`, still queued, may commit (see [`State::commits`]).
+    pub(crate) fn may_commit(&self, id: u64) -> bool {
+        self.index(id).is_some_and(|i| self.queue[i].commits)
+    }
+
+    /// True when all of request `id`'s bytes are on the socket, or it is no longer queued
+    /// (answered): the server has had it whole.
+    pub(crate) fn written_whole(&self, id: u64) -> bool {
+        self.index(id)
+            .is_none_or(|i| self.queue[i].end <= self.sent)
+    }
+
     /// True when request `id` may commit and was written whole without its answer: its
     /// outcome is unknown if it ends now.
     pub(crate) fn commit_in_doubt(&self, id: u64) -> bool {
@@ -758,10 +770,12 @@ impl State {
         summary
     }
 
-    /// The owner of request `id` went away before collecting its result.
-    pub(crate) fn abandon(&mut self, id: u64) {
+    /// The owner of request `id` went away before collecting its result. Returns whether it
+    /// was taken back (none of its bytes written: it never runs); otherwise it stays, and its
+    /// answer is read and dropped.
+    pub(crate) fn abandon(&mut self, id: u64) -> bool {
         let Some(i) = self.index(id) else {
-            return;
+            return false;
         };
         self.queue[i].waker = None;
         let held = self.exclusive == Some(id);
@@ -788,7 +802,7 @@ impl State {
             self.statements.requeue_closes(entry.closes);
             debug_assert_eq!(self.check(), Ok(()));
             self.leave(id);
-            return;
+            return true;
         }
         if let Some(tail) = entry.on_abandon.take() {
             if held && !self.is_closed() {
@@ -818,6 +832,7 @@ impl State {
         // The dropped future may have been the one registered with the socket, or a full
         // stream that held everyone back.
         self.leave(id);
+        false
     }
 
     /// Drops collected entries off the queue's front.
@@ -1125,6 +1140,16 @@ impl State {
         self.close(CloseReason::new(
             ErrorKind::Closed,
             "the server did not answer a cancel request in time; the connection was closed",
+        ));
+    }
+
+    /// Closes the connection after a timeout gave up on a sent request that may commit: its
+    /// outcome is unknown, and the connection must not go on as if it were known.
+    pub(crate) fn close_commit_timed_out(&mut self) {
+        self.close(CloseReason::new(
+            ErrorKind::Closed,
+            "a COMMIT (or an implicit transaction) outlived its timeout once sent, so its outcome \
+             is unknown; the connection was closed",
         ));
     }
 

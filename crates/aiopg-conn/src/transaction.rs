@@ -3,11 +3,18 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use postgres_protocol::message::frontend;
 
 use aiopg_core::{Error, Result};
 
-use crate::Connection;
+use crate::collect::{Collector, Output};
+use crate::connection::Request;
+use crate::{Connection, SimpleQueryMessage};
 
 /// A transaction's isolation level, as Python aiopg's `IsolationLevel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -81,6 +88,8 @@ enum State {
     Active,
     Committed,
     RolledBack,
+    /// Its `COMMIT` was sent, and its answer lost or dropped: over, either way.
+    Unknown,
 }
 
 /// A transaction on a connection.
@@ -93,11 +102,13 @@ enum State {
 /// # Cancel safety
 ///
 /// Opening is cancel safe: a dropped [`begin`](Self::begin) leaves no transaction open.
-/// Ending is not: a dropped [`commit`](Self::commit) or [`rollback`](Self::rollback) leaves
-/// the outcome unknown to the caller, and the handle counts as ended from their first poll,
-/// so dropping it afterwards sends no `ROLLBACK`. A statement future dropped inside the
-/// transaction still runs in it once sent (and, if it fails, aborts it). Each method says
-/// more.
+/// A [`commit`](Self::commit) or [`rollback`](Self::rollback) whose future is dropped before
+/// its statement was written is taken back: nothing happened, the transaction is still
+/// active, and dropping it rolls it back. Dropped once written, the statement runs and the
+/// transaction is over: a `ROLLBACK` rolled it back, a `COMMIT`'s outcome is unknown to the
+/// caller. Either way no transaction is left open once the handle is gone. A statement future
+/// dropped inside the transaction still runs in it once sent (and, if it fails, aborts it).
+/// Each method says more.
 ///
 /// ```no_run
 /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
@@ -131,30 +142,95 @@ impl fmt::Debug for Transaction {
     }
 }
 
-/// Issues `sql` and, if this future is dropped before the server answers, queues `undo`:
-/// a BEGIN or SAVEPOINT abandoned mid-flight must not leave its transaction open.
-async fn run_undoable(conn: &Connection, sql: &str, undo: &str) -> Result<()> {
-    struct Guard<'a> {
-        conn: &'a Connection,
-        undo: &'a str,
-        armed: bool,
-    }
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            if self.armed {
-                self.conn.detach(self.undo);
+/// A statement (one simple Query) that opens or ends a transaction or a savepoint. If its
+/// future is dropped before the answer, `on_drop` learns what became of it: `true` when it was
+/// taken back unsent (the server never sees it), `false` when it was sent, so that it runs
+/// with its answer discarded. The guard's state can then say what is true.
+struct Watched<'a, F: FnOnce(bool)> {
+    req: Request<'a>,
+    on_drop: Option<F>,
+}
+
+impl<'a, F: FnOnce(bool) + Unpin> Watched<'a, F> {
+    /// Issues `sql`; `commits`: it may commit (see `State::commits`), so that losing it once
+    /// sent says `CommitUnknown`.
+    fn start(conn: &'a Connection, sql: &str, commits: bool, on_drop: F) -> Result<Self> {
+        let req = conn.start(|st| {
+            aiopg_core::protocol::encode_or_rollback(&mut st.write, |w| frontend::query(sql, w))?;
+            if commits {
+                st.commits();
             }
+            Ok(Collector::simple())
+        })?;
+        Ok(Watched {
+            req,
+            on_drop: Some(on_drop),
+        })
+    }
+}
+
+impl<F: FnOnce(bool) + Unpin> Future for Watched<'_, F> {
+    type Output = Result<Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Output>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.req).poll(cx);
+        if res.is_ready() {
+            // Answered (either way): the caller goes by the answer.
+            this.on_drop = None;
+        }
+        res
+    }
+}
+
+impl<F: FnOnce(bool)> Drop for Watched<'_, F> {
+    fn drop(&mut self) {
+        if let Some(on_drop) = self.on_drop.take() {
+            on_drop(self.req.withdraw());
         }
     }
-    let mut guard = Guard {
-        conn,
-        undo,
-        armed: true,
-    };
-    let res = conn.batch_execute(sql).await;
-    // Answered (either way): nothing is left to undo here.
-    guard.armed = false;
-    res
+}
+
+/// The tag of the last statement a simple Query's answer completed (`COMMIT`, `ROLLBACK`).
+fn last_tag(out: &Output) -> Option<&str> {
+    match out {
+        Output::Simple(msgs) => msgs.iter().rev().find_map(|m| match m {
+            SimpleQueryMessage::CommandComplete { tag, .. } => Some(tag.as_str()),
+            SimpleQueryMessage::Row(_) => None,
+        }),
+        _ => None,
+    }
+}
+
+/// Runs `sql` in its statement span; `on_drop` as [`Watched`].
+async fn run_watched<F: FnOnce(bool) + Unpin>(
+    conn: &Connection,
+    sql: &str,
+    commits: bool,
+    on_drop: F,
+) -> Result<Output> {
+    let req = Watched::start(conn, sql, commits, on_drop)?;
+    crate::trace::statement(&conn.shared, sql, req).await
+}
+
+/// Issues `sql` (a BEGIN or SAVEPOINT) and, if this future is dropped once it was sent but
+/// before the server answered, queues `undo` behind it, so that nothing of it remains. One
+/// taken back unsent never runs: nothing is queued.
+async fn run_undoable(conn: &Connection, sql: &str, undo: &str) -> Result<()> {
+    run_watched(conn, sql, false, move |taken_back| {
+        if !taken_back {
+            conn.detach(undo);
+        }
+    })
+    .await
+    .map(drop)
+}
+
+/// A savepoint name used once in the process: a savepoint left on the server (a `RELEASE`
+/// taken back) is never named again, so an undo or a rollback always reaches its own.
+fn savepoint_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Transaction {
@@ -204,11 +280,11 @@ impl Transaction {
     ///
     /// # Cancel safety
     ///
-    /// This method is cancel safe. Dropped before the server answered, a `ROLLBACK` is queued
-    /// behind the `BEGIN` (detached, driven by a task on the runtime), so no transaction is left
-    /// open; the transaction stays not begun and `begin` may be called again. A `BEGIN` that was
-    /// not written yet is taken back, and that `ROLLBACK` then finds no transaction, which is
-    /// harmless.
+    /// This method is cancel safe. Dropped once the `BEGIN` was written but before the server
+    /// answered, a `ROLLBACK` is queued behind it (detached, driven by a task on the runtime),
+    /// so no transaction is left open. A `BEGIN` not written yet is taken back and never runs,
+    /// and nothing is queued. Either way the transaction stays not begun and `begin` may be
+    /// called again.
     pub async fn begin(&mut self) -> Result<()> {
         if self.state != State::NotStarted {
             return Err(Error::usage(format!(
@@ -242,6 +318,7 @@ impl Transaction {
             State::Active => "active",
             State::Committed => "committed",
             State::RolledBack => "rolled back",
+            State::Unknown => "ended (its COMMIT was sent, and whether it committed is unknown)",
         }
     }
 
@@ -260,52 +337,95 @@ impl Transaction {
 
     /// Commits. Committing twice, or after a rollback, is an error saying so.
     ///
-    /// If the transaction had failed, the server rolls it back instead, and this returns an
-    /// error saying it did.
+    /// The outcome is the server's answer to the `COMMIT`. A transaction that had failed (a
+    /// statement in it failed, and was not rolled back to a savepoint before the `COMMIT` ran)
+    /// is rolled back instead, which the server's answer says (its tag is `ROLLBACK`): this then
+    /// returns an [`ErrorKind::Usage`](aiopg_core::ErrorKind::Usage) error saying so, and the
+    /// transaction counts as rolled back. A `COMMIT` that fails (a deferred constraint, a
+    /// serialization failure) returns the server's error, the transaction rolled back too. A
+    /// connection lost once the `COMMIT` was sent gives
+    /// [`CommitUnknown`](aiopg_core::ErrorKind::CommitUnknown).
     ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe. From its first poll the transaction counts as ended:
-    /// [`is_active`](Self::is_active) is false, and dropping the transaction sends no `ROLLBACK`.
-    /// Dropped once the `COMMIT` was written, it runs and its answer is discarded: whether the
-    /// transaction committed is not known (the server rolls back instead when the transaction had
-    /// failed, and a deferred constraint or a serialization failure can fail the `COMMIT`).
-    /// Dropped while the `COMMIT` still waited to be written (other requests were in flight on the
-    /// connection), it is taken back, and the transaction stays open on the server with nothing
-    /// left to end it: check [`Connection::transaction_status`] and roll back, or give the
-    /// connection back to its pool, whose release rolls it back.
+    /// Dropped while the `COMMIT` still waited to be written (other requests were in flight on
+    /// the connection), it is taken back: nothing happened, the transaction is still active (a
+    /// later `commit` or `rollback` ends it, and dropping the transaction rolls it back). Dropped
+    /// once the `COMMIT` was written, it runs and its answer is discarded: the transaction is over
+    /// ([`is_active`](Self::is_active) is false and dropping it sends nothing), but whether it
+    /// committed is not known (the server rolls back instead when the transaction had failed, and
+    /// a deferred constraint or a serialization failure can fail the `COMMIT`).
     pub async fn commit(&mut self) -> Result<()> {
         self.require_active("commit()")?;
-        let failed = self.conn.transaction_status() == aiopg_core::TransactionStatus::InError;
-        // Whatever the server answers, the transaction is over once COMMIT is sent.
-        self.state = State::Committed;
+        let res = {
+            let (state, savepoints) = (&mut self.state, &mut self.savepoints);
+            run_watched(&self.conn, "COMMIT", true, move |taken_back| {
+                if !taken_back {
+                    // Sent: it ends the transaction, with an outcome nobody will hear.
+                    *state = State::Unknown;
+                    savepoints.clear();
+                }
+            })
+            .await
+        };
         self.savepoints.clear();
-        let res = self.conn.batch_execute("COMMIT").await;
-        self.end_span_with(&res, if failed { "rolled_back" } else { "committed" });
-        res?;
-        if failed {
-            self.state = State::RolledBack;
-            return Err(Error::usage(
-                "commit() on a failed transaction: the server rolled it back instead",
-            ));
+        match res {
+            // What the server did is its answer's tag, not the status of an earlier answer:
+            // requests queued ahead of the COMMIT (a savepoint's undo) may have changed it.
+            Ok(out) if last_tag(&out) == Some("ROLLBACK") => {
+                self.state = State::RolledBack;
+                self.end_span("rolled_back", None);
+                Err(Error::usage(
+                    "commit() on a failed transaction: the server rolled it back instead (a \
+                     statement in it had failed; nothing was committed)",
+                ))
+            }
+            Ok(_) => {
+                self.state = State::Committed;
+                self.end_span("committed", None);
+                Ok(())
+            }
+            Err(e) => {
+                self.state = if e.is_commit_unknown() {
+                    State::Unknown
+                } else {
+                    // The server failed the COMMIT, which ends the transaction; or the connection
+                    // closed before the COMMIT was sent whole, and the session went with its
+                    // transaction.
+                    State::RolledBack
+                };
+                let res = Err(e);
+                self.end_span_with(&res, "committed");
+                res
+            }
         }
-        Ok(())
     }
 
     /// Rolls back. Rolling back twice, or after a commit, is an error saying so.
     ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe, as [`commit`](Self::commit): the transaction counts as
-    /// ended from the first poll. Dropped once the `ROLLBACK` was written, it runs and the
-    /// transaction ends. Dropped while it still waited to be written, it is taken back, and the
-    /// transaction stays open on the server with nothing left to end it: check
-    /// [`Connection::transaction_status`].
+    /// Dropped while the `ROLLBACK` still waited to be written (other requests were in flight on
+    /// the connection), it is taken back: the transaction is still active, and dropping it rolls
+    /// it back. Dropped once the `ROLLBACK` was written, it runs and the transaction is over.
+    /// Either way no transaction is left open once the handle is gone.
     pub async fn rollback(&mut self) -> Result<()> {
         self.require_active("rollback()")?;
+        let res = {
+            let (state, savepoints) = (&mut self.state, &mut self.savepoints);
+            run_watched(&self.conn, "ROLLBACK", false, move |taken_back| {
+                if !taken_back {
+                    *state = State::RolledBack;
+                    savepoints.clear();
+                }
+            })
+            .await
+            .map(drop)
+        };
+        // Answered: over, whatever the answer (on a closed connection, the session took its
+        // transaction with it).
         self.state = State::RolledBack;
         self.savepoints.clear();
-        let res = self.conn.batch_execute("ROLLBACK").await;
         self.end_span_with(&res, "rolled_back");
         res
     }
@@ -316,14 +436,13 @@ impl Transaction {
     ///
     /// # Cancel safety
     ///
-    /// Dropped before the server answered, the savepoint is not recorded, and a
-    /// `ROLLBACK TO SAVEPOINT` and `RELEASE SAVEPOINT` of it are queued (detached) behind the
-    /// `SAVEPOINT`, so nothing of it remains. If the `SAVEPOINT` had not been written yet, it is
-    /// taken back, and that undo names a savepoint that does not exist: it fails, and the failure
-    /// aborts the transaction.
+    /// This method is cancel safe: dropped before the server answered, the savepoint is not
+    /// recorded and nothing of it remains. A `SAVEPOINT` not written yet is taken back and never
+    /// runs. One already written is followed by a `ROLLBACK TO SAVEPOINT` and `RELEASE SAVEPOINT`
+    /// of it, queued (detached) behind it.
     pub async fn savepoint(&mut self) -> Result<()> {
         self.require_active("savepoint()")?;
-        let name = self.next_savepoint_name();
+        let name = savepoint_name("aiopg_sp");
         run_undoable(
             &self.conn,
             &format!("SAVEPOINT {name}"),
@@ -334,10 +453,6 @@ impl Transaction {
         Ok(())
     }
 
-    fn next_savepoint_name(&self) -> String {
-        format!("aiopg_sp_{}", self.savepoints.len() + 1)
-    }
-
     /// Keeps the work of the innermost savepoint (`RELEASE SAVEPOINT`).
     ///
     /// # Cancel safety
@@ -345,7 +460,8 @@ impl Transaction {
     /// This method is cancel safe as far as the data goes: the savepoint is taken off this
     /// transaction's stack on the first poll, and its work is kept either way. Dropped before the
     /// `RELEASE` was written, it is taken back, and the savepoint stays on the server until the
-    /// transaction ends.
+    /// transaction ends, unnamed by anything this transaction sends later (savepoint names are
+    /// never reused).
     pub async fn release_savepoint(&mut self) -> Result<()> {
         self.require_active("release_savepoint()")?;
         let name = self
@@ -361,20 +477,33 @@ impl Transaction {
     ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe. The savepoint is taken off this transaction's stack on the
-    /// first poll. Dropped once the statement was written, it runs: the work is undone. Dropped
-    /// while it still waited to be written, it is taken back: the work is **not** undone, and the
-    /// transaction no longer knows the savepoint.
+    /// Dropped once the statement was written, it runs: the work is undone and the savepoint is
+    /// closed (off this transaction's stack). Dropped while it still waited to be written (other
+    /// requests were in flight), it is taken back: nothing was undone, and the savepoint stays
+    /// open and innermost (a later `rollback_savepoint`, or the transaction's rollback, undoes
+    /// its work). With no savepoint open further out, calling it again tells which happened:
+    /// `Ok` (it had been taken back, and now ran) or the `Usage` error of an empty stack (it had
+    /// been sent).
     pub async fn rollback_savepoint(&mut self) -> Result<()> {
         self.require_active("rollback_savepoint()")?;
-        let name = self.savepoints.pop().ok_or_else(|| {
-            Error::usage("rollback_savepoint() was called with no savepoint open")
-        })?;
-        self.conn
-            .batch_execute(&format!(
-                "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
-            ))
-            .await
+        let Some(name) = self.savepoints.last() else {
+            return Err(Error::usage(
+                "rollback_savepoint() was called with no savepoint open",
+            ));
+        };
+        let sql = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
+        let res = {
+            let savepoints = &mut self.savepoints;
+            let req = Watched::start(&self.conn, &sql, false, move |taken_back| {
+                if !taken_back {
+                    savepoints.pop();
+                }
+            })?;
+            crate::trace::statement(&self.conn.shared, &sql, req).await
+        };
+        // Answered (or the connection closed): the savepoint is gone either way.
+        self.savepoints.pop();
+        res.map(drop)
     }
 
     /// A scoped savepoint: [`Savepoint::commit`] keeps its work, [`Savepoint::rollback`] or
@@ -382,13 +511,12 @@ impl Transaction {
     ///
     /// # Cancel safety
     ///
-    /// As [`savepoint`](Self::savepoint): dropped before the server answered, the savepoint is
-    /// undone with a detached `ROLLBACK TO SAVEPOINT`; if its `SAVEPOINT` had not been written,
-    /// that undo fails and aborts the transaction.
+    /// As [`savepoint`](Self::savepoint), cancel safe: dropped before the server answered, no
+    /// savepoint remains. A `SAVEPOINT` not written yet is taken back; one already written is
+    /// undone with a detached `ROLLBACK TO SAVEPOINT`.
     pub async fn point(&mut self) -> Result<Savepoint<'_>> {
         self.require_active("point()")?;
-        let depth = self.savepoints.len() + 1;
-        Savepoint::open(&self.conn, depth).await
+        Savepoint::open(&self.conn).await
     }
 
     /// True between a successful `begin()` and `commit()`/`rollback()`.
@@ -410,6 +538,12 @@ impl Transaction {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+
+    /// How many savepoints of [`savepoint`](Self::savepoint) are open, as this guard knows.
+    #[cfg(test)]
+    pub(crate) fn savepoint_depth(&self) -> usize {
+        self.savepoints.len()
+    }
 }
 
 impl Drop for Transaction {
@@ -427,7 +561,6 @@ impl Drop for Transaction {
 pub struct Savepoint<'a> {
     conn: &'a Connection,
     name: String,
-    depth: usize,
     done: bool,
 }
 
@@ -441,8 +574,8 @@ impl fmt::Debug for Savepoint<'_> {
 }
 
 impl<'a> Savepoint<'a> {
-    async fn open(conn: &'a Connection, depth: usize) -> Result<Savepoint<'a>> {
-        let name = format!("aiopg_point_{depth}");
+    async fn open(conn: &'a Connection) -> Result<Savepoint<'a>> {
+        let name = savepoint_name("aiopg_point");
         run_undoable(
             conn,
             &format!("SAVEPOINT {name}"),
@@ -452,7 +585,6 @@ impl<'a> Savepoint<'a> {
         Ok(Savepoint {
             conn,
             name,
-            depth,
             done: false,
         })
     }
@@ -475,7 +607,7 @@ impl<'a> Savepoint<'a> {
     /// This method is cancel safe as far as the data goes: the savepoint counts as done from the
     /// first poll (dropping it no longer rolls it back), and its work is kept whether or not the
     /// `RELEASE` was sent. Taken back unsent, the savepoint stays on the server until the
-    /// transaction ends.
+    /// transaction ends, unnamed by anything sent later (savepoint names are never reused).
     pub async fn commit(&mut self) -> Result<()> {
         self.require_open("commit()")?;
         self.done = true;
@@ -488,31 +620,40 @@ impl<'a> Savepoint<'a> {
     ///
     /// # Cancel safety
     ///
-    /// This method is not cancel safe. The savepoint counts as done from the first poll, so
-    /// dropping it no longer rolls it back. Dropped once the statement was written, the work is
-    /// undone; dropped while it still waited to be written, it is taken back and the work is
-    /// **not** undone.
+    /// The work is undone whenever this future is dropped. Dropped once the statement was
+    /// written, it runs and the savepoint is done. Dropped while it still waited to be written
+    /// (other requests were in flight), it is taken back and the savepoint is still open:
+    /// dropping the savepoint then rolls it back (detached), or `rollback` can be called again.
     pub async fn rollback(&mut self) -> Result<()> {
         self.require_open("rollback()")?;
+        let sql = format!(
+            "ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}",
+            self.name
+        );
+        let res = {
+            let done = &mut self.done;
+            let req = Watched::start(self.conn, &sql, false, move |taken_back| {
+                if !taken_back {
+                    *done = true;
+                }
+            })?;
+            crate::trace::statement(&self.conn.shared, &sql, req).await
+        };
+        // Answered (or the connection closed): done either way.
         self.done = true;
-        self.conn
-            .batch_execute(&format!(
-                "ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}",
-                self.name
-            ))
-            .await
+        res.map(drop)
     }
 
     /// A savepoint nested inside this one.
     ///
     /// # Cancel safety
     ///
-    /// As [`Transaction::savepoint`]: dropped before the server answered, the savepoint is undone
-    /// with a detached `ROLLBACK TO SAVEPOINT`; if its `SAVEPOINT` had not been written, that undo
-    /// fails and aborts the transaction.
+    /// As [`Transaction::savepoint`], cancel safe: dropped before the server answered, no
+    /// savepoint remains. A `SAVEPOINT` not written yet is taken back; one already written is
+    /// undone with a detached `ROLLBACK TO SAVEPOINT`.
     pub async fn point(&mut self) -> Result<Savepoint<'_>> {
         self.require_open("point()")?;
-        Savepoint::open(self.conn, self.depth + 1).await
+        Savepoint::open(self.conn).await
     }
 }
 
@@ -647,10 +788,11 @@ impl Connection {
     /// # Cancel safety
     ///
     /// Dropped while `BEGIN` is in flight, as [`Transaction::begin`]. Dropped while `f` runs (or
-    /// before the `COMMIT` is sent), the transaction is dropped: a detached `ROLLBACK` undoes
-    /// whatever `f` sent. Dropped during the `COMMIT`, as [`Transaction::commit`]: the outcome is
-    /// unknown. Dropped during the `ROLLBACK` after a failed attempt, as
-    /// [`Transaction::rollback`]. Dropped during a pause between attempts, nothing is in flight.
+    /// while the `COMMIT` still waits to be written), the transaction is dropped: a detached
+    /// `ROLLBACK` undoes whatever `f` sent. Dropped once the `COMMIT` was written, as
+    /// [`Transaction::commit`]: it runs, and the outcome is unknown. Dropped during the `ROLLBACK`
+    /// after a failed attempt, the transaction is rolled back either way. Dropped during a pause
+    /// between attempts, nothing is in flight.
     pub async fn transact<T, F, Fut>(
         &self,
         options: TransactionOptions,

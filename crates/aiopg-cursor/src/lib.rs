@@ -29,7 +29,9 @@
 //! [`Connection::with_timeout`](aiopg_conn::Connection::with_timeout): a statement that
 //! outlives its timeout is cancelled on the server and the call fails with a `Timeout`
 //! error, within the timeout plus [`CANCEL_GRACE`]; one still queued behind other callers'
-//! requests is withdrawn instead; the connection stays usable (Python aiopg closes it).
+//! requests is withdrawn instead; the connection stays usable (Python aiopg closes it),
+//! except after a committing statement given up on once sent, whose outcome is unknown
+//! (`CommitUnknown`: the connection is closed).
 //! Inside a transaction block, a cancelled statement aborts the transaction.
 //!
 //! # Server-side cursors
