@@ -447,7 +447,7 @@ rt_test! {
         let got = waiting.await;
         let payloads: Vec<&str> = got.iter().map(|n| n.payload.as_str()).collect();
         assert_eq!(payloads, ["p0", "p1", "p2"]);
-        assert!(got.iter().all(|n| n.channel == channel && n.process_id == notifier.backend_pid()));
+        assert!(got.iter().all(|n| n.channel == channel && n.pid == notifier.backend_pid()));
         // Queries on the listening connection still get their own answers.
         assert_eq!(listener.query("SELECT 5::int4", &[]).await.unwrap()[0].get::<i32>(0), 5);
         let mut stream = listener.notifies();

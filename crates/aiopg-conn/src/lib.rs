@@ -317,7 +317,7 @@ pub enum SimpleQueryMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
     /// The notifying server process.
-    pub process_id: i32,
+    pub pid: i32,
     /// The channel.
     pub channel: String,
     /// The payload (empty when none was given).

@@ -1256,7 +1256,7 @@ impl State {
             }
             Message::NotificationResponse(body) => {
                 let n = Notification {
-                    process_id: body.process_id(),
+                    pid: body.process_id(),
                     channel: body
                         .channel()
                         .map_err(|e| Error::protocol(e.to_string()))?
