@@ -486,19 +486,6 @@ rt_test! {
     }
 }
 
-/// The seed of a randomised test: `AIOPG_TEST_SEED` when set (to replay a failure), else a
-/// fresh one. Every failure message names it.
-fn seed() -> u64 {
-    std::env::var("AIOPG_TEST_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        })
-}
-
 /// A connection whose socket buffers fill soon: over the cluster's Unix socket when it is
 /// known (a few hundred KiB of buffers, where loopback TCP has megabytes), else the DSN's.
 async fn small_buffered_connection() -> Connection {
@@ -568,7 +555,7 @@ async fn drop_digests(
 
 rt_test! {
     async fn binary_rows_are_copied_exactly_once_whatever_writes_are_dropped_under_backpressure() {
-        let seed = seed();
+        let seed = crate::support::seed();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let conn = small_buffered_connection().await;
         let blocker = connect().await;

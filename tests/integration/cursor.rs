@@ -241,19 +241,6 @@ rt_test! {
     }
 }
 
-/// The seed of a randomised test: `AIOPG_TEST_SEED` when set (to replay a failure), else a
-/// fresh one. Every failure message names it.
-fn seed() -> u64 {
-    std::env::var("AIOPG_TEST_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        })
-}
-
 /// Server cursors named `name` on `conn`'s session (pg_cursors is per session).
 async fn server_cursors(conn: &aiopg::Connection, name: &str) -> aiopg::Result<i64> {
     conn.query_scalar("SELECT count(*) FROM pg_cursors WHERE name = $1", &[&name])
@@ -274,7 +261,7 @@ fn maybe_neighbour(
 
 rt_test! {
     async fn a_named_cursor_dropped_mid_execute_or_close_leaves_no_server_cursor_behind() {
-        let seed = seed();
+        let seed = crate::support::seed();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let conn = connect().await;
         let name = "dropped_mid_way";

@@ -624,19 +624,6 @@ rt_test! {
     }
 }
 
-/// The seed of a randomised test: `AIOPG_TEST_SEED` when set (to replay a failure), else a
-/// fresh one. Every failure message names it.
-fn seed() -> u64 {
-    std::env::var("AIOPG_TEST_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        })
-}
-
 /// Committed rows of `t` whose `val` is `v`, seen from `other`.
 async fn visible(other: &aiopg::sa::SAConnection, t: &str, v: &str) -> i64 {
     other
@@ -802,7 +789,7 @@ async fn dropped_transaction_round(
 
 rt_test! {
     async fn dropped_transaction_calls_leave_the_connection_idle_and_begin_begins() {
-        let seed = seed();
+        let seed = crate::support::seed();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let engine = engine(3).await;
         let c = engine.acquire().await.unwrap();

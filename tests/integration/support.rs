@@ -174,3 +174,16 @@ pub async fn wait_until_blocked(observer: &aiopg::Connection, pid: i32) {
     }
     panic!("backend {pid} never blocked on a lock");
 }
+
+/// The seed of a randomised test: `AIOPG_TEST_SEED` when set (to replay a failure), else a
+/// fresh one. Every failure message names it.
+pub fn seed() -> u64 {
+    std::env::var("AIOPG_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+}

@@ -255,19 +255,6 @@ rt_test! {
 // ---------------------------------------------------------------------------------------
 // Transaction and savepoint futures dropped mid-flight, with other callers' requests in flight.
 
-/// A randomised test's seed: `AIOPG_TEST_SEED`, else a fresh one (every failure names it).
-fn seed() -> u64 {
-    std::env::var("AIOPG_TEST_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 /// Polls `fut` once; `Some` if that finished it.
 async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
@@ -364,7 +351,7 @@ rt_test! {
     async fn transaction_and_savepoint_futures_dropped_mid_flight_never_lie_or_leave_a_transaction_open() {
         let conn = connect().await;
         conn.batch_execute("CREATE TEMP TABLE tg (v int)").await.unwrap();
-        let seed = seed();
+        let seed = crate::support::seed();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let started = Instant::now();
         let (mut taken_back, mut sent) = (0, 0);
