@@ -149,6 +149,26 @@ fn field<'a>(s: &'a Seen, name: &str) -> Option<&'a str> {
     s.fields.get(name).map(String::as_str)
 }
 
+/// The statement spans whose query text contains `marker`.
+fn with_text(stmts: &[Seen], marker: &str) -> Vec<Seen> {
+    stmts
+        .iter()
+        .filter(|s| field(s, "db.query.text").is_some_and(|t| t.contains(marker)))
+        .cloned()
+        .collect()
+}
+
+/// How many echo lines contain `marker`.
+fn echoed(events: &[Logged], marker: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            e.target == "aiopg::statement"
+                && e.fields.get("message").is_some_and(|m| m.contains(marker))
+        })
+        .count()
+}
+
 /// The DSN with a password (the test cluster trusts the connection, so it is never asked
 /// for, but it is in the settings every span is made from).
 const PASSWORD: &str = "tr4ce-pw-never-shown";
@@ -369,13 +389,7 @@ rt_test! {
         assert_eq!(typed, [(7,)]);
 
         let stmts = cap.spans("aiopg.statement");
-        let with_text = |marker: &str| -> Vec<Seen> {
-            stmts
-                .iter()
-                .filter(|s| field(s, "db.query.text").is_some_and(|t| t.contains(marker)))
-                .cloned()
-                .collect()
-        };
+        let with_text = |marker: &str| with_text(&stmts, marker);
         let streamed = with_text("/* streamed */");
         assert_eq!(streamed.len(), 1, "one span for the stream: {stmts:?}");
         assert_eq!(field(&streamed[0], "db.operation.name"), Some("SELECT"));
@@ -388,15 +402,7 @@ rt_test! {
         assert_eq!(typed.len(), 1, "query_as: one span, not one per layer: {stmts:?}");
 
         let events = cap.events.lock().unwrap().clone();
-        let echoed = |marker: &str| {
-            events
-                .iter()
-                .filter(|e| {
-                    e.target == "aiopg::statement"
-                        && e.fields.get("message").is_some_and(|m| m.contains(marker))
-                })
-                .count()
-        };
+        let echoed = |marker: &str| echoed(&events, marker);
         assert_eq!(echoed("/* streamed */"), 1);
         assert_eq!(echoed("/* typed */"), 1, "query_as echoes once");
         let slow: Vec<&Logged> = events
@@ -430,6 +436,126 @@ rt_test! {
         assert_eq!(field(&connects[0], "server.port"), Some(cluster.port.to_string().as_str()));
         assert_eq!(field(&connects[0], "server.address"), Some("127.0.0.1"));
         assert!(field(&connects[0], "otel.status_code").is_none(), "{connects:?}");
+        conn.close().await;
+    }
+}
+
+rt_test! {
+    async fn prepare_pipelines_and_copy_have_statement_spans() {
+        use futures_util::TryStreamExt;
+        let (cap, _guard) = capture();
+        let conn = options(&dsn())
+            .trace_query_text(true)
+            .echo(true)
+            .connect()
+            .await
+            .unwrap();
+        // prepare: a PREPARE span when the server prepares it, none from the cache.
+        let stmt = conn.prepare("SELECT $1::int4 /* prepared */").await.unwrap();
+        conn.prepare("SELECT $1::int4 /* prepared */").await.unwrap();
+        let err = conn.prepare("SELECT nope /* unpreparable */").await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42703"));
+        conn.query_prepared(&stmt, &[&5i32]).await.unwrap();
+
+        // A pipeline: one BATCH span; the failing statement's status on it.
+        let mut p = conn.pipeline();
+        p.query("SELECT $1::text /* batch a */", &[&SECRET_PARAM]);
+        p.query("SELECT 2 /* batch b */", &[]);
+        let results = p.run().await.unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        let mut p = conn.pipeline();
+        p.query("SELECT 1 /* mixed a */", &[]);
+        p.query("SELECT 1 / 0 /* mixed b */", &[]);
+        p.query("SELECT 3 /* mixed c */", &[]);
+        let results = p.run().await.unwrap();
+        assert!(results[1].is_err());
+
+        // A pipelined transaction: a transaction span holding its batch.
+        conn.simple_query("CREATE TEMP TABLE traced (id int4 PRIMARY KEY, name text)")
+            .await
+            .unwrap();
+        let mut p = conn.pipeline();
+        p.query("INSERT INTO traced VALUES (1, 'a') /* tx a */", &[]);
+        p.query("INSERT INTO traced VALUES (2, 'b') /* tx b */", &[]);
+        assert!(p.transaction(Default::default()).await.unwrap().is_committed());
+        let mut p = conn.pipeline();
+        p.query("INSERT INTO traced VALUES (1, 'dup') /* tx dup */", &[]);
+        assert!(!p.transaction(Default::default()).await.unwrap().is_committed());
+
+        // COPY in and out: each span lasts until the writer or reader ends.
+        let mut w = conn.copy_in("COPY traced FROM STDIN (FORMAT csv) /* copy in */").await.unwrap();
+        w.write(b"3,c\n4,d\n").await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 2);
+        let mut w = conn.copy_in("COPY traced FROM STDIN (FORMAT csv) /* copy bad */").await.unwrap();
+        w.write(b"5,e\n1,dup\n").await.unwrap();
+        let err = w.finish().await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("23505"));
+        let out: Vec<_> = conn
+            .copy_out("COPY (SELECT id FROM traced ORDER BY id) TO STDOUT /* copy out */")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(out.concat(), b"1\n2\n3\n4\n");
+
+        let stmts = cap.spans("aiopg.statement");
+        let with_text = |marker: &str| with_text(&stmts, marker);
+        let prepared = with_text("/* prepared */");
+        assert_eq!(prepared.len(), 2, "a PREPARE and the run, no span for the cache: {prepared:?}");
+        assert_eq!(field(&prepared[0], "db.operation.name"), Some("PREPARE"));
+        assert_eq!(field(&prepared[0], "otel.name"), Some("PREPARE"));
+        assert_eq!(field(&prepared[1], "db.operation.name"), Some("SELECT"));
+        let bad = with_text("/* unpreparable */");
+        assert_eq!(bad.len(), 1, "{stmts:?}");
+        assert_eq!(field(&bad[0], "db.response.status_code"), Some("42703"));
+
+        let batch = with_text("/* batch a */");
+        assert_eq!(batch.len(), 1, "one span for the pipeline: {stmts:?}");
+        assert_eq!(field(&batch[0], "db.operation.name"), Some("BATCH SELECT"));
+        assert_eq!(field(&batch[0], "db.operation.batch.size"), Some("2"));
+        assert_eq!(
+            field(&batch[0], "db.query.text"),
+            Some("SELECT $1::text /* batch a */; SELECT 2 /* batch b */")
+        );
+        assert!(field(&batch[0], "error.type").is_none(), "{batch:?}");
+        let mixed = with_text("/* mixed a */");
+        assert_eq!(mixed.len(), 1, "{stmts:?}");
+        assert_eq!(field(&mixed[0], "db.operation.batch.size"), Some("3"));
+        assert_eq!(field(&mixed[0], "db.response.status_code"), Some("22012"));
+
+        let txs = cap.spans("aiopg.transaction");
+        assert_eq!(txs.len(), 2, "{txs:?}");
+        assert_eq!(field(&txs[0], "db.transaction.outcome"), Some("committed"));
+        assert_eq!(field(&txs[1], "db.transaction.outcome"), Some("rolled_back"));
+        assert_eq!(field(&txs[1], "db.response.status_code"), Some("23505"));
+        let tx_batch = with_text("/* tx a */");
+        assert_eq!(tx_batch.len(), 1, "{stmts:?}");
+        assert_eq!(tx_batch[0].parent, Some(txs[0].id), "the batch is the transaction's child");
+        assert_eq!(field(&tx_batch[0], "db.operation.name"), Some("BATCH INSERT"));
+        let dup = with_text("/* tx dup */");
+        assert_eq!(dup[0].parent, Some(txs[1].id));
+        // One statement: OpenTelemetry records no batch size of 1.
+        assert!(field(&dup[0], "db.operation.batch.size").is_none(), "{dup:?}");
+        assert_eq!(field(&dup[0], "db.response.status_code"), Some("23505"));
+
+        for (marker, code) in [("/* copy in */", None), ("/* copy bad */", Some("23505")), ("/* copy out */", None)] {
+            let copy = with_text(marker);
+            assert_eq!(copy.len(), 1, "{marker}: {stmts:?}");
+            assert_eq!(field(&copy[0], "db.operation.name"), Some("COPY"));
+            assert_eq!(field(&copy[0], "db.response.status_code"), code, "{marker}: {copy:?}");
+        }
+
+        // Echo: what runs, each pipelined statement once; not a PREPARE.
+        let events = cap.events.lock().unwrap().clone();
+        let echoed = |marker: &str| echoed(&events, marker);
+        assert_eq!(echoed("/* prepared */"), 1, "the run, not the PREPARE");
+        assert_eq!(echoed("/* batch a */"), 1);
+        assert_eq!(echoed("/* batch b */"), 1);
+        assert_eq!(echoed("/* copy in */"), 1);
+        for v in cap.all_values() {
+            assert!(!v.contains(SECRET_PARAM), "a parameter value in a field: {v}");
+        }
         conn.close().await;
     }
 }

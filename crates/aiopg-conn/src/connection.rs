@@ -388,7 +388,7 @@ impl Connection {
     }
 
     async fn query_result_inner(&self, sql: &str, params: &[Param<'_>]) -> Result<QueryResult> {
-        let stmt = self.prepare(sql).await?;
+        let stmt = self.prepare_cached(sql).await?;
         match self.execute_inner(&stmt, params).await {
             Err(e) if is_stale_statement(&e) => {
                 self.shared.lock().statements.remove(sql);
@@ -397,7 +397,7 @@ impl Connection {
                     return Err(e);
                 }
                 tracing::debug!("statement went stale after a schema change; preparing it again");
-                let stmt = self.prepare(sql).await?;
+                let stmt = self.prepare_cached(sql).await?;
                 let out = self.execute_inner(&stmt, params).await?;
                 Ok(QueryResult::from_output(out, &stmt))
             }

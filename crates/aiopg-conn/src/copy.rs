@@ -29,6 +29,7 @@ use aiopg_core::{Error, Result, SqlState};
 use crate::collect::{Collector, CopyInfo, CopyOut, Output};
 use crate::connection::Param;
 use crate::exclusive::Exclusive;
+use crate::trace::{self, StatementTrace};
 use crate::Connection;
 
 /// Data is sent in CopyData messages of about this size.
@@ -88,6 +89,30 @@ async fn begin(
     }
 }
 
+/// Starts a COPY: issues it and waits for the server to start it, in the COPY's statement
+/// span, which the writer or reader returned holds until the COPY ends.
+async fn start(
+    conn: &Connection,
+    sql: &str,
+    collector: fn() -> Collector,
+    on_abandon: BytesMut,
+) -> Result<(Exclusive, CopyInfo, StatementTrace)> {
+    let mut trace = StatementTrace::start(&conn.shared, sql);
+    let started = trace::in_span(&trace.span, async {
+        let mut ex = begin(conn, sql, collector, on_abandon).await?;
+        let info = poll_fn(|cx| ex.poll_started(cx)).await?;
+        Ok((ex, info))
+    })
+    .await;
+    match started {
+        Ok((ex, info)) => Ok((ex, info, trace)),
+        Err(e) => {
+            trace.finish(Some(&e));
+            Err(e)
+        }
+    }
+}
+
 impl Connection {
     /// Starts `COPY ... FROM STDIN` (text, CSV or binary, as the statement says) and returns
     /// once the server is ready for data. Write the data through the returned
@@ -113,14 +138,13 @@ impl Connection {
     /// follows it, so the server ends the COPY at once, and its answer is discarded. Once this
     /// future completes, the [`CopyInWriter`] owns the COPY (see its cancel safety).
     pub async fn copy_in(&self, sql: &str) -> Result<CopyInWriter> {
-        let mut ex = begin(
+        let (ex, info, trace) = start(
             self,
             sql,
             || Collector::CopyIn(Default::default()),
             copy_fail("the COPY's writer was dropped before finish()"),
         )
         .await?;
-        let info = poll_fn(|cx| ex.poll_started(cx)).await?;
         let mut buf = BytesMut::with_capacity(CHUNK + HEADER);
         buf.put_slice(&[b'd', 0, 0, 0, 0]);
         Ok(CopyInWriter {
@@ -131,6 +155,7 @@ impl Connection {
             ending: false,
             torn: false,
             rows: None,
+            trace,
         })
     }
 
@@ -156,7 +181,7 @@ impl Connection {
     /// after, the COPY runs on the server and its data is read and discarded. Once this future
     /// completes, the [`CopyOutReader`] owns the COPY.
     pub async fn copy_out(&self, sql: &str) -> Result<CopyOutReader> {
-        let mut ex = begin(
+        let (ex, info, trace) = start(
             self,
             sql,
             || Collector::CopyOut(Default::default()),
@@ -165,7 +190,6 @@ impl Connection {
             copy_fail("the COPY's reader was dropped before it started"),
         )
         .await?;
-        let info = poll_fn(|cx| ex.poll_started(cx)).await?;
         let (conn, id) = ex.into_parts();
         Ok(CopyOutReader {
             conn,
@@ -175,6 +199,7 @@ impl Connection {
             current: Bytes::new(),
             done: false,
             rows: None,
+            trace,
         })
     }
 }
@@ -220,6 +245,8 @@ pub struct CopyInWriter {
     /// taken may end mid-row, so the COPY may only be aborted.
     torn: bool,
     rows: Option<u64>,
+    /// The COPY's span, open until it ends (or the writer is dropped).
+    trace: StatementTrace,
 }
 
 impl fmt::Debug for CopyInWriter {
@@ -340,8 +367,8 @@ impl CopyInWriter {
             return Err(ended());
         };
         let res = ex.append_copy_data(data);
-        if res.is_err() {
-            self.fail();
+        if let Err(e) = &res {
+            self.fail(e);
         }
         res
     }
@@ -356,8 +383,8 @@ impl CopyInWriter {
         }
         let ex = self.ex.as_mut().expect("checked above");
         let res = ready!(ex.poll_drain(cx, limit));
-        if res.is_err() {
-            self.fail();
+        if let Err(e) = &res {
+            self.fail(e);
         }
         Poll::Ready(res)
     }
@@ -377,8 +404,8 @@ impl CopyInWriter {
         if let (Ok(()), Some(big)) = (&res, self.big.take()) {
             res = ex.append_copy_data(&big);
         }
-        if res.is_err() {
-            self.fail();
+        if let Err(e) = &res {
+            self.fail(e);
         }
         res
     }
@@ -392,10 +419,12 @@ impl CopyInWriter {
         self.poll_push(cx, 0)
     }
 
-    /// The server ended the COPY with an error: nothing more can be sent.
-    fn fail(&mut self) {
+    /// The COPY failed with `e` (the server ended it, or the connection was lost): nothing
+    /// more can be sent.
+    fn fail(&mut self, e: &Error) {
         self.ending = true;
         self.ex = None;
+        self.trace.finish(Some(e));
     }
 
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64>> {
@@ -418,7 +447,7 @@ impl CopyInWriter {
             self.buf.clear();
             self.ending = true;
             if let Err(e) = res {
-                self.ex = None;
+                self.fail(&e);
                 return Poll::Ready(Err(e));
             }
             // With CopyDone the COPY commits (outside a transaction block): its outcome is
@@ -431,15 +460,17 @@ impl CopyInWriter {
         };
         let res = ready!(ex.poll(cx));
         self.ex = None;
-        match res {
+        let res = match res {
             Ok(Output::Copied(rows)) => {
                 let rows = rows.unwrap_or(0);
                 self.rows = Some(rows);
-                Poll::Ready(Ok(rows))
+                Ok(rows)
             }
-            Ok(_) => Poll::Ready(Err(Error::protocol("an unexpected answer to COPY"))),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+            Ok(_) => Err(Error::protocol("an unexpected answer to COPY")),
+            Err(e) => Err(e),
+        };
+        self.trace.finish(res.as_ref().err());
+        Poll::Ready(res)
     }
 
     /// Ends the data and waits for the server: the number of rows copied. A server error
@@ -474,13 +505,19 @@ impl CopyInWriter {
             return Err(ended());
         };
         self.ending = true;
-        ex.append(&copy_fail(reason), None)?;
+        if let Err(e) = ex.append(&copy_fail(reason), None) {
+            self.trace.finish(Some(&e));
+            return Err(e);
+        }
         ex.release();
-        match poll_fn(|cx| ex.poll(cx)).await {
+        // Aborted as asked: the span ends without an error.
+        let res = match poll_fn(|cx| ex.poll(cx)).await {
             Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => Ok(()),
             Err(e) => Err(e),
             Ok(_) => Ok(()),
-        }
+        };
+        self.trace.finish(res.as_ref().err());
+        res
     }
 }
 
@@ -574,6 +611,8 @@ pub struct CopyOutReader {
     current: Bytes,
     done: bool,
     rows: Option<u64>,
+    /// The COPY's span, open until its data ends (or the reader is dropped).
+    trace: StatementTrace,
 }
 
 impl fmt::Debug for CopyOutReader {
@@ -628,6 +667,7 @@ impl Stream for CopyOutReader {
             Some(Err(e)) => {
                 this.done = true;
                 this.conn.shared.lock().finish_buffered::<CopyOut>(this.id);
+                this.trace.finish(Some(&e));
                 Poll::Ready(Some(Err(e)))
             }
             None => {
@@ -638,6 +678,7 @@ impl Stream for CopyOutReader {
                     .lock()
                     .finish_buffered::<CopyOut>(this.id)
                     .flatten();
+                this.trace.finish(None);
                 Poll::Ready(None)
             }
         }

@@ -10,6 +10,7 @@ use crate::collect::{BatchPart, Collector, Output};
 use crate::connection::{is_stale_statement, Connection, Param, QueryResult};
 use crate::state::State;
 use crate::statement::Statement;
+use crate::trace::{self, StatementTrace};
 use crate::transaction::{RetryPolicy, TransactionOptions};
 
 /// Several statements sent to the server in one go and answered in one round trip, like
@@ -65,14 +66,7 @@ struct Item<'p> {
 impl fmt::Debug for Pipeline<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Parameter values are never shown.
-        let sql: Vec<&str> = self
-            .items
-            .iter()
-            .map(|i| match &i.target {
-                Target::Sql(s) => s,
-                Target::Prepared(s) => s.sql(),
-            })
-            .collect();
+        let sql: Vec<&str> = self.sqls().collect();
         f.debug_struct("Pipeline")
             .field("statements", &sql)
             .finish()
@@ -152,6 +146,26 @@ impl<'c, 'p> Pipeline<'c, 'p> {
         if self.items.is_empty() {
             return Ok(Vec::new());
         }
+        let mut trace = StatementTrace::batch(&self.conn.shared, None, self.sqls());
+        let res = trace::in_span(&trace.span, self.run_traced()).await;
+        // The batch failed with its first failing statement (the later ones did not run).
+        let failed = match &res {
+            Err(e) => Some(e),
+            Ok(results) => results.iter().find_map(|r| r.as_ref().err()),
+        };
+        trace.finish(failed);
+        res
+    }
+
+    /// Each statement's SQL, in order.
+    fn sqls(&self) -> impl Iterator<Item = &str> + Clone {
+        self.items.iter().map(|i| match &i.target {
+            Target::Sql(s) => *s,
+            Target::Prepared(s) => s.sql(),
+        })
+    }
+
+    async fn run_traced(&self) -> Result<Vec<Result<QueryResult>>> {
         let idle_before = self.conn.transaction_status() == TransactionStatus::Idle;
         let (stmts, results) = self.run_once().await?;
         let stale = results
@@ -183,7 +197,7 @@ impl<'c, 'p> Pipeline<'c, 'p> {
                 Target::Prepared(s) => s.clone(),
                 Target::Sql(sql) => self
                     .conn
-                    .prepare(sql)
+                    .prepare_cached(sql)
                     .await
                     .map_err(|e| e.context(format!("pipeline statement {i}")))?,
             });
@@ -318,6 +332,34 @@ impl<'c, 'p> Pipeline<'c, 'p> {
     /// transaction runs to its end as sent (its `COMMIT` included) and its answer is
     /// discarded, so whether it committed is not known.
     pub async fn transaction(&self, options: TransactionOptions) -> Result<TransactionOutcome> {
+        // A transaction span, as for an interactive transaction, with the batch inside it.
+        let shared = &self.conn.shared;
+        let tx = trace::transaction_span(shared, options.isolation_level.sql());
+        let mut batch = StatementTrace::batch(shared, Some(&tx), self.sqls());
+        let res = trace::in_span(&batch.span, self.transaction_traced(options)).await;
+        match &res {
+            Ok(TransactionOutcome::Committed(_)) => {
+                batch.finish(None);
+                trace::end_transaction(&tx, "committed", None);
+            }
+            Ok(TransactionOutcome::RolledBack { error, .. }) => {
+                batch.finish(Some(error));
+                trace::end_transaction(&tx, "rolled_back", Some(error));
+            }
+            Err(e) => {
+                batch.finish(Some(e));
+                let outcome = if e.is_commit_unknown() {
+                    "unknown"
+                } else {
+                    "failed"
+                };
+                trace::end_transaction(&tx, outcome, Some(e));
+            }
+        }
+        res
+    }
+
+    async fn transaction_traced(&self, options: TransactionOptions) -> Result<TransactionOutcome> {
         let (stmts, outcome) = self.transaction_once(options).await?;
         // A cached statement gone stale: the transaction had no effect; run it once more.
         let stale = match &outcome {

@@ -284,7 +284,25 @@ impl Connection {
     /// while waiting for its answer, or while looking up its types) is closed with the next
     /// request. Nothing is cached until the future completes, so calling it again starts
     /// afresh.
+    ///
+    /// # Tracing
+    ///
+    /// A statement taken from the cache costs no round trip and gets no span. One the server
+    /// prepares gets an `aiopg.statement` span of operation `PREPARE` (see
+    /// [`ConnectOptions::trace_query_text`](crate::ConnectOptions::trace_query_text)), and
+    /// is logged if slower than the slow-statement threshold; echo logs only what runs.
     pub async fn prepare(&self, sql: &str) -> Result<Statement> {
+        self.shared.check_pooling(sql)?;
+        if let Some(stmt) = self.shared.lock().statements.get(sql) {
+            return Ok(stmt);
+        }
+        let trace = crate::trace::StatementTrace::prepare(&self.shared, sql);
+        crate::trace::traced(trace, self.prepare_uncached(sql, true)).await
+    }
+
+    /// [`prepare`](Self::prepare) without a span of its own: for the statements `query` and
+    /// its kin prepare, inside their own statement's span.
+    pub(crate) async fn prepare_cached(&self, sql: &str) -> Result<Statement> {
         self.shared.check_pooling(sql)?;
         if let Some(stmt) = self.shared.lock().statements.get(sql) {
             return Ok(stmt);

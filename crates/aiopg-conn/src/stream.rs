@@ -106,7 +106,7 @@ impl Stream for RowStream {
             }
             Poll::Ready(Some(Err(e))) => {
                 drop(st);
-                this.trace.finish(&this.conn.shared, Some(&e));
+                this.trace.finish(Some(&e));
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
@@ -117,7 +117,7 @@ impl Stream for RowStream {
                 this.done = true;
                 this.rows_affected = affected;
                 this.tag = tag;
-                this.trace.finish(&this.conn.shared, None);
+                this.trace.finish(None);
                 Poll::Ready(None)
             }
         }
@@ -159,8 +159,15 @@ impl Connection {
     /// execution is queued in the poll that returns the stream, so once this future has completed
     /// the [`RowStream`] owns it; see its cancel safety.
     pub async fn query_stream(&self, sql: &str, params: &[Param<'_>]) -> Result<RowStream> {
-        let stmt = self.prepare(sql).await?;
-        self.query_stream_prepared(&stmt, params)
+        // The stream's span covers the statement's preparation too.
+        let mut trace = StatementTrace::start(&self.shared, sql);
+        match trace::in_span(&trace.span, self.prepare_cached(sql)).await {
+            Ok(stmt) => self.stream(&stmt, params, trace),
+            Err(e) => {
+                trace.finish(Some(&e));
+                Err(e)
+            }
+        }
     }
 
     /// [`query_stream`](Self::query_stream) for a prepared statement. The request is queued
@@ -193,7 +200,7 @@ impl Connection {
                 encode_execute(st, stmt, params)?;
                 Ok(Collector::stream(columns.clone()))
             })
-            .inspect_err(|e| trace.finish(&self.shared, Some(e)))?;
+            .inspect_err(|e| trace.finish(Some(e)))?;
         Ok(RowStream {
             conn: self.clone(),
             id,
@@ -262,7 +269,7 @@ impl Connection {
     async fn query_as_inner<T: FromRow>(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<T>> {
         let mut retried = false;
         loop {
-            let stmt = self.prepare(sql).await?;
+            let stmt = self.prepare_cached(sql).await?;
             // The statement's span is query_as's own.
             let mut rows = self.stream(&stmt, params, StatementTrace::none())?;
             let mut out = Vec::new();

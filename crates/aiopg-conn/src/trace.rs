@@ -1,16 +1,19 @@
 //! Tracing: a span per statement, transaction and connect, with OpenTelemetry's database
 //! attributes; statement logging (Python aiopg's `echo=True`) and slow-statement logging.
 //!
-//! Spans are `INFO` and named `aiopg.statement`, `aiopg.transaction` and `aiopg.connect`;
+//! Spans are `INFO` and named `aiopg.statement` (a statement, a `PREPARE`, a pipeline's
+//! `BATCH` or a COPY), `aiopg.transaction` and `aiopg.connect`;
 //! `otel.name` carries the name OpenTelemetry wants (the operation, such as `SELECT`). The
 //! attributes: `db.system.name = "postgresql"`, `db.namespace` (the database),
-//! `server.address`, `server.port`, `db.operation.name` (the statement's first keyword),
+//! `server.address`, `server.port`, `db.operation.name` (the statement's first keyword;
+//! `BATCH SELECT` or `BATCH` for a pipeline, with `db.operation.batch.size`),
 //! and on error `db.response.status_code` (the SQLSTATE), `error.type` (the error kind) and
 //! `otel.status_code = "ERROR"`. `db.query.text` is recorded only when
 //! [`ConnectOptions::trace_query_text`](crate::ConnectOptions::trace_query_text) asks for it;
 //! parameter values never are. With no subscriber listening, a span costs a check of the
 //! global level filter and nothing else: no field is computed, nothing is allocated.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -109,8 +112,17 @@ pub(crate) fn record_error(span: &Span, e: &Error) {
     }
 }
 
-/// The span of one statement (or one request of several, such as a pipeline).
-fn statement_span(shared: &Shared, sql: &str) -> Span {
+/// The span of one statement, or of a batch (a pipeline) of several.
+///
+/// `parent`: the span to open it in; otherwise the connection's open transaction, or the
+/// caller's current span. `op` and `text` are computed only when the span is enabled.
+fn statement_span<'a>(
+    shared: &Shared,
+    parent: Option<&Span>,
+    op: impl FnOnce() -> Option<String>,
+    batch: Option<usize>,
+    text: impl FnOnce() -> Cow<'a, str>,
+) -> Span {
     if !tracing::level_enabled!(Level::INFO) {
         return Span::none();
     }
@@ -123,6 +135,7 @@ fn statement_span(shared: &Shared, sql: &str) -> Span {
             db.system.name = "postgresql",
             db.namespace = Empty,
             db.operation.name = Empty,
+            db.operation.batch.size = Empty,
             db.query.text = Empty,
             db.response.status_code = Empty,
             error.type = Empty,
@@ -130,23 +143,39 @@ fn statement_span(shared: &Shared, sql: &str) -> Span {
             server.port = Empty,
         )
     };
-    // Inside a transaction, its span is the parent; otherwise the caller's current span.
-    let span = match shared.trace.transaction_span() {
-        Some(tx) => tx.in_scope(make),
-        None => make(),
+    let span = match (parent, shared.trace.transaction_span()) {
+        (Some(p), _) => p.in_scope(make),
+        (None, Some(tx)) => tx.in_scope(make),
+        (None, None) => make(),
     };
     if !span.is_disabled() {
-        let op = operation(sql);
+        let op = op();
         span.record("otel.name", op.as_deref().unwrap_or("postgresql"));
         if let Some(op) = &op {
             span.record("db.operation.name", op.as_str());
         }
+        // OpenTelemetry: the batch size is not recorded for a batch of one.
+        if let Some(n) = batch.filter(|n| *n >= 2) {
+            span.record("db.operation.batch.size", n);
+        }
         if shared.trace.query_text.load(Ordering::Relaxed) {
-            span.record("db.query.text", sql);
+            span.record("db.query.text", text().as_ref());
         }
         record_server(&span, shared);
     }
     span
+}
+
+/// A batch's operation, as OpenTelemetry names it: `BATCH SELECT` when every statement has
+/// the same operation, `BATCH` otherwise.
+fn batch_operation<'a>(mut sqls: impl Iterator<Item = &'a str>) -> String {
+    let first = sqls.next().and_then(operation);
+    match first {
+        Some(op) if sqls.all(|s| operation(s).as_deref() == Some(op.as_str())) => {
+            format!("BATCH {op}")
+        }
+        _ => "BATCH".to_owned(),
+    }
 }
 
 /// Runs the statement `sql` (`fut`) in its span, logging it when asked to (echo, slow).
@@ -155,37 +184,123 @@ pub(crate) async fn statement<T>(
     sql: &str,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let mut trace = StatementTrace::start(shared, sql);
-    let res = if trace.span.is_disabled() {
-        fut.await
-    } else {
-        fut.instrument(trace.span.clone()).await
-    };
-    trace.finish(shared, res.as_ref().err());
+    traced(StatementTrace::start(shared, sql), fut).await
+}
+
+/// Runs `fut` in `trace`'s span, and ends the trace with its result.
+pub(crate) async fn traced<T>(
+    mut trace: StatementTrace,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let res = in_span(&trace.span, fut).await;
+    trace.finish(res.as_ref().err());
     res
 }
 
+/// Runs `fut` in `span` (for nothing when the span is disabled).
+pub(crate) async fn in_span<F: Future>(span: &Span, fut: F) -> F::Output {
+    if span.is_disabled() {
+        fut.await
+    } else {
+        fut.instrument(span.clone()).await
+    }
+}
+
+/// Ends a transaction `span` with `outcome` (and the error that ended it).
+pub(crate) fn end_transaction(span: &Span, outcome: &'static str, error: Option<&Error>) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("db.transaction.outcome", outcome);
+    if let Some(e) = error {
+        record_error(span, e);
+    }
+}
+
 /// One statement's span and logging, for a statement whose end is not one future's end (a
-/// [`RowStream`](crate::RowStream) ends when its last row is read): opened by
-/// [`start`](Self::start), which echoes the statement, closed by [`finish`](Self::finish),
-/// which records an error and logs a slow statement. Costs a disabled span and no clock read
-/// when nobody listens and no slow threshold is set.
+/// [`RowStream`](crate::RowStream) ends when its last row is read, a COPY when its writer is
+/// finished): opened by [`start`](Self::start), which echoes the statement, closed by
+/// [`finish`](Self::finish), which records an error and logs a slow statement. Dropped
+/// unfinished, the span closes without an outcome and nothing is logged. Costs a disabled
+/// span and no clock read when nobody listens and no slow threshold is set.
 pub(crate) struct StatementTrace {
     pub(crate) span: Span,
-    /// With a slow-statement threshold: when it began, the threshold in µs, and its text.
-    started: Option<(Instant, u64, Box<str>)>,
+    /// With a slow-statement threshold: what the slow log needs (boxed, to keep a row
+    /// stream small when there is none).
+    started: Option<Box<Timed>>,
+}
+
+/// A statement timed for the slow-statement log.
+struct Timed {
+    /// When it began.
+    at: Instant,
+    /// The threshold, in µs.
+    slow: u64,
+    /// The server process.
+    pid: i32,
+    /// The text to log.
+    text: Box<str>,
 }
 
 impl StatementTrace {
+    /// A statement run: `sql` is echoed.
     pub(crate) fn start(shared: &Shared, sql: &str) -> StatementTrace {
-        let span = statement_span(shared, sql);
+        let span = statement_span(shared, None, || operation(sql), None, || sql.into());
         if shared.trace.echo.load(Ordering::Relaxed) {
             tracing::info!(target: "aiopg::statement", pid = shared.identity.backend_pid, "{sql}");
         }
+        StatementTrace::timed(shared, span, || sql.into())
+    }
+
+    /// A statement prepared (Parse and Describe, nothing run): operation `PREPARE`, the
+    /// statement's text as its query text; not echoed, as echo logs what runs.
+    pub(crate) fn prepare(shared: &Shared, sql: &str) -> StatementTrace {
+        let span = statement_span(
+            shared,
+            None,
+            || Some("PREPARE".to_owned()),
+            None,
+            || sql.into(),
+        );
+        StatementTrace::timed(shared, span, || format!("PREPARE {sql}").into())
+    }
+
+    /// A batch of statements sent as one request (a pipeline), in `parent` when given:
+    /// operation `BATCH` (`BATCH SELECT` when all are `SELECT`s), `db.operation.batch.size`,
+    /// the statements joined by `; ` as its query text; each statement echoed.
+    pub(crate) fn batch<'a, I>(shared: &Shared, parent: Option<&Span>, sqls: I) -> StatementTrace
+    where
+        I: Iterator<Item = &'a str> + Clone,
+    {
+        let joined = || Cow::Owned(sqls.clone().collect::<Vec<_>>().join("; "));
+        let span = statement_span(
+            shared,
+            parent,
+            || Some(batch_operation(sqls.clone())),
+            Some(sqls.clone().count()),
+            joined,
+        );
+        if shared.trace.echo.load(Ordering::Relaxed) {
+            let pid = shared.identity.backend_pid;
+            for (i, sql) in sqls.clone().enumerate() {
+                tracing::info!(target: "aiopg::statement", pid, batch_index = i, "{sql}");
+            }
+        }
+        StatementTrace::timed(shared, span, || joined().into_owned().into())
+    }
+
+    fn timed(shared: &Shared, span: Span, text: impl FnOnce() -> Box<str>) -> StatementTrace {
         let slow = shared.trace.slow_micros.load(Ordering::Relaxed);
         StatementTrace {
             span,
-            started: (slow > 0).then(|| (Instant::now(), slow, sql.into())),
+            started: (slow > 0).then(|| {
+                Box::new(Timed {
+                    at: Instant::now(),
+                    slow,
+                    pid: shared.identity.backend_pid,
+                    text: text(),
+                })
+            }),
         }
     }
 
@@ -198,19 +313,20 @@ impl StatementTrace {
     }
 
     /// Ends the statement (`error`: how it failed); a second call does nothing.
-    pub(crate) fn finish(&mut self, shared: &Shared, error: Option<&Error>) {
+    pub(crate) fn finish(&mut self, error: Option<&Error>) {
         if let Some(e) = error {
             record_error(&self.span, e);
         }
-        if let Some((started, slow, sql)) = self.started.take() {
-            let took = started.elapsed();
-            if took.as_micros() >= u128::from(slow) {
+        if let Some(t) = self.started.take() {
+            let took = t.at.elapsed();
+            if took.as_micros() >= u128::from(t.slow) {
                 tracing::warn!(
                     target: "aiopg::slow_statement",
-                    pid = shared.identity.backend_pid,
+                    pid = t.pid,
                     elapsed_ms = took.as_secs_f64() * 1e3,
                     ok = error.is_none(),
-                    "slow statement: {sql}"
+                    "slow statement: {}",
+                    t.text
                 );
             }
         }

@@ -31,7 +31,7 @@ pub enum IsolationLevel {
 }
 
 impl IsolationLevel {
-    fn sql(self) -> Option<&'static str> {
+    pub(crate) fn sql(self) -> Option<&'static str> {
         match self {
             IsolationLevel::Default => None,
             IsolationLevel::ReadCommitted => Some("READ COMMITTED"),
@@ -249,10 +249,7 @@ impl Transaction {
         if self.span.is_disabled() {
             return;
         }
-        self.span.record("db.transaction.outcome", outcome);
-        if let Some(e) = error {
-            crate::trace::record_error(&self.span, e);
-        }
+        crate::trace::end_transaction(&self.span, outcome, error);
         let mut open = self
             .conn
             .shared
