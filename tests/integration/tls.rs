@@ -131,6 +131,52 @@ rt_test! {
 }
 
 rt_test! {
+    async fn a_rotated_root_certificate_is_read_again() {
+        // TLS settings are built once and shared by later connections with the same settings:
+        // a certificate file replaced since must be read again, as libpq reads it on each
+        // connect.
+        let Some(dir) = tls_dir("certificate rotation") else { return };
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tmp = std::env::temp_dir().join(format!(
+            "aiopg-rotate-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let root = tmp.join("root.crt");
+        let good = std::fs::read(format!("{dir}/ca.crt")).unwrap();
+        let other = std::fs::read(format!("{dir}/other-ca.crt")).unwrap();
+        let opts = || {
+            options(&dsn(
+                "localhost",
+                "aiopg_tls",
+                "aiopg-pw-tls",
+                &format!("sslmode=verify-full sslrootcert={}", root.display()),
+            ))
+        };
+        std::fs::write(&root, &good).unwrap();
+        for _ in 0..2 {
+            let conn = opts().connect().await.expect("the right CA");
+            assert!(uses_tls(&conn).await);
+            conn.close().await;
+        }
+        // Rotated to a CA that did not sign the server's certificate: refused.
+        std::fs::write(&root, &other).unwrap();
+        let e = opts().connect().await.expect_err("the other CA");
+        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+        assert!(e.to_string().contains("not signed by a certificate authority"), "{e}");
+        // And back: accepted again. Removed: a configuration error naming the setting.
+        std::fs::write(&root, &good).unwrap();
+        opts().connect().await.expect("the right CA again").close().await;
+        std::fs::remove_file(&root).unwrap();
+        let e = opts().connect().await.expect_err("no root certificate file");
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        assert!(e.to_string().contains("sslrootcert"), "{e}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
+
+rt_test! {
     async fn client_certificates_log_in_with_each_key_encoding() {
         let Some(dir) = tls_dir("client certificates") else { return };
         for (cert, key) in [

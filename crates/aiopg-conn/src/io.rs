@@ -16,6 +16,10 @@ use aiopg_rt::BoxStream;
 const MIN_SPARE: usize = 4 * 1024;
 /// What the buffer grows by for ordinary traffic, and where a large message's growth starts.
 const CHUNK: usize = 64 * 1024;
+/// The first allocation: enough for start-up (authentication, parameters, the first short
+/// answers). The buffer moves to [`CHUNK`]s once traffic needs more, so a connection that is
+/// opened, used briefly and closed never zeroes (and faults in) 64 KiB it does not use.
+const FIRST: usize = 2 * MIN_SPARE;
 /// A buffer that grew past this for a large message gives its memory back once it holds
 /// little (see [`ReadBuf::shrink`]).
 const SHRINK_ABOVE: usize = 4 * CHUNK;
@@ -91,7 +95,9 @@ impl ReadBuf {
             return;
         }
         let rest = self.declared().saturating_sub(self.filled);
-        let room = if rest > CHUNK {
+        let room = if self.alloc == 0 && rest <= FIRST - MIN_SPARE {
+            FIRST
+        } else if rest > CHUNK {
             // A large message: double what has arrived, so that memory follows the bytes the
             // server really sent, not the length it claims; and stop a chunk past its end, so
             // that the read that completes it can bring the next message's header too.

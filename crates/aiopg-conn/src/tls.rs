@@ -74,8 +74,9 @@ fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read_file(key, path)?;
+fn certificates(key: &'static str, file: &File) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = file.read(key)?;
+    let path = &file.path;
     let certs: std::result::Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     let certs = certs.map_err(|e| {
         tls_config_error(
@@ -117,7 +118,124 @@ fn server_name(host: &str) -> Result<ServerName<'static>> {
     })
 }
 
-/// Builds the TLS settings for connecting to `host` (a TCP host name or address).
+/// A file a TLS set-up reads, with its contents when it could be read (the error, if it
+/// matters, comes from reading it again while building). No `Debug`: a key file is secret.
+#[derive(Clone, PartialEq, Eq)]
+struct File {
+    path: PathBuf,
+    contents: Option<Vec<u8>>,
+}
+
+impl File {
+    fn load(path: Option<PathBuf>) -> Option<File> {
+        let path = path?;
+        let contents = std::fs::read(&path).ok();
+        Some(File { path, contents })
+    }
+
+    /// The contents, or the error of reading the file, for setting `key`.
+    fn read(&self, key: &'static str) -> Result<Vec<u8>> {
+        match &self.contents {
+            Some(c) => Ok(c.clone()),
+            None => read_file(key, &self.path),
+        }
+    }
+}
+
+/// Everything a TLS client configuration is built from: the settings that go into it, and
+/// the files it reads (the defaults in `~/.postgresql` resolved as libpq does), read on every
+/// connect as libpq reads them, so that a rotated certificate takes effect at once.
+#[derive(Clone, PartialEq, Eq)]
+struct Inputs {
+    mode: SslMode,
+    crl_set: bool,
+    key_set: bool,
+    sni: bool,
+    /// `sslrootcert=system`: the platform's store.
+    system: bool,
+    root: Option<File>,
+    crl: Option<File>,
+    cert: Option<File>,
+    /// The key file given, else the default if it exists (used only with a certificate).
+    key: Option<File>,
+}
+
+impl Inputs {
+    fn of(config: &Config) -> Inputs {
+        let system = config.get_ssl_root_cert() == Some(Path::new("system"));
+        let given_or = |given: Option<&Path>, default: &str| match given {
+            Some(p) => Some(p.to_path_buf()),
+            None => default_file(default),
+        };
+        Inputs {
+            mode: config.get_ssl_mode(),
+            crl_set: config.get_ssl_crl().is_some(),
+            key_set: config.get_ssl_key().is_some(),
+            sni: config.get_ssl_sni(),
+            system,
+            root: File::load(match config.get_ssl_root_cert() {
+                Some(_) if system => None,
+                given => given_or(given, "root.crt"),
+            }),
+            crl: File::load(given_or(config.get_ssl_crl(), "root.crl")),
+            cert: File::load(given_or(config.get_ssl_cert(), "postgresql.crt")),
+            key: File::load(given_or(config.get_ssl_key(), "postgresql.key")),
+        }
+    }
+
+    /// Whether every file could be read: only then is the configuration worth keeping.
+    fn complete(&self) -> bool {
+        [&self.root, &self.crl, &self.cert, &self.key]
+            .iter()
+            .all(|f| f.as_ref().is_none_or(|f| f.contents.is_some()))
+    }
+}
+
+/// A built configuration, shared by every connection made from the same inputs.
+#[derive(Clone)]
+struct Built {
+    config: Arc<ClientConfig>,
+    mode: SslMode,
+    roots: Option<String>,
+}
+
+/// How many configurations are kept (the least recently used goes first).
+const CACHED: usize = 16;
+/// How long one built from the system's certificate store is kept: the store has no single
+/// file to compare.
+const SYSTEM_STORE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Configurations built, most recently used last. Sharing one across connections saves
+/// parsing the certificates and building the trust anchors on each connect, and lets rustls
+/// remember each server's key-exchange group, which spares the handshake a HelloRetryRequest
+/// round trip with a server that accepts only one group (PostgreSQL's `ssl_ecdh_curve`).
+static CACHE: std::sync::Mutex<Vec<(Inputs, std::time::Instant, Built)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn cached(inputs: &Inputs) -> Option<Built> {
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let i = cache
+        .iter()
+        .position(|(k, at, _)| k == inputs && !(k.system && at.elapsed() > SYSTEM_STORE_TTL))?;
+    let entry = cache.remove(i);
+    let built = entry.2.clone();
+    cache.push(entry);
+    Some(built)
+}
+
+fn remember(inputs: Inputs, built: &Built) {
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.retain(|(k, _, _)| *k != inputs);
+    if cache.len() >= CACHED {
+        cache.remove(0);
+    }
+    cache.push((inputs, std::time::Instant::now(), built.clone()));
+}
+
+/// The TLS settings for connecting to `host` (a TCP host name or address). The client
+/// configuration is built once per set of inputs (see [`CACHE`]): the files are read on
+/// every call, and one whose contents changed makes a new configuration; an error is never
+/// kept.
 pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
     if config.get_ssl_password().is_some() {
         return Err(Error::config(
@@ -126,14 +244,32 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
              `openssl pkey -in key.pem -out plain.pem`) and leave sslpassword unset",
         ));
     }
-    let provider = provider();
-    let mut mode = config.get_ssl_mode();
-    let system = config.get_ssl_root_cert() == Some(Path::new("system"));
-    let root_file = match config.get_ssl_root_cert() {
-        Some(p) if !system => Some(p.to_path_buf()),
-        Some(_) => None,
-        None => default_file("root.crt"),
+    let server_name = server_name(host)?;
+    let inputs = Inputs::of(config);
+    let built = match cached(&inputs) {
+        Some(b) => b,
+        None => {
+            let b = build(&inputs)?;
+            if inputs.complete() {
+                remember(inputs, &b);
+            }
+            b
+        }
     };
+    Ok(TlsSetup {
+        config: built.config,
+        server_name,
+        mode: built.mode,
+        roots: built.roots,
+    })
+}
+
+/// Builds the client configuration from `inputs`.
+fn build(inputs: &Inputs) -> Result<Built> {
+    let provider = provider();
+    let mut mode = inputs.mode;
+    let system = inputs.system;
+    let root_file = inputs.root.as_ref();
     if system {
         // libpq 16: the system's authorities only make sense with the host name checked.
         mode = SslMode::VerifyFull;
@@ -178,10 +314,10 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
                     ),
                 ));
             };
-            let certs = certificates("sslrootcert", &path)?;
+            let certs = certificates("sslrootcert", path)?;
             (
                 certs,
-                format!("sslrootcert ({})", elide(&path.display().to_string())),
+                format!("sslrootcert ({})", elide(&path.path.display().to_string())),
             )
         };
         let mut anchors = Vec::new();
@@ -198,13 +334,10 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
                 }
             }
         }
-        let crl_file = match config.get_ssl_crl() {
-            Some(p) => Some(p.to_path_buf()),
-            None => default_file("root.crl"),
-        };
+        let crl_file = inputs.crl.as_ref();
         let mut crls = Vec::new();
         if let Some(path) = crl_file {
-            let pem = read_file("sslcrl", &path)?;
+            let pem = path.read("sslcrl")?;
             for der in CertificateRevocationListDer::pem_slice_iter(&pem) {
                 let der = der.map_err(|e| {
                     tls_config_error("sslcrl", format!("sslcrl file is not PEM CRLs: {e}"))
@@ -229,7 +362,7 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
             algs,
         })
     } else {
-        if config.get_ssl_crl().is_some() {
+        if inputs.crl_set {
             return Err(tls_config_error(
                 "sslcrl",
                 format!(
@@ -244,25 +377,21 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
         .dangerous()
         .with_custom_certificate_verifier(verifier);
 
-    let cert_file = match config.get_ssl_cert() {
-        Some(p) => Some(p.to_path_buf()),
-        None => default_file("postgresql.crt"),
-    };
-    let mut tls = match cert_file {
-        Some(cert_path) => {
-            let chain = certificates("sslcert", &cert_path)?;
-            let key_path = match config.get_ssl_key() {
-                Some(p) => p.to_path_buf(),
-                None => default_file("postgresql.key").ok_or_else(|| {
-                    tls_config_error(
+    let mut tls = match &inputs.cert {
+        Some(cert_file) => {
+            let chain = certificates("sslcert", cert_file)?;
+            let key_file = match &inputs.key {
+                Some(f) => f,
+                None => {
+                    return Err(tls_config_error(
                         "sslkey",
                         "a client certificate is set but no key: set sslkey (the default, \
                          ~/.postgresql/postgresql.key, does not exist)"
                             .into(),
-                    )
-                })?,
+                    ))
+                }
             };
-            let pem = read_file("sslkey", &key_path)?;
+            let pem = key_file.read("sslkey")?;
             if String::from_utf8_lossy(&pem).contains("ENCRYPTED") {
                 return Err(tls_config_error(
                     "sslkey",
@@ -278,7 +407,7 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
                     format!(
                         "sslkey file {} holds no usable private key (PKCS#8, PKCS#1 or SEC1 \
                          PEM): {e}",
-                        elide(&key_path.display().to_string())
+                        elide(&key_file.path.display().to_string())
                     ),
                 )
             })?;
@@ -290,7 +419,7 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
             })?
         }
         None => {
-            if config.get_ssl_key().is_some() {
+            if inputs.key_set {
                 return Err(tls_config_error(
                     "sslcert",
                     "sslkey is set but no client certificate: set sslcert too".into(),
@@ -301,12 +430,10 @@ pub(crate) fn setup(config: &Config, host: &str) -> Result<TlsSetup> {
     };
     // PostgreSQL 17 needs ALPN for direct TLS; older servers ignore it.
     tls.alpn_protocols = vec![b"postgresql".to_vec()];
-    let server_name = server_name(host)?;
     // SNI carries host names only; rustls never sends it for an IP address.
-    tls.enable_sni = config.get_ssl_sni();
-    Ok(TlsSetup {
+    tls.enable_sni = inputs.sni;
+    Ok(Built {
         config: Arc::new(tls),
-        server_name,
         mode,
         roots: roots_label,
     })
