@@ -178,13 +178,15 @@ fn batch_operation<'a>(mut sqls: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-/// Runs the statement `sql` (`fut`) in its span, logging it when asked to (echo, slow).
-pub(crate) async fn statement<T>(
+/// Runs the statement `sql` (`fut`) in its span, logging it when asked to (echo, slow). A
+/// plain function, not an `async` one: the span opens when it is called, and the future it
+/// returns is [`traced`]'s, one state machine fewer around every statement.
+pub(crate) fn statement<T>(
     shared: &Shared,
     sql: &str,
     fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    traced(StatementTrace::start(shared, sql), fut).await
+) -> impl Future<Output = Result<T>> {
+    traced(StatementTrace::start(shared, sql), fut)
 }
 
 /// Runs `fut` in `trace`'s span, and ends the trace with its result.
@@ -192,7 +194,12 @@ pub(crate) async fn traced<T>(
     mut trace: StatementTrace,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let res = in_span(&trace.span, fut).await;
+    // As `in_span`, written out: one future fewer on the hot path.
+    let res = if trace.span.is_disabled() {
+        fut.await
+    } else {
+        fut.instrument(trace.span.clone()).await
+    };
     trace.finish(res.as_ref().err());
     res
 }
