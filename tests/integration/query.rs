@@ -243,3 +243,31 @@ rt_test! {
         conn.batch_execute(&format!("DROP TYPE {pair}; DROP TYPE {mood}")).await.unwrap();
     }
 }
+
+rt_test! {
+    async fn last_usage_moves_with_every_request_whatever_its_outcome() {
+        let before_connect = std::time::Instant::now();
+        let conn = connect().await;
+        let opened = conn.last_usage();
+        assert!(opened >= before_connect, "set when the connection opens");
+        // Reading it is not a use.
+        assert_eq!(conn.last_usage(), opened);
+
+        let before = std::time::Instant::now();
+        conn.query("SELECT 1", &[]).await.unwrap();
+        let after_query = conn.last_usage();
+        assert!(after_query >= before && after_query > opened, "a query is a use");
+
+        let before = std::time::Instant::now();
+        conn.simple_query("SELECT 1 / 0").await.unwrap_err();
+        let after_error = conn.last_usage();
+        assert!(after_error >= before, "a failed statement is a use too");
+
+        let before = std::time::Instant::now();
+        let mut tx = conn.begin().await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(conn.last_usage() >= before, "a transaction's BEGIN and COMMIT are uses");
+        assert!(conn.last_usage() <= std::time::Instant::now());
+        conn.close().await;
+    }
+}

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_io::AsyncWrite;
 use postgres_protocol::message::frontend;
@@ -131,6 +131,27 @@ pub(crate) struct Shared {
     pub(crate) transaction_pooling: std::sync::atomic::AtomicBool,
     /// Statement logging and the open transaction's span (see `trace.rs`).
     pub(crate) trace: crate::trace::Settings,
+    /// When the last request was queued (or the connection opened): see [`Usage`].
+    last_usage: AtomicU64,
+}
+
+/// Times of use, kept as nanoseconds since a process-wide instant so that one atomic holds
+/// them.
+struct Usage;
+
+impl Usage {
+    fn base() -> Instant {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    fn now() -> u64 {
+        u64::try_from(Usage::base().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn at(nanos: u64) -> Instant {
+        Usage::base() + Duration::from_nanos(nanos)
+    }
 }
 
 impl Shared {
@@ -148,6 +169,7 @@ impl Shared {
             identity,
             transaction_pooling: std::sync::atomic::AtomicBool::new(false),
             trace: crate::trace::Settings::default(),
+            last_usage: AtomicU64::new(Usage::now()),
         }
     }
 
@@ -335,6 +357,9 @@ impl Connection {
     ) -> Result<u64> {
         self.check_lease()?;
         let id = queue(&mut self.shared.lock(), encode)?;
+        self.shared
+            .last_usage
+            .store(Usage::now(), Ordering::Relaxed);
         // A `with_timeout` around this call needs to know which request is its own.
         SCOPE.with(|s| {
             if let Some(mut scope) = s.get() {
@@ -985,6 +1010,26 @@ impl Connection {
     /// The connection string, with the password redacted.
     pub fn dsn(&self) -> String {
         self.shared.identity.config.redacted_dsn()
+    }
+
+    /// When the connection was last given work: the moment its latest request (a statement,
+    /// a pipeline, a COPY, a transaction's `BEGIN` or `COMMIT`, ...) was queued, whatever its
+    /// outcome; the moment it was opened if it has had none. Python aiopg's
+    /// `conn.last_usage`, as a monotonic [`Instant`] (aiopg's is the event loop's clock).
+    /// A pool's reset and health checks are requests and count; the clean-up aiopg queues by
+    /// itself behind a dropped future (a `ROLLBACK` after a dropped transaction guard) does
+    /// not.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &aiopg_conn::Connection) -> aiopg_core::Result<()> {
+    /// let idle = conn.last_usage().elapsed();
+    /// if idle > std::time::Duration::from_secs(300) {
+    ///     conn.simple_query("SELECT 1").await?; // keep an idle link warm
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn last_usage(&self) -> Instant {
+        Usage::at(self.shared.last_usage.load(Ordering::Relaxed))
     }
 
     /// The runtime this connection uses for timers, clean-up and cancel requests.
