@@ -159,9 +159,11 @@ fn serve(listener: TcpListener, act: Act) -> io::Result<Seen> {
             let mut body = vec![0u8; len - 4];
             s.read_exact(&mut body)?;
             let text = String::from_utf8_lossy(&body);
+            // Everything after the first ",r=": the nonce is printable ASCII without commas,
+            // and may itself contain "r=".
             let nonce = text
-                .split("r=")
-                .nth(1)
+                .split_once(",r=")
+                .map(|(_, rest)| rest)
                 .unwrap_or_default()
                 .trim_end_matches('\0');
             let nonce = if echo {
