@@ -7,6 +7,7 @@ mod tls_fake;
 mod connect;
 mod copy;
 mod cursor;
+mod driver;
 mod engine;
 mod failover;
 mod failure;

@@ -63,7 +63,7 @@ pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Waits until the server lists exactly `n` backends named `app` (processes exit
 /// asynchronously after their client goes away).
-async fn wait_backends(admin: &Connection, app: &str, n: usize) {
+pub(crate) async fn wait_backends(admin: &Connection, app: &str, n: usize) {
     let start = Instant::now();
     loop {
         let pids = backends(admin, app).await;

@@ -19,6 +19,7 @@ use aiopg_core::{Config, Error, ErrorKind, Result, SqlState};
 use aiopg_rt::Runtime;
 
 use crate::collect::{Collector, Output};
+use crate::driver::Driver;
 use crate::notify::{Notices, Notifies};
 use crate::state::State;
 use crate::statement::Statement;
@@ -133,6 +134,16 @@ pub(crate) struct Shared {
     pub(crate) trace: crate::trace::Settings,
     /// When the last request was queued (or the connection opened): see [`Usage`].
     last_usage: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A parked driver task holds the connection weakly: wake it to see it is gone.
+        self.state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .release_driver();
+    }
 }
 
 /// Times of use, kept as nanoseconds since a process-wide instant so that one atomic holds
@@ -998,6 +1009,46 @@ impl Connection {
     /// ```
     pub fn notifies(&self) -> Notifies {
         Notifies::new(self)
+    }
+
+    /// A future that reads this connection's socket for all its callers, to run as a task of
+    /// its own (or use [`spawn_driver`](Self::spawn_driver)).
+    ///
+    /// Without one (the default), whoever polls reads: a query's future reads its own answer
+    /// and hands its neighbours theirs, with no hop between tasks, which is the fastest way
+    /// for one caller or for callers on separate tasks. While a driver runs, callers still
+    /// write their own requests, but only the driver reads; every answer reaches its owner
+    /// through a wake-up from the driver's task. That is faster when many futures of **one**
+    /// task (a `join_all` of 64 queries) share the connection on a work-stealing runtime
+    /// (tokio's multi-threaded one): a future that reads its neighbours' answers wakes its
+    /// own task while it runs, which such a scheduler answers by waking another worker, one
+    /// extra thread wake-up per read. It costs a hop to the driver's task and back per
+    /// answer otherwise, so measure before using it (see `docs/round-trips.md`).
+    ///
+    /// The driver holds the connection weakly: it completes once the connection is closed,
+    /// its last handle is dropped, or another driver of this connection is already running
+    /// (one at a time). Once polled, it must go on being polled (as a spawned task is) until
+    /// it completes or is dropped: the connection's callers wait for it to read their
+    /// answers. Dropping it mid-way is safe: callers drive for themselves again.
+    /// Notifications and notices are read by the driver too, so they arrive on an idle
+    /// connection without anyone polling [`notifies`](Self::notifies).
+    ///
+    /// ```no_run
+    /// # async fn f() -> aiopg_core::Result<()> {
+    /// let conn = aiopg_conn::connect("host=localhost dbname=app").await?;
+    /// conn.spawn_driver(); // or spawn `conn.driver()` on an executor of your choice
+    /// let answers = futures_util::future::try_join_all(
+    ///     (0..64).map(|i| conn.query_scalar::<i32>("SELECT $1::int4", &[&i]))
+    /// ).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn driver(&self) -> Driver {
+        Driver::new(self)
+    }
+
+    /// Runs [`driver`](Self::driver) on the connection's runtime.
+    pub fn spawn_driver(&self) {
+        self.shared.runtime.spawn(Box::pin(self.driver()));
     }
 
     /// A stream of the notices and warnings the server sends (`RAISE NOTICE`, ...), bounded

@@ -264,6 +264,7 @@ mod collect;
 mod connect;
 mod connection;
 mod copy;
+mod driver;
 mod events;
 mod exclusive;
 mod io;
@@ -290,6 +291,7 @@ pub use connection::{Connection, Param, QueryResult, CANCEL_GRACE};
 pub use copy::{
     BinaryCopyInWriter, BinaryCopyOutStream, BinaryCopyRow, CopyInWriter, CopyOutReader,
 };
+pub use driver::Driver;
 pub use events::DEFAULT_EVENT_CAPACITY;
 pub use listener::{Listener, ListenerEvent, ListenerStream};
 pub use notify::{Notices, Notifies};

@@ -1169,6 +1169,10 @@ enum Action {
     Move(usize),
     /// The socket becomes (or stops being) a buffering stream, as TLS is (see `Net::stage`).
     Stage(bool),
+    /// A driver task starts (its first poll), is polled, or is dropped (see `driver.rs`).
+    StartDriver,
+    PollDriver,
+    DropDriver,
 }
 
 const CALLERS: usize = 4;
@@ -1186,6 +1190,8 @@ struct Model {
     /// A subscriber that is never polled until the end: it must then hold every notification
     /// in order, or say how many it missed.
     monitor: Option<crate::Notifies>,
+    /// The driver task, when one was started and not dropped (it may have completed).
+    driver: Option<(crate::Driver, Arc<Flag>, bool)>,
 }
 
 impl Model {
@@ -1228,6 +1234,7 @@ impl Model {
             callers: (0..CALLERS).map(|_| None).collect(),
             sent: 0,
             received: Arc::default(),
+            driver: None,
         }
     }
 
@@ -1305,6 +1312,18 @@ impl Model {
                 }
             }
             Action::RunTasks => self.run_tasks(false),
+            Action::StartDriver => {
+                if self.driver.is_none() {
+                    self.driver = Some((
+                        self.conn.driver(),
+                        Arc::new(Flag(AtomicBool::new(false))),
+                        false,
+                    ));
+                    self.poll_driver();
+                }
+            }
+            Action::PollDriver => self.poll_driver(),
+            Action::DropDriver => self.driver = None,
         }
         self.adopt_tasks();
         self.check_state()
@@ -1324,6 +1343,19 @@ impl Model {
         put_msg(&mut net.s2c, b'A', &body);
         if let Some(w) = net.read_waker.take() {
             w.wake();
+        }
+    }
+
+    /// Polls the driver task once, if it runs.
+    fn poll_driver(&mut self) {
+        if let Some((d, flag, done)) = self.driver.as_mut() {
+            if !*done {
+                flag.0.store(false, Ordering::SeqCst);
+                let waker = Waker::from(flag.clone());
+                *done = Pin::new(d)
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_ready();
+            }
         }
     }
 
@@ -1381,6 +1413,15 @@ impl Model {
                     }
                     self.check_state()?;
                 }
+            }
+            if self
+                .driver
+                .as_ref()
+                .is_some_and(|(_, f, done)| !done && f.0.load(Ordering::SeqCst))
+            {
+                progress = true;
+                self.poll_driver();
+                self.check_state()?;
             }
             if self.tasks.iter().any(|(_, f)| f.0.load(Ordering::SeqCst))
                 || !self.runtime.spawned.lock().unwrap().is_empty()
@@ -1540,6 +1581,9 @@ fn action() -> impl Strategy<Value = Action> {
         2 => Just(Action::Hold),
         1 => (0..CALLERS).prop_map(Action::Move),
         1 => any::<bool>().prop_map(Action::Stage),
+        1 => Just(Action::StartDriver),
+        2 => Just(Action::PollDriver),
+        1 => Just(Action::DropDriver),
     ]
 }
 

@@ -60,6 +60,8 @@ const WRITE_BATCH: usize = 16 * 1024;
 const LISTENER: u64 = u64::MAX;
 /// The `who` of `poll_idle`, which polls with a no-op waker and so never holds the socket.
 const IDLE_CHECK: u64 = u64::MAX - 1;
+/// The `who` of the driver task (`Connection::driver`), when one runs.
+pub(crate) const DRIVER: u64 = u64::MAX - 2;
 
 #[derive(Debug)]
 enum Slot {
@@ -171,6 +173,10 @@ pub(crate) struct State {
     /// Who is registered with the socket for writing: the caller whose last write found the
     /// socket full. A caller leaving while registered hands over like a reader.
     writer: Option<u64>,
+    /// The driver task, when one runs (`Connection::driver`): its number and waker. While it
+    /// is here it alone reads the socket; callers still write their own requests, and wake
+    /// it when they find it not registered with the socket.
+    driver: Option<(u64, Waker)>,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
     /// Notices and notifications, for the `notices()` and `notifies()` streams.
@@ -216,6 +222,7 @@ impl State {
             exclusive_waiters: Vec::new(),
             reader: None,
             writer: None,
+            driver: None,
             tx_status: TransactionStatus::Idle,
             params,
             notices: Events::new(DEFAULT_EVENT_CAPACITY, "notices"),
@@ -880,8 +887,13 @@ impl State {
             .is_some_and(|e| e.end <= self.sent)
     }
 
-    /// Wakes the first caller still waiting for an answer, so that it takes over driving.
+    /// Wakes the first caller still waiting for an answer, so that it takes over driving (or
+    /// the driver task, when one runs).
     fn wake_next_driver(&mut self) {
+        if let Some((_, w)) = &self.driver {
+            w.wake_by_ref();
+            return;
+        }
         let answered = self.answered;
         if let Some(e) = self
             .queue
@@ -959,6 +971,10 @@ impl State {
             if self.drive(&mut cx, IDLE_CHECK).is_pending() {
                 break;
             }
+        }
+        if let Some((_, w)) = &self.driver {
+            // Its registration with the socket may have been replaced by the no-op waker.
+            w.wake_by_ref();
         }
         self.closed.is_none()
     }
@@ -1042,6 +1058,22 @@ impl State {
             // A full stream holds reading back until its owner takes rows.
             return Poll::Pending;
         }
+        if who == IDLE_CHECK {
+            if self.reader == Some(DRIVER) {
+                // The idle check reads what the socket holds itself, without waiting; the
+                // driver is woken afterwards to register with the socket again (`poll_idle`).
+                self.reader = None;
+            }
+        } else if who != DRIVER {
+            if let Some((_, w)) = &self.driver {
+                // The driver task reads: it routes this caller's answer and wakes it. It need
+                // not be woken while it is registered with the socket (bytes wake it).
+                if self.reader != Some(DRIVER) {
+                    w.wake_by_ref();
+                }
+                return Poll::Pending;
+            }
+        }
         if self.reader.is_some() {
             // Another caller is registered with the socket: it reads, routes this caller's
             // answer and wakes it, or wakes it to take over when it leaves.
@@ -1112,6 +1144,10 @@ impl State {
         self.end_hold();
         self.reader = None;
         self.writer = None;
+        if let Some((_, w)) = self.driver.take() {
+            // Its work is over: it ends when it sees the connection closed.
+            w.wake();
+        }
         let reason = self.closed.clone().expect("set above");
         for e in self.queue.iter_mut().skip(self.answered) {
             e.slot = if e.abandoned {
@@ -1133,6 +1169,70 @@ impl State {
         self.answered = self.queue.len();
         self.compact();
         self.wake_listeners();
+    }
+
+    /// Polls driver task `id`: registers it (unless another driver runs: then it ends at
+    /// once), and reads and routes until the socket has nothing more, at most `budget`
+    /// reads per poll (then it yields, woken again at once, so that it never hogs its
+    /// worker). `Ready` when it has nothing more to do: the connection closed, or another
+    /// driver runs.
+    pub(crate) fn poll_driver(&mut self, id: u64, cx: &mut Context<'_>, budget: u32) -> Poll<()> {
+        if self.closed.is_some() {
+            self.end_driver(id);
+            return Poll::Ready(());
+        }
+        match &mut self.driver {
+            Some((d, w)) if *d == id => {
+                if !w.will_wake(cx.waker()) {
+                    *w = cx.waker().clone();
+                }
+            }
+            Some(_) => return Poll::Ready(()),
+            None => {
+                self.driver = Some((id, cx.waker().clone()));
+                // A caller registered with the socket gives it up: the driver's read takes
+                // over the socket's registration, and the caller, parked in its request's
+                // entry, is woken with its answer as any parked caller is.
+                if self.reader.is_some_and(|r| r != DRIVER) {
+                    self.reader = None;
+                }
+            }
+        }
+        for _ in 0..budget {
+            if self.drive(cx, DRIVER).is_pending() {
+                return Poll::Pending;
+            }
+            if self.closed.is_some() {
+                self.end_driver(id);
+                return Poll::Ready(());
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Driver task `id` stops (dropped, or done): callers drive for themselves again, and the
+    /// first one waiting (or a listener) takes over the socket.
+    pub(crate) fn end_driver(&mut self, id: u64) {
+        if !matches!(self.driver, Some((d, _)) if d == id) {
+            return;
+        }
+        self.driver = None;
+        if self.reader == Some(DRIVER) {
+            self.reader = None;
+        }
+        if self.writer == Some(DRIVER) {
+            self.writer = None;
+        }
+        self.wake_next_driver();
+    }
+
+    /// The connection's last handle is gone: a parked driver task is woken to find that out
+    /// and end.
+    pub(crate) fn release_driver(&mut self) {
+        if let Some((_, w)) = self.driver.take() {
+            w.wake();
+        }
     }
 
     /// Closes a connection whose server stopped answering.
@@ -1447,8 +1547,8 @@ impl State {
     #[cfg(test)]
     pub(crate) fn dump(&self) -> String {
         let mut out = format!(
-            "sent={} write={} answered={} reader={:?} writer={:?} exclusive={:?} paused={} flush_due={} unflushed={}\n",
-            self.sent, self.write.len(), self.answered, self.reader, self.writer, self.exclusive, self.paused, self.flush_due, self.unflushed
+            "sent={} write={} answered={} reader={:?} writer={:?} driver={:?} exclusive={:?} paused={} flush_due={} unflushed={}\n",
+            self.sent, self.write.len(), self.answered, self.reader, self.writer, self.driver.as_ref().map(|d| d.0), self.exclusive, self.paused, self.flush_due, self.unflushed
         );
         for e in &self.queue {
             let slot = match &e.slot {
@@ -1478,6 +1578,15 @@ impl State {
     /// The model test calls it after every step; debug builds (every integration test
     /// against the real server) assert it after every change to the queue or the buffer.
     pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        if self.driver.is_none() && (self.reader == Some(DRIVER) || self.writer == Some(DRIVER)) {
+            return Err("the socket is registered to a driver that is gone".into());
+        }
+        if self.driver.is_some() && self.reader.is_some_and(|r| r != DRIVER) {
+            return Err(format!(
+                "caller {:?} is registered to read while a driver runs",
+                self.reader
+            ));
+        }
         if self.answered > self.queue.len() {
             return Err(format!(
                 "{} answered of {} queued",
