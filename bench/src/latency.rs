@@ -1,4 +1,5 @@
-//! `latency`: sequential prepared `SELECT $1::int4` on one connection.
+//! `latency`: sequential prepared `SELECT $1::int4` on one connection (`aiopg-driver`: with
+//! the opt-in driver task reading the socket).
 
 use crate::child::{drive, Job};
 
@@ -6,6 +7,7 @@ pub fn run(job: &Job) -> (u64, f64) {
     let rt = job.runtime.clone();
     match job.contender.as_str() {
         "aiopg" => crate::run!(&rt, job, aiopg),
+        "aiopg-driver" => crate::run!(&rt, job, aiopg_driver),
         "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
         "sqlx" => crate::run!(&rt, job, sqlx),
         other => panic!("latency: unknown contender {other}"),
@@ -13,7 +15,14 @@ pub fn run(job: &Job) -> (u64, f64) {
 }
 
 async fn aiopg(job: &Job) -> (u64, f64) {
-    let conn = crate::aiopg_connect(job).await;
+    aiopg_on(crate::aiopg_connect(job).await, job).await
+}
+
+async fn aiopg_driver(job: &Job) -> (u64, f64) {
+    aiopg_on(crate::aiopg_connect_driven(job).await, job).await
+}
+
+async fn aiopg_on(conn: aiopg::Connection, job: &Job) -> (u64, f64) {
     let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
     let r = drive(job.amount, |n| {
         let (conn, stmt) = (&conn, &stmt);

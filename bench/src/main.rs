@@ -275,6 +275,9 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
     }
     for &rt in &s.runtimes {
         v.push(("aiopg", rt));
+        if workload == "pipeline" || workload == "latency" {
+            v.push(("aiopg-driver", rt));
+        }
         if workload == "pipeline" {
             v.push(("aiopg-pipeline", rt));
             v.push(("aiopg-tasks", rt));
@@ -977,6 +980,19 @@ pub async fn aiopg_connect(job: &Job) -> aiopg::Connection {
     aiopg::ConnectOptions::new(&job.dsn)
         .expect("dsn")
         .runtime(rt)
+        .connect()
+        .await
+        .expect("aiopg connect")
+}
+
+/// [`aiopg_connect`] with the connection's opt-in driver task (`ConnectOptions::driver_task`)
+/// reading the socket, as tokio-postgres' spawned connection task does.
+pub async fn aiopg_connect_driven(job: &Job) -> aiopg::Connection {
+    let rt = aiopg::rt::runtime_by_name(&job.runtime).expect("runtime");
+    aiopg::ConnectOptions::new(&job.dsn)
+        .expect("dsn")
+        .runtime(rt)
+        .driver_task(true)
         .connect()
         .await
         .expect("aiopg connect")

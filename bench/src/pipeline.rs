@@ -2,7 +2,8 @@
 //!
 //! `aiopg` and `tokio-postgres` keep 64 independent queries (each with its own Sync) in
 //! flight at all times, as futures of one task; the `-tasks` contenders do the same from 64
-//! spawned tasks sharing the connection. `aiopg-pipeline` sends batches of 64 through `Connection::pipeline`
+//! spawned tasks sharing the connection; `aiopg-driver` is `aiopg` with the opt-in driver
+//! task reading the socket. `aiopg-pipeline` sends batches of 64 through `Connection::pipeline`
 //! (one Sync per batch) and waits for each, which is what pgbench's pipeline mode
 //! (`\startpipeline` .. `\endpipeline`) does: the two are compared with each other.
 
@@ -17,6 +18,7 @@ pub fn run(job: &Job) -> (u64, f64) {
     match job.contender.as_str() {
         "aiopg" => crate::run!(&rt, job, aiopg),
         "aiopg-pipeline" => crate::run!(&rt, job, aiopg_pipeline),
+        "aiopg-driver" => crate::run!(&rt, job, aiopg_driver),
         "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
         "aiopg-tasks" => crate::run!(&rt, job, aiopg_tasks),
         "tokio-postgres-tasks" => crate::run!(&rt, job, tokio_postgres_tasks),
@@ -51,7 +53,16 @@ where
 }
 
 async fn aiopg(job: &Job) -> (u64, f64) {
-    let conn = crate::aiopg_connect(job).await;
+    aiopg_on(crate::aiopg_connect(job).await, job).await
+}
+
+/// The same 64 futures of one task, with the connection's opt-in driver task reading the
+/// socket for them, as tokio-postgres' spawned connection task does.
+async fn aiopg_driver(job: &Job) -> (u64, f64) {
+    aiopg_on(crate::aiopg_connect_driven(job).await, job).await
+}
+
+async fn aiopg_on(conn: aiopg::Connection, job: &Job) -> (u64, f64) {
     let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
     let r = keep_in_flight(job, |i: i32| {
         let (conn, stmt) = (&conn, &stmt);

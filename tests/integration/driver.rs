@@ -6,7 +6,7 @@ use std::time::Duration;
 use aiopg::{Connection, ErrorKind};
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::pool::{app_name, backends, poll_once, wait_backends};
+use crate::pool::{app_name, backends, poll_once, terminate_backends, wait_backends};
 use crate::support::{connect, dsn, options, poll_then_drop, rt_test, runtime, spawn};
 
 /// How long a driver may take to end once its connection is closed or dropped.
@@ -221,18 +221,70 @@ rt_test! {
             .unwrap();
         let killed = backends(&admin, &app).await;
         assert_eq!(killed.len(), 2);
-        admin
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap();
-        wait_backends(&admin, &app, 0).await;
+        terminate_backends(&admin, &app).await;
         let conns = [pool.acquire().await.unwrap(), pool.acquire().await.unwrap()];
         for c in &conns {
             assert!(!killed.contains(&c.backend_pid()), "a terminated backend was handed out");
             assert_eq!(c.query_scalar::<i64>("SELECT 3::int8", &[]).await.unwrap(), 3);
         }
+    }
+}
+
+rt_test! {
+    async fn with_a_driver_copy_in_and_out_run_beside_queries_of_the_same_task() {
+        // The driver writes every request, a COPY's data included: 200,000 rows in chunks
+        // larger than the socket takes at once (backpressure through the driver), while
+        // other futures of the same task issue queries that wait behind the COPY.
+        const ROWS: i64 = 200_000;
+        let conn = connect_driven(&app_name("driver_copy")).await;
+        conn.batch_execute("CREATE TEMP TABLE driver_copy (id int8 PRIMARY KEY, name text NOT NULL)")
+            .await
+            .unwrap();
+        let copy = async {
+            let mut w = conn.copy_in("COPY driver_copy FROM STDIN").await.unwrap();
+            let mut chunk = String::new();
+            for i in 1..=ROWS {
+                chunk.push_str(&format!("{i}\tname {i}\n"));
+                if chunk.len() >= 256 * 1024 {
+                    w.write(chunk.as_bytes()).await.unwrap();
+                    chunk.clear();
+                }
+            }
+            w.write(chunk.as_bytes()).await.unwrap();
+            w.finish().await.unwrap()
+        };
+        let queries = futures_util::future::join_all((0..50i64).map(|i| {
+            let conn = conn.clone();
+            async move { conn.query_scalar::<i64>("SELECT $1::int8 * 2", &[&i]).await }
+        }));
+        let (copied, answers) = futures_util::future::join(copy, queries).await;
+        assert_eq!(copied, ROWS as u64);
+        let answers: Vec<i64> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, (0..50i64).map(|i| i * 2).collect::<Vec<_>>());
+        let (n, sum): (i64, i64) = {
+            let row = conn
+                .query_one("SELECT count(*), sum(id)::int8 FROM driver_copy WHERE name = 'name ' || id", &[])
+                .await
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!((n, sum), (ROWS, ROWS * (ROWS + 1) / 2));
+
+        // Out again, beside queries; then the connection answers as before.
+        let mut out = conn.copy_out("COPY (SELECT id FROM driver_copy ORDER BY id) TO STDOUT").await.unwrap();
+        let read = async {
+            let (mut rows, mut sum) = (0i64, 0i64);
+            while let Some(chunk) = out.try_next().await.unwrap() {
+                for line in std::str::from_utf8(&chunk).unwrap().lines() {
+                    sum += line.parse::<i64>().unwrap();
+                    rows += 1;
+                }
+            }
+            (rows, sum)
+        };
+        let query = conn.query_scalar::<i64>("SELECT 41::int8 + 1", &[]);
+        let ((rows, sum), answer) = futures_util::future::join(read, query).await;
+        assert_eq!((rows, sum), (ROWS, ROWS * (ROWS + 1) / 2));
+        assert_eq!(answer.unwrap(), 42);
     }
 }

@@ -61,6 +61,18 @@ pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Terminates every backend named `app` and waits until the server lists none.
+pub(crate) async fn terminate_backends(admin: &Connection, app: &str) {
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    wait_backends(admin, app, 0).await;
+}
+
 /// Waits until the server lists exactly `n` backends named `app` (processes exit
 /// asynchronously after their client goes away).
 pub(crate) async fn wait_backends(admin: &Connection, app: &str, n: usize) {
@@ -519,14 +531,7 @@ rt_test! {
             .unwrap();
         let killed = backends(&admin, &app).await;
         assert_eq!(killed.len(), 3);
-        admin
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap();
-        wait_backends(&admin, &app, 0).await;
+        terminate_backends(&admin, &app).await;
         assert_eq!(pool.free_size(), 3, "the pool cannot know yet: it never reads idle sockets");
 
         // Every connection handed out works: the dead ones were found and replaced on acquire.
@@ -567,14 +572,7 @@ rt_test! {
             .await
             .unwrap();
         let killed = backends(&admin, &app).await;
-        admin
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap();
-        wait_backends(&admin, &app, 0).await;
+        terminate_backends(&admin, &app).await;
         // With the round trip on as well, every dead connection is caught (by what its socket
         // holds, before any round trip): the first acquire already works.
         let conn = pool.acquire().await.unwrap();

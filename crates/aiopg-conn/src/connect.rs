@@ -212,9 +212,10 @@ impl ConnectOptions {
     }
 
     /// Runs a [driver task](Connection::driver) on the connection's runtime from the start
-    /// (off by default): only that task reads the socket. Worth it when many futures of one
-    /// task share a connection on a work-stealing runtime; it costs a hop between tasks per
-    /// answer otherwise. A pool built from these options gives every connection its own.
+    /// (off by default): only that task writes and reads the socket. Worth it when many
+    /// futures of one task share a connection on a work-stealing runtime; it costs a hop
+    /// between tasks per answer otherwise. A pool built from these options gives every
+    /// connection its own.
     pub fn driver_task(mut self, on: bool) -> Self {
         self.driver_task = on;
         self

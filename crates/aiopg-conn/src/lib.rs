@@ -36,10 +36,15 @@
 //!
 //! # Design: the caller drives the socket
 //!
-//! There is no background task. A query's future, when polled, writes its request and reads
-//! the socket itself, so one caller issuing one query at a time pays no hop between tasks or
-//! threads. A future that is not polled makes no progress: await it (or hold it in a
+//! There is no background task by default. A query's future, when polled, writes its request
+//! and reads the socket itself, so one caller issuing one query at a time pays no hop between
+//! tasks or threads. A future that is not polled makes no progress: await it (or hold it in a
 //! `join`/`select`) for its request to be answered.
+//!
+//! An opt-in driver task ([`Connection::spawn_driver`], [`ConnectOptions::driver_task`]) does
+//! the reading and writing instead, as tokio-postgres' connection task does: callers encode
+//! their requests and wait. It pays one hop per answer, and wins where many futures of one
+//! task share a connection on tokio's multi-threaded runtime (`docs/round-trips.md`).
 //!
 //! # Pipelining
 //!

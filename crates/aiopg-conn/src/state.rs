@@ -1013,14 +1013,21 @@ impl State {
         // Holding back only while an answer is certain to come (a request wholly written and
         // not answered) is what keeps this from stalling: that answer's reader sets
         // `flush_due`.
-        let send_now = !self.answer_due() || self.flush_due || self.write.len() >= WRITE_BATCH;
+        //
+        // While a driver task runs, it writes too: callers only encode and wake it, so that
+        // the requests of every future polled in one turn of their task go out in one write.
+        let driven = self.driver.is_some() && who != DRIVER && who != IDLE_CHECK;
+        let send_now = who == DRIVER
+            || !self.answer_due()
+            || self.flush_due
+            || self.write.len() >= WRITE_BATCH;
         // Nothing queued behind a request holding the connection goes out before it ends.
         let limit = match self.exclusive.and_then(|id| self.index(id)) {
             Some(i) => (self.queue[i].end - self.sent) as usize,
             None => self.write.len(),
         };
         let stream = self.stream.as_mut().expect("checked above");
-        if (send_now && limit > 0) || self.unflushed {
+        if !driven && ((send_now && limit > 0) || self.unflushed) {
             self.flush_due = false;
             let before = self.write.len();
             let take = if send_now { limit } else { 0 };
@@ -1056,6 +1063,11 @@ impl State {
         }
         if self.paused {
             // A full stream holds reading back until its owner takes rows.
+            if driven && !self.write.is_empty() {
+                if let Some((_, w)) = &self.driver {
+                    w.wake_by_ref();
+                }
+            }
             return Poll::Pending;
         }
         if who == IDLE_CHECK {
@@ -1064,11 +1076,12 @@ impl State {
                 // driver is woken afterwards to register with the socket again (`poll_idle`).
                 self.reader = None;
             }
-        } else if who != DRIVER {
+        } else if driven {
             if let Some((_, w)) = &self.driver {
-                // The driver task reads: it routes this caller's answer and wakes it. It need
-                // not be woken while it is registered with the socket (bytes wake it).
-                if self.reader != Some(DRIVER) {
+                // The driver task writes and reads: it sends this caller's request, routes its
+                // answer and wakes it. Registered with the socket and with nothing to send, it
+                // need not be woken (bytes from the server wake it).
+                if self.reader != Some(DRIVER) || !self.write.is_empty() {
                     w.wake_by_ref();
                 }
                 return Poll::Pending;
