@@ -1038,9 +1038,12 @@ impl Connection {
     /// # async fn f() -> aiopg_core::Result<()> {
     /// let conn = aiopg_conn::connect("host=localhost dbname=app").await?;
     /// conn.spawn_driver(); // or spawn `conn.driver()` on an executor of your choice
-    /// let answers = futures_util::future::try_join_all(
-    ///     (0..64).map(|i| conn.query_scalar::<i32>("SELECT $1::int4", &[&i]))
-    /// ).await?;
+    /// let conn = &conn;
+    /// let answers = futures_util::future::try_join_all((0..64).map(|i: i32| async move {
+    ///     conn.query_scalar::<i32>("SELECT $1::int4", &[&i]).await
+    /// }))
+    /// .await?;
+    /// assert_eq!(answers, (0..64).collect::<Vec<_>>());
     /// # Ok(()) }
     /// ```
     pub fn driver(&self) -> Driver {
