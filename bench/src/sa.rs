@@ -1,7 +1,10 @@
 //! `sa-select`, `sa-select-1k`, `sa-stream-1m`: aiopg.sa's layer beside the plain connection
 //! running the same statement. The sa contender builds its `SELECT` with sea-query on every
 //! operation (as a service does) and reads rows through `ResultProxy`; the plain one runs the
-//! SQL text sea-query produces with `Connection::query` (`query_stream` for the 1 M rows).
+//! SQL text sea-query produces with `Connection::query` (`query_stream` for the 1 M rows);
+//! `aiopg-sea-query` builds the same statement on every operation and runs it through
+//! `Connection::query` with sea-query-postgres' binder, as that crate documents for a plain
+//! client: the difference between it and `aiopg-sa` is the sa layer's own cost.
 
 use aiopg::sa::sea_query::{Expr, ExprTrait, Order, Query, SelectStatement};
 
@@ -19,6 +22,7 @@ pub fn run(job: &Job) -> (u64, f64) {
         ("sa-stream-1m", "aiopg") => crate::run!(&rt, job, plain_stream),
         (_, "aiopg-sa") => crate::run!(&rt, job, sa),
         (_, "aiopg") => crate::run!(&rt, job, plain),
+        (_, "aiopg-sea-query") => crate::run!(&rt, job, plain_built),
         (w, other) => panic!("{w}: unknown contender {other}"),
     }
 }
@@ -142,6 +146,29 @@ async fn plain(job: &Job) -> (u64, f64) {
             let end = first + w;
             let params: &[aiopg::Param<'_>] = if w == 1 { &[&first] } else { &[&first, &end] };
             let rows = conn.query(sql, params).await.expect("query");
+            check(first, w, rows.iter());
+            1
+        }
+    })
+    .await;
+    conn.close().await;
+    r
+}
+
+async fn plain_built(job: &Job) -> (u64, f64) {
+    use sea_query_postgres::PostgresBinder;
+    let conn = crate::aiopg_connect(job).await;
+    setup(&conn).await;
+    let w = width(job);
+    let (sql, values) = select(1, w).build_postgres(aiopg::sa::sea_query::PostgresQueryBuilder);
+    conn.query(&sql, &values.as_params()).await.expect("warm");
+    let r = drive(job.amount, |n| {
+        let conn = &conn;
+        async move {
+            let first = key(n, w);
+            let (sql, values) =
+                select(first, w).build_postgres(aiopg::sa::sea_query::PostgresQueryBuilder);
+            let rows = conn.query(&sql, &values.as_params()).await.expect("query");
             check(first, w, rows.iter());
             1
         }

@@ -256,6 +256,61 @@ rt_test! {
 }
 
 rt_test! {
+    async fn poll_take_hands_out_rows_in_batches_up_to_its_bound() {
+        let conn = connect().await;
+        let mut rows = conn
+            .query_stream("SELECT g::int8 FROM generate_series(1, 30000) g", &[])
+            .await
+            .unwrap();
+        let (mut seen, mut batches) = (Vec::new(), 0);
+        // Alternate bulk takes of various bounds with single rows from `next`.
+        let bounds = [0usize, 1, 7, 300, 5000, usize::MAX];
+        loop {
+            let max = bounds[batches % bounds.len()];
+            let got = std::future::poll_fn(|cx| match rows.poll_take(cx, max) {
+                std::task::Poll::Pending => std::task::Poll::Pending,
+                std::task::Poll::Ready(r) => std::task::Poll::Ready(
+                    r.map(|b| b.map(|it| it.map(|row| row.get::<i64>(0)).collect::<Vec<_>>())),
+                ),
+            })
+            .await;
+            batches += 1;
+            match got {
+                None => break,
+                Some(batch) => {
+                    let batch = batch.unwrap();
+                    assert!(batch.len() <= max, "{} rows for a bound of {max}", batch.len());
+                    assert_eq!(batch.is_empty(), max == 0, "only a bound of 0 gives no rows");
+                    seen.extend(batch);
+                }
+            }
+            if let Some(row) = rows.try_next().await.unwrap() {
+                seen.push(row.get::<i64>(0));
+            }
+        }
+        assert_eq!(seen, (1..=30000).collect::<Vec<i64>>(), "every row once, in order");
+        assert_eq!(rows.rows_affected(), Some(30000));
+        // An error mid-result ends the batches with it, and the connection goes on.
+        let mut rows = conn
+            .query_stream("SELECT 10 / (5000 - g) FROM generate_series(1, 10000) g", &[])
+            .await
+            .unwrap();
+        let mut taken = 0;
+        let err = loop {
+            match std::future::poll_fn(|cx| rows.poll_take(cx, usize::MAX).map(|r| r.map(|b| b.map(|it| it.count())))).await {
+                Some(Ok(n)) => taken += n,
+                Some(Err(e)) => break e,
+                None => panic!("the result ended without its error"),
+            }
+        };
+        assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO), "{err}");
+        assert!(taken < 5000, "{taken} rows before the failing one");
+        drop(rows);
+        assert_eq!(conn.query_one("SELECT 3::int4", &[]).await.unwrap().get::<i32>(0), 3);
+    }
+}
+
+rt_test! {
     async fn dropping_a_stream_mid_result_keeps_the_connection_in_step() {
         let conn = connect().await;
         for cut in [0usize, 1, 10, 1_000] {

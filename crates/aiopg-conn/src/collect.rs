@@ -9,7 +9,6 @@
 //! Messages the server may send at any time (notices, notifications, parameter status) and
 //! `ErrorResponse` never reach a collector: the router handles those.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -131,7 +130,7 @@ impl BatchPart {
 #[derive(Debug)]
 pub(crate) struct StreamRows {
     columns: Arc<[Column]>,
-    rows: VecDeque<Row>,
+    rows: Vec<Row>,
     /// Bytes of row data in `rows`.
     bytes: usize,
     pub(crate) affected: Option<u64>,
@@ -157,7 +156,7 @@ pub(crate) struct CopyIn {
 #[derive(Debug, Default)]
 pub(crate) struct CopyOut {
     pub(crate) info: Option<CopyInfo>,
-    chunks: VecDeque<Bytes>,
+    chunks: Vec<Bytes>,
     bytes: usize,
     pub(crate) rows: Option<u64>,
     /// Set by `finish`: the error that ended the COPY, given after the data.
@@ -173,8 +172,8 @@ pub(crate) trait Buffered {
     fn in_collector(c: &mut Collector) -> Option<&mut Self>;
     fn in_output(o: &mut Output) -> Option<&mut Self>;
     /// Moves every buffered item to `out` (which must be empty) in one go, so that the owner
-    /// takes them one by one without the connection's lock.
-    fn take_into(&mut self, out: &mut VecDeque<Self::Item>) -> bool;
+    /// takes them one by one without the connection's lock; false when there is none.
+    fn take_into(&mut self, out: &mut Vec<Self::Item>) -> bool;
     /// The error that ended it, given after the items.
     fn take_error(&mut self) -> Option<Error>;
     fn summary(&self) -> Self::Summary;
@@ -198,14 +197,8 @@ impl Buffered for CopyOut {
         }
     }
 
-    fn take_into(&mut self, out: &mut VecDeque<Bytes>) -> bool {
-        if self.chunks.is_empty() {
-            return false;
-        }
-        debug_assert!(out.is_empty());
-        std::mem::swap(&mut self.chunks, out);
-        self.bytes = 0;
-        true
+    fn take_into(&mut self, out: &mut Vec<Bytes>) -> bool {
+        hand_over(&mut self.chunks, &mut self.bytes, out)
     }
 
     fn take_error(&mut self) -> Option<Error> {
@@ -215,6 +208,19 @@ impl Buffered for CopyOut {
     fn summary(&self) -> Option<u64> {
         self.rows
     }
+}
+
+/// A streaming request's buffer goes to its owner whole; the next one starts at the size the
+/// last reached (one allocation per batch, no growth while it fills).
+fn hand_over<T>(buf: &mut Vec<T>, bytes: &mut usize, out: &mut Vec<T>) -> bool {
+    if buf.is_empty() {
+        return false;
+    }
+    debug_assert!(out.is_empty());
+    let n = buf.len();
+    *out = std::mem::replace(buf, Vec::with_capacity(n));
+    *bytes = 0;
+    true
 }
 
 fn copy_info(
@@ -247,14 +253,8 @@ impl Buffered for StreamRows {
         }
     }
 
-    fn take_into(&mut self, out: &mut VecDeque<Row>) -> bool {
-        if self.rows.is_empty() {
-            return false;
-        }
-        debug_assert!(out.is_empty());
-        std::mem::swap(&mut self.rows, out);
-        self.bytes = 0;
-        true
+    fn take_into(&mut self, out: &mut Vec<Row>) -> bool {
+        hand_over(&mut self.rows, &mut self.bytes, out)
     }
 
     fn take_error(&mut self) -> Option<Error> {
@@ -385,7 +385,7 @@ impl Collector {
     pub(crate) fn stream(columns: Arc<[Column]>) -> Collector {
         Collector::Stream(StreamRows {
             columns,
-            rows: VecDeque::new(),
+            rows: Vec::new(),
             bytes: 0,
             affected: None,
             tag: None,
@@ -424,7 +424,7 @@ impl Collector {
         match self {
             Collector::CopyOut(c) => {
                 c.bytes += data.len();
-                c.chunks.push_back(data);
+                c.chunks.push(data);
                 c.chunks.len() == 1
             }
             // COPY TO STDOUT sent through a query: its data is read and dropped.
@@ -495,7 +495,7 @@ impl Collector {
             }
             Collector::Stream(s) => {
                 s.bytes += frame.len();
-                s.rows.push_back(Row::from_frame(s.columns.clone(), frame)?);
+                s.rows.push(Row::from_frame(s.columns.clone(), frame)?);
                 Ok(s.rows.len() == 1)
             }
             Collector::Simple(s) => match &s.columns {

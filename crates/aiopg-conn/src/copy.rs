@@ -8,7 +8,6 @@
 //! a statement that turns out to be `COPY FROM STDIN` can be refused cleanly); its data then
 //! reaches the owner as a row stream's rows do, with the same backpressure.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -195,7 +194,7 @@ impl Connection {
             conn,
             id,
             info,
-            chunks: VecDeque::new(),
+            chunks: Vec::new().into_iter(),
             current: Bytes::new(),
             done: false,
             rows: None,
@@ -606,7 +605,8 @@ pub struct CopyOutReader {
     conn: Connection,
     id: u64,
     info: CopyInfo,
-    chunks: VecDeque<Bytes>,
+    /// The batch of chunks taken from the connection, handed out without its lock.
+    chunks: std::vec::IntoIter<Bytes>,
     /// What `AsyncRead` has not handed out of the chunk it is in.
     current: Bytes,
     done: bool,
@@ -650,20 +650,23 @@ impl Stream for CopyOutReader {
         if !this.current.is_empty() {
             return Poll::Ready(Some(Ok(std::mem::take(&mut this.current))));
         }
-        if let Some(c) = this.chunks.pop_front() {
+        if let Some(c) = this.chunks.next() {
             return Poll::Ready(Some(Ok(c)));
         }
         if this.done {
             return Poll::Ready(None);
         }
-        let res =
-            ready!(this
-                .conn
-                .shared
-                .lock()
-                .poll_buffered::<CopyOut>(this.id, cx, &mut this.chunks));
+        let mut batch = Vec::new();
+        let res = ready!(this
+            .conn
+            .shared
+            .lock()
+            .poll_buffered::<CopyOut>(this.id, cx, &mut batch));
         match res {
-            Some(Ok(())) => Poll::Ready(this.chunks.pop_front().map(Ok)),
+            Some(Ok(())) => {
+                this.chunks = batch.into_iter();
+                Poll::Ready(this.chunks.next().map(Ok))
+            }
             Some(Err(e)) => {
                 this.done = true;
                 this.conn.shared.lock().finish_buffered::<CopyOut>(this.id);

@@ -713,7 +713,7 @@ impl State {
         &mut self,
         id: u64,
         cx: &mut Context<'_>,
-        out: &mut VecDeque<B::Item>,
+        out: &mut Vec<B::Item>,
     ) -> Poll<Option<Result<()>>> {
         let Some(i) = self.index(id) else {
             return Poll::Ready(None);

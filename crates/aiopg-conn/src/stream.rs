@@ -1,7 +1,6 @@
 //! Row streams, and the query shapes users reach for (`query_one`, `query_opt`, `query_as`,
 //! `query_scalar`).
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,7 +42,7 @@ pub struct RowStream {
     conn: Connection,
     id: u64,
     /// Rows taken from the connection in one go, handed out without its lock.
-    rows: VecDeque<Row>,
+    rows: std::vec::IntoIter<Row>,
     columns: Arc<[Column]>,
     done: bool,
     rows_affected: Option<u64>,
@@ -85,41 +84,83 @@ impl RowStream {
     }
 }
 
+impl RowStream {
+    /// Up to `max` rows at once, as many as the stream holds now (at least one), or waits for
+    /// some: the bulk form of `poll_next`, for a caller that collects rows (aiopg.sa's
+    /// `fetchall`) and would otherwise pay a poll per row. `Ready(None)` once the result has
+    /// ended; `Ready(Some(Err(..)))` for the error that ended it. With `max` 0 it returns an
+    /// empty batch at once. Rows the returned iterator has not yielded when it is dropped stay
+    /// in the stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `poll_next`: rows leave the stream only through the returned iterator.
+    pub fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<Result<impl ExactSizeIterator<Item = Row> + '_>>> {
+        if max > 0 && self.rows.len() == 0 {
+            match self.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(()))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+            }
+        }
+        let k = max.min(self.rows.len());
+        Poll::Ready(Some(Ok(self.rows.by_ref().take(k))))
+    }
+
+    /// Refills the (empty) batch from the connection: `Some(Ok(()))` with at least one row in
+    /// it, the error that ended the result, or `None` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<()>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut batch = Vec::new();
+        let mut st = self.conn.shared.lock();
+        match st.poll_buffered::<StreamRows>(self.id, cx, &mut batch) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(()))) => {
+                drop(st);
+                self.rows = batch.into_iter();
+                Poll::Ready(Some(Ok(())))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                drop(st);
+                self.trace.finish(Some(&e));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                let (affected, tag) = st
+                    .finish_buffered::<StreamRows>(self.id)
+                    .unwrap_or_default();
+                drop(st);
+                self.done = true;
+                self.rows_affected = affected;
+                self.tag = tag;
+                self.trace.finish(None);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
 impl Stream for RowStream {
     type Item = Result<Row>;
 
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
         let this = &mut *self;
-        if let Some(row) = this.rows.pop_front() {
+        if let Some(row) = this.rows.next() {
             return Poll::Ready(Some(Ok(row)));
         }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let mut st = this.conn.shared.lock();
-        match st.poll_buffered::<StreamRows>(this.id, cx, &mut this.rows) {
+        match this.poll_fill(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(()))) => {
-                drop(st);
-                Poll::Ready(this.rows.pop_front().map(Ok))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                drop(st);
-                this.trace.finish(Some(&e));
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                let (affected, tag) = st
-                    .finish_buffered::<StreamRows>(this.id)
-                    .unwrap_or_default();
-                drop(st);
-                this.done = true;
-                this.rows_affected = affected;
-                this.tag = tag;
-                this.trace.finish(None);
-                Poll::Ready(None)
-            }
+            Poll::Ready(Some(Ok(()))) => Poll::Ready(this.rows.next().map(Ok)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
         }
     }
 }
@@ -204,7 +245,7 @@ impl Connection {
         Ok(RowStream {
             conn: self.clone(),
             id,
-            rows: VecDeque::new(),
+            rows: Vec::new().into_iter(),
             columns,
             done: false,
             rows_affected: None,

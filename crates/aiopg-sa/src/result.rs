@@ -290,11 +290,12 @@ impl ResultProxy {
             return Err(closed_error());
         };
         let mut out = Vec::new();
+        // The stream's rows a batch at a time (not one poll per row).
         let end = std::future::poll_fn(|cx| {
             while out.len() < n {
-                match Pin::new(&mut *stream).poll_next(cx) {
+                match stream.poll_take(cx, n - out.len()) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(row))) => out.push(RowProxy::new(row)),
+                    Poll::Ready(Some(Ok(rows))) => out.extend(rows.map(RowProxy::new)),
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => return Poll::Ready(None),
                 }
