@@ -210,15 +210,21 @@ impl Buffered for CopyOut {
     }
 }
 
-/// A streaming request's buffer goes to its owner whole; the next one starts at the size the
-/// last reached (one allocation per batch, no growth while it fills).
+/// A streaming request's buffer goes to its owner whole. After a large batch the next one
+/// starts at the size the last reached (one allocation per batch, no growth while it fills);
+/// after a small one, which is often the whole answer, it starts empty (no allocation).
 fn hand_over<T>(buf: &mut Vec<T>, bytes: &mut usize, out: &mut Vec<T>) -> bool {
     if buf.is_empty() {
         return false;
     }
     debug_assert!(out.is_empty());
     let n = buf.len();
-    *out = std::mem::replace(buf, Vec::with_capacity(n));
+    let next = if n > 16 {
+        Vec::with_capacity(n)
+    } else {
+        Vec::new()
+    };
+    *out = std::mem::replace(buf, next);
     *bytes = 0;
     true
 }

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::ops::{Deref, Index};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
+use once_cell::race::OnceBox;
 
 use aiopg_conn::{Column, Row, RowStream};
 use aiopg_core::from_row::FromRow;
@@ -28,7 +29,7 @@ use crate::value::SqlValue;
 pub struct RowProxy {
     row: Row,
     /// Every column as a [`SqlValue`], decoded on the first `row[..]`.
-    values: OnceLock<Box<[SqlValue]>>,
+    values: OnceBox<Box<[SqlValue]>>,
 }
 
 impl fmt::Debug for RowProxy {
@@ -41,7 +42,7 @@ impl RowProxy {
     fn new(row: Row) -> RowProxy {
         RowProxy {
             row,
-            values: OnceLock::new(),
+            values: OnceBox::new(),
         }
     }
 
@@ -90,13 +91,16 @@ impl RowProxy {
     }
 
     fn decoded(&self) -> &[SqlValue] {
+        // Two threads reading one row at once may both decode it; one result is kept.
         self.values.get_or_init(|| {
-            self.row
-                .columns()
-                .iter()
-                .enumerate()
-                .map(|(i, c)| SqlValue::decode(c.type_(), self.row.raw(i)))
-                .collect()
+            Box::new(
+                self.row
+                    .columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| SqlValue::decode(c.type_(), self.row.raw(i)))
+                    .collect(),
+            )
         })
     }
 
@@ -295,7 +299,19 @@ impl ResultProxy {
             while out.len() < n {
                 match stream.poll_take(cx, n - out.len()) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(rows))) => out.extend(rows.map(RowProxy::new)),
+                    Poll::Ready(Some(Ok(rows))) => {
+                        let need = out.len() + rows.len();
+                        if need > out.capacity() {
+                            // Four times what is needed while the result is small, so that
+                            // a result of a few batches is not copied at each one (the
+                            // excess is given back at the end); twice after, as usual;
+                            // never beyond the `n` asked for.
+                            let grown = if need < 16_384 { need * 4 } else { need * 2 };
+                            let target = grown.min(n);
+                            out.reserve_exact(target - out.len());
+                        }
+                        out.extend(rows.map(RowProxy::new));
+                    }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => return Poll::Ready(None),
                 }
@@ -303,6 +319,10 @@ impl ResultProxy {
             Poll::Ready(Some(Ok(())))
         })
         .await;
+        // The excess of the 4x growth above goes back, unless it is small.
+        if out.capacity() - out.len() > out.len().max(64) {
+            out.shrink_to_fit();
+        }
         match end {
             Some(Ok(())) => Ok(out),
             Some(Err(e)) => {
