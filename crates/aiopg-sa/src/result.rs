@@ -299,19 +299,7 @@ impl ResultProxy {
             while out.len() < n {
                 match stream.poll_take(cx, n - out.len()) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(rows))) => {
-                        let need = out.len() + rows.len();
-                        if need > out.capacity() {
-                            // Four times what is needed while the result is small, so that
-                            // a result of a few batches is not copied at each one (the
-                            // excess is given back at the end); twice after, as usual;
-                            // never beyond the `n` asked for.
-                            let grown = if need < 16_384 { need * 4 } else { need * 2 };
-                            let target = grown.min(n);
-                            out.reserve_exact(target - out.len());
-                        }
-                        out.extend(rows.map(RowProxy::new));
-                    }
+                    Poll::Ready(Some(Ok(rows))) => out.extend(rows.map(RowProxy::new)),
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => return Poll::Ready(None),
                 }
@@ -319,10 +307,6 @@ impl ResultProxy {
             Poll::Ready(Some(Ok(())))
         })
         .await;
-        // The excess of the 4x growth above goes back, unless it is small.
-        if out.capacity() - out.len() > out.len().max(64) {
-            out.shrink_to_fit();
-        }
         match end {
             Some(Ok(())) => Ok(out),
             Some(Err(e)) => {
