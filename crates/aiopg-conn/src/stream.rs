@@ -4,7 +4,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use futures_core::Stream;
 
@@ -101,11 +101,10 @@ impl RowStream {
         max: usize,
     ) -> Poll<Option<Result<impl ExactSizeIterator<Item = Row> + '_>>> {
         if max > 0 && self.rows.len() == 0 {
-            match self.poll_fill(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(()))) => {}
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return Poll::Ready(None),
+            match ready!(self.poll_fill(cx)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
             }
         }
         let k = max.min(self.rows.len());
@@ -156,12 +155,11 @@ impl Stream for RowStream {
         if let Some(row) = this.rows.next() {
             return Poll::Ready(Some(Ok(row)));
         }
-        match this.poll_fill(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(()))) => Poll::Ready(this.rows.next().map(Ok)),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-        }
+        Poll::Ready(match ready!(this.poll_fill(cx)) {
+            Some(Ok(())) => this.rows.next().map(Ok),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        })
     }
 }
 
