@@ -270,7 +270,7 @@ rt_test! {
             let got = std::future::poll_fn(|cx| match rows.poll_take(cx, max) {
                 std::task::Poll::Pending => std::task::Poll::Pending,
                 std::task::Poll::Ready(r) => std::task::Poll::Ready(
-                    r.map(|b| b.map(|it| it.map(|row| row.get::<i64>(0)).collect::<Vec<_>>())),
+                    r.map(|b| b.map(|v| v.iter().map(|row| row.get::<i64>(0)).collect::<Vec<_>>())),
                 ),
             })
             .await;
@@ -297,7 +297,7 @@ rt_test! {
             .unwrap();
         let mut taken = 0;
         let err = loop {
-            match std::future::poll_fn(|cx| rows.poll_take(cx, usize::MAX).map(|r| r.map(|b| b.map(|it| it.count())))).await {
+            match std::future::poll_fn(|cx| rows.poll_take(cx, usize::MAX).map(|r| r.map(|b| b.map(|v| v.len())))).await {
                 Some(Ok(n)) => taken += n,
                 Some(Err(e)) => break e,
                 None => panic!("the result ended without its error"),

@@ -176,7 +176,8 @@ pub(crate) trait Buffered {
     fn take_into(&mut self, out: &mut Vec<Self::Item>) -> bool;
     /// The error that ended it, given after the items.
     fn take_error(&mut self) -> Option<Error>;
-    fn summary(&self) -> Self::Summary;
+    /// What the owner keeps once the items are taken (the request's entry goes next).
+    fn take_summary(&mut self) -> Self::Summary;
 }
 
 impl Buffered for CopyOut {
@@ -205,7 +206,7 @@ impl Buffered for CopyOut {
         self.error.take()
     }
 
-    fn summary(&self) -> Option<u64> {
+    fn take_summary(&mut self) -> Option<u64> {
         self.rows
     }
 }
@@ -267,8 +268,8 @@ impl Buffered for StreamRows {
         self.error.take()
     }
 
-    fn summary(&self) -> Self::Summary {
-        (self.affected, self.tag.clone())
+    fn take_summary(&mut self) -> Self::Summary {
+        (self.affected, self.tag.take())
     }
 }
 

@@ -766,7 +766,7 @@ impl State {
         let i = self.index(id)?;
         let entry = &mut self.queue[i];
         let summary = match &mut entry.slot {
-            Slot::Done(Ok(output)) => B::in_output(output).map(|b| b.summary()),
+            Slot::Done(Ok(output)) => B::in_output(output).map(|b| b.take_summary()),
             _ => None,
         };
         if matches!(entry.slot, Slot::Done(_)) {

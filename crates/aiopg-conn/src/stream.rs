@@ -89,31 +89,42 @@ impl RowStream {
     /// some: the bulk form of `poll_next`, for a caller that collects rows (aiopg.sa's
     /// `fetchall`) and would otherwise pay a poll per row. `Ready(None)` once the result has
     /// ended; `Ready(Some(Err(..)))` for the error that ended it. With `max` 0 it returns an
-    /// empty batch at once. Rows the returned iterator has not yielded when it is dropped stay
-    /// in the stream.
+    /// empty batch at once.
+    ///
+    /// When `max` covers the batch the stream holds, the returned `Vec` is that batch itself:
+    /// the rows are not copied, and the caller owns them without another allocation.
     ///
     /// # Cancel safety
     ///
-    /// As `poll_next`: rows leave the stream only through the returned iterator.
+    /// As `poll_next`: rows leave the stream only when they are returned.
     pub fn poll_take(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
-    ) -> Poll<Option<Result<impl ExactSizeIterator<Item = Row> + '_>>> {
+    ) -> Poll<Option<Result<Vec<Row>>>> {
         if max > 0 && self.rows.len() == 0 {
-            match ready!(self.poll_fill(cx)) {
-                Some(Ok(())) => {}
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => return Poll::Ready(None),
-            }
+            return Poll::Ready(match ready!(self.poll_fill(cx)) {
+                Some(Ok(batch)) if batch.len() <= max => Some(Ok(batch)),
+                Some(Ok(batch)) => {
+                    self.rows = batch.into_iter();
+                    Some(Ok(self.rows.by_ref().take(max).collect()))
+                }
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            });
         }
-        let k = max.min(self.rows.len());
-        Poll::Ready(Some(Ok(self.rows.by_ref().take(k))))
+        let rows = if max >= self.rows.len() {
+            // Collecting a whole `vec::IntoIter` reuses its buffer.
+            std::mem::take(&mut self.rows).collect()
+        } else {
+            self.rows.by_ref().take(max).collect()
+        };
+        Poll::Ready(Some(Ok(rows)))
     }
 
-    /// Refills the (empty) batch from the connection: `Some(Ok(()))` with at least one row in
-    /// it, the error that ended the result, or `None` at its end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<()>>> {
+    /// The next batch from the connection (the stream's own is empty): `Some(Ok(..))` with at
+    /// least one row, the error that ended the result, or `None` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Vec<Row>>>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -123,8 +134,7 @@ impl RowStream {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(()))) => {
                 drop(st);
-                self.rows = batch.into_iter();
-                Poll::Ready(Some(Ok(())))
+                Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {
                 drop(st);
@@ -156,7 +166,10 @@ impl Stream for RowStream {
             return Poll::Ready(Some(Ok(row)));
         }
         Poll::Ready(match ready!(this.poll_fill(cx)) {
-            Some(Ok(())) => this.rows.next().map(Ok),
+            Some(Ok(batch)) => {
+                this.rows = batch.into_iter();
+                this.rows.next().map(Ok)
+            }
             Some(Err(e)) => Some(Err(e)),
             None => None,
         })

@@ -293,13 +293,22 @@ impl ResultProxy {
         let Source::Rows(stream) = &mut self.source else {
             return Err(closed_error());
         };
-        let mut out = Vec::new();
-        // The stream's rows a batch at a time (not one poll per row).
+        // The stream's batches as they are (not a poll per row, and no copy): the result's
+        // `Vec` is sized once, at the end, so that no row is moved twice by its growth. Most
+        // results are one batch, kept without a list of batches.
+        let (mut first, mut more, mut total) = (Vec::new(), Vec::new(), 0);
         let end = std::future::poll_fn(|cx| {
-            while out.len() < n {
-                match stream.poll_take(cx, n - out.len()) {
+            while total < n {
+                match stream.poll_take(cx, n - total) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(rows))) => out.extend(rows.map(RowProxy::new)),
+                    Poll::Ready(Some(Ok(rows))) => {
+                        total += rows.len();
+                        if first.is_empty() {
+                            first = rows;
+                        } else {
+                            more.push(rows);
+                        }
+                    }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => return Poll::Ready(None),
                 }
@@ -307,17 +316,18 @@ impl ResultProxy {
             Poll::Ready(Some(Ok(())))
         })
         .await;
-        match end {
-            Some(Ok(())) => Ok(out),
-            Some(Err(e)) => {
-                self.finish();
-                Err(e)
-            }
-            None => {
-                self.finish();
-                Ok(out)
-            }
+        if let Some(Err(e)) = end {
+            self.finish();
+            return Err(e);
         }
+        if end.is_none() {
+            self.finish();
+        }
+        let mut out = Vec::with_capacity(total);
+        for rows in std::iter::once(first).chain(more) {
+            out.extend(rows.into_iter().map(RowProxy::new));
+        }
+        Ok(out)
     }
 
     /// The first row, and the result closes (the rest is discarded).
