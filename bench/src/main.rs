@@ -286,6 +286,7 @@ fn contenders(s: &Settings, workload: &str) -> Vec<(&'static str, &'static str)>
         if workload == "pipeline" {
             v.push(("aiopg-pipeline", rt));
             v.push(("aiopg-tasks", rt));
+            v.push(("aiopg-driver-tasks", rt));
         }
         let copy = workload == "copy-in" || workload == "copy-out";
         if copy {

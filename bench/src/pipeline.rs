@@ -21,6 +21,7 @@ pub fn run(job: &Job) -> (u64, f64) {
         "aiopg-driver" => crate::run!(&rt, job, aiopg_driver),
         "tokio-postgres" => crate::run!(&rt, job, tokio_postgres),
         "aiopg-tasks" => crate::run!(&rt, job, aiopg_tasks),
+        "aiopg-driver-tasks" => crate::run!(&rt, job, aiopg_driver_tasks),
         "tokio-postgres-tasks" => crate::run!(&rt, job, tokio_postgres_tasks),
         other => panic!("pipeline: unknown contender {other}"),
     }
@@ -115,7 +116,15 @@ async fn tokio_postgres(job: &Job) -> (u64, f64) {
 }
 
 async fn aiopg_tasks(job: &Job) -> (u64, f64) {
-    let conn = crate::aiopg_connect(job).await;
+    aiopg_tasks_on(crate::aiopg_connect(job).await, job).await
+}
+
+/// The 64 tasks of `aiopg-tasks`, with the connection's driver task reading for them.
+async fn aiopg_driver_tasks(job: &Job) -> (u64, f64) {
+    aiopg_tasks_on(crate::aiopg_connect_driven(job).await, job).await
+}
+
+async fn aiopg_tasks_on(conn: aiopg::Connection, job: &Job) -> (u64, f64) {
     let stmt = conn.prepare("SELECT $1::int4").await.expect("prepare");
     let (c, st) = (conn.clone(), stmt.clone());
     let r = crate::pool::run_tasks(job, move || {

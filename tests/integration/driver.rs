@@ -288,3 +288,161 @@ rt_test! {
         assert_eq!(answer.unwrap(), 42);
     }
 }
+
+/// The runtime under test, said to have costly self-wakes (as tokio's multi-threaded one
+/// has), and counting the tasks spawned on it: the automatic driver is one.
+#[derive(Debug)]
+struct CostlySelfWake {
+    inner: std::sync::Arc<dyn aiopg::rt::Runtime>,
+    spawned: std::sync::atomic::AtomicUsize,
+}
+
+impl CostlySelfWake {
+    fn spawned(&self) -> usize {
+        self.spawned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl aiopg::rt::Runtime for CostlySelfWake {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn spawn(&self, future: aiopg::rt::BoxFuture<'static, ()>) {
+        self.spawned
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.spawn(future);
+    }
+    fn sleep(&self, duration: Duration) -> aiopg::rt::BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> aiopg::rt::BoxFuture<'static, std::io::Result<Vec<std::net::SocketAddr>>> {
+        self.inner.resolve(host, port)
+    }
+    fn connect_tcp(
+        &self,
+        addr: std::net::SocketAddr,
+        options: &aiopg::rt::TcpOptions,
+    ) -> aiopg::rt::BoxFuture<'static, std::io::Result<aiopg::rt::BoxStream>> {
+        self.inner.connect_tcp(addr, options)
+    }
+    fn connect_unix(
+        &self,
+        path: &std::path::Path,
+    ) -> aiopg::rt::BoxFuture<'static, std::io::Result<aiopg::rt::BoxStream>> {
+        self.inner.connect_unix(path)
+    }
+    fn costly_self_wake(&self) -> bool {
+        true
+    }
+}
+
+async fn connect_costly(app: &str, auto: bool) -> (Connection, std::sync::Arc<CostlySelfWake>) {
+    let rt = std::sync::Arc::new(CostlySelfWake {
+        inner: runtime(),
+        spawned: Default::default(),
+    });
+    let mut opts = options(&dsn()).runtime(rt.clone()).auto_driver(auto);
+    opts.config_mut().application_name(app);
+    (
+        opts.connect().await.expect("connect to the test server"),
+        rt,
+    )
+}
+
+/// 300 futures of one task on one connection, some failing, some streaming: each value back
+/// to its own future.
+async fn burst(conn: &Connection) {
+    let answers = futures_util::future::join_all((0..300i64).map(|i| async move {
+        match i % 5 {
+            0 => conn
+                .query_scalar::<i64>("SELECT $1::int8 / ($1::int8 % 2)", &[&i])
+                .await
+                .map_err(|e| e.kind()),
+            1 => conn
+                .query_stream("SELECT $1::int8 FROM generate_series(1, 3)", &[&i])
+                .await
+                .unwrap()
+                .map_ok(|r| r.get::<i64>(0))
+                .try_collect::<Vec<_>>()
+                .await
+                .map(|v| v.iter().sum::<i64>() / 3)
+                .map_err(|e| e.kind()),
+            _ => conn
+                .query_scalar::<i64>("SELECT $1::int8", &[&i])
+                .await
+                .map_err(|e| e.kind()),
+        }
+    }))
+    .await;
+    for (i, a) in (0..300i64).zip(answers) {
+        match i % 5 {
+            // Even values divide by zero: the server's error, to this future alone.
+            0 if i % 2 == 0 => assert_eq!(a, Err(ErrorKind::Db), "future {i}"),
+            0 => assert_eq!(a, Ok(i), "future {i}"),
+            _ => assert_eq!(a, Ok(i), "future {i}"),
+        }
+    }
+}
+
+rt_test! {
+    async fn concurrent_callers_get_a_driver_that_ends_with_the_burst_where_self_wakes_cost() {
+        let (conn, rt) = connect_costly(&app_name("driver_auto"), true).await;
+        // One caller at a time reads for itself: no driver, no task.
+        for i in 0..50i64 {
+            assert_eq!(conn.query_scalar::<i64>("SELECT $1::int8", &[&i]).await.unwrap(), i);
+        }
+        assert_eq!(rt.spawned(), 0, "a lone caller started a driver");
+        // Many futures of one task at once: a driver reads for them...
+        burst(&conn).await;
+        let bursts = rt.spawned();
+        assert!(bursts >= 1, "no driver started for 300 concurrent futures");
+        // ...and has ended in the turn that routed the last answer.
+        assert!(!conn.has_driver(), "the automatic driver outlived its burst");
+        for i in 0..50i64 {
+            assert_eq!(conn.query_scalar::<i64>("SELECT $1::int8 + 1", &[&i]).await.unwrap(), i + 1);
+        }
+        assert_eq!(rt.spawned(), bursts, "a lone caller started a driver after a burst");
+        // Again, with another caller's multi-statement transaction in the middle.
+        let tx = async {
+            conn.batch_execute(
+                "BEGIN; CREATE TEMP TABLE driver_auto (x int8); \
+                 INSERT INTO driver_auto VALUES (7); COMMIT",
+            )
+            .await
+            .unwrap();
+            conn.query_scalar::<i64>("SELECT x FROM driver_auto", &[]).await.unwrap()
+        };
+        let (v, ()) = futures_util::future::join(tx, burst(&conn)).await;
+        assert_eq!(v, 7);
+        assert!(!conn.has_driver());
+        assert_eq!(conn.query_scalar::<i64>("SELECT 42::int8", &[]).await.unwrap(), 42);
+    }
+}
+
+rt_test! {
+    async fn without_auto_driver_concurrent_callers_read_for_themselves() {
+        let (conn, rt) = connect_costly(&app_name("driver_auto_off"), false).await;
+        burst(&conn).await;
+        assert_eq!(rt.spawned(), 0, "auto_driver(false) started a driver");
+        assert!(!conn.has_driver());
+    }
+}
+
+rt_test! {
+    async fn an_own_driver_replaces_the_automatic_one_and_runs_on() {
+        let (conn, _rt) = connect_costly(&app_name("driver_auto_own"), true).await;
+        // The burst's automatic driver may still be starting when the owner's arrives.
+        let own = async {
+            conn.spawn_driver();
+        };
+        futures_util::future::join(burst(&conn), own).await;
+        assert_eq!(conn.query_scalar::<i64>("SELECT 5::int8", &[]).await.unwrap(), 5);
+        assert!(conn.has_driver(), "the owner's driver ended with the burst");
+        burst(&conn).await;
+        assert!(conn.has_driver());
+    }
+}

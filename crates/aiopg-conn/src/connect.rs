@@ -63,6 +63,7 @@ pub struct ConnectOptions {
     echo: bool,
     slow_statements: Option<Duration>,
     driver_task: bool,
+    auto_driver: bool,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -77,6 +78,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("echo", &self.echo)
             .field("slow_statements", &self.slow_statements)
             .field("driver_task", &self.driver_task)
+            .field("auto_driver", &self.auto_driver)
             .finish()
     }
 }
@@ -102,6 +104,7 @@ impl ConnectOptions {
             echo: false,
             slow_statements: None,
             driver_task: false,
+            auto_driver: true,
         }
     }
 
@@ -221,6 +224,20 @@ impl ConnectOptions {
         self
     }
 
+    /// Lets the connection run a [driver task](Connection::driver) by itself while several
+    /// callers' requests are in flight at once, on a runtime whose self-wakes are costly
+    /// ([`Runtime::costly_self_wake`]: tokio's multi-threaded runtime with several workers).
+    /// On by default. The driver ends as soon as every answer is in, so one caller at a time
+    /// (a pooled connection's usual life) always reads for itself, with no hop between
+    /// tasks; `false` keeps every connection caller-driven. No effect with
+    /// [`driver_task`](Self::driver_task), whose driver runs throughout.
+    ///
+    /// [`Runtime::costly_self_wake`]: aiopg_rt::Runtime::costly_self_wake
+    pub fn auto_driver(mut self, on: bool) -> Self {
+        self.auto_driver = on;
+        self
+    }
+
     /// The connection settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -286,6 +303,8 @@ impl ConnectOptions {
         );
         if self.driver_task {
             conn.spawn_driver();
+        } else if self.auto_driver && conn.shared.runtime.costly_self_wake() {
+            conn.shared.lock().set_auto_driver(true);
         }
         Ok(conn)
     }

@@ -367,7 +367,19 @@ impl Connection {
         encode: E,
     ) -> Result<u64> {
         self.check_lease()?;
-        let id = queue(&mut self.shared.lock(), encode)?;
+        let (id, auto_driver) = {
+            let mut st = self.shared.lock();
+            let id = queue(&mut st, encode)?;
+            (id, st.wants_auto_driver(crate::driver::next_id))
+        };
+        if let Some(driver) = auto_driver {
+            // Several callers' requests wait at once on a runtime where reading for them
+            // from their own task costs a wake-up per read: a driver task reads until they
+            // are all answered (see `State::wants_auto_driver`). Spawned outside the lock.
+            self.shared
+                .runtime
+                .spawn(Box::pin(Driver::with_id(self, driver)));
+        }
         self.shared
             .last_usage
             .store(Usage::now(), Ordering::Relaxed);
@@ -1024,7 +1036,11 @@ impl Connection {
     /// (tokio's multi-threaded one): a future that reads its neighbours' answers wakes its
     /// own task while it runs, which such a scheduler answers by waking another worker, one
     /// extra thread wake-up per read. It costs a hop to the driver's task and back per
-    /// answer otherwise, so measure before using it (see `docs/round-trips.md`).
+    /// answer otherwise, so measure before using it (see `docs/round-trips.md`). On such a
+    /// runtime a connection starts one by itself while several callers' requests are in
+    /// flight, and ends it once every answer is in (see
+    /// [`ConnectOptions::auto_driver`](crate::ConnectOptions::auto_driver)); one made here
+    /// replaces that one and runs throughout.
     ///
     /// The driver holds the connection weakly: it completes once the connection is closed,
     /// its last handle is dropped, or another driver of this connection is already running
@@ -1048,6 +1064,14 @@ impl Connection {
     /// ```
     pub fn driver(&self) -> Driver {
         Driver::new(self)
+    }
+
+    /// True while a driver task reads this connection's socket: one made by
+    /// [`driver`](Self::driver), or the automatic one of
+    /// [`ConnectOptions::auto_driver`](crate::ConnectOptions::auto_driver), which ends as soon
+    /// as every answer is in.
+    pub fn has_driver(&self) -> bool {
+        self.shared.lock().has_driver()
     }
 
     /// Runs [`driver`](Self::driver) on the connection's runtime.

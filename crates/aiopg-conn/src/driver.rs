@@ -38,11 +38,21 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     pub(crate) fn new(conn: &Connection) -> Driver {
+        Driver::with_id(conn, next_id())
+    }
+
+    /// Driver `id`, taken from [`next_id`] (the automatic one: `State::wants_auto_driver`).
+    pub(crate) fn with_id(conn: &Connection, id: u64) -> Driver {
         Driver {
             shared: std::sync::Arc::downgrade(&conn.shared),
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id,
         }
     }
+}
+
+/// A number no other driver of this process has.
+pub(crate) fn next_id() -> u64 {
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Future for Driver {
@@ -60,7 +70,9 @@ impl Future for Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
-            shared.lock().end_driver(self.id);
+            let mut st = shared.lock();
+            st.end_driver(self.id);
+            st.auto_driver_gone(self.id);
         }
     }
 }

@@ -1196,10 +1196,12 @@ struct Model {
 
 impl Model {
     fn new(cache: usize) -> Model {
-        Model::with_capacity(cache, 1 << 16)
+        Model::with_capacity(cache, 1 << 16, false)
     }
 
-    fn with_capacity(cache: usize, events: usize) -> Model {
+    /// `auto`: the connection starts a driver task by itself for concurrent callers (as on
+    /// tokio's multi-threaded runtime), which the model runs as one of its spawned tasks.
+    fn with_capacity(cache: usize, events: usize, auto: bool) -> Model {
         let net = Arc::new(Mutex::new(Net {
             read_limit: 1 << 20,
             write_limit: 1 << 20,
@@ -1223,6 +1225,7 @@ impl Model {
         };
         let shared = Shared::new(state, runtime.clone(), identity, None);
         shared.lock().set_event_capacity(events);
+        shared.lock().set_auto_driver(auto);
         let conn = Connection::from_shared(Arc::new(shared));
         Model {
             monitor: Some(conn.notifies()),
@@ -1596,9 +1599,10 @@ proptest! {
     fn every_answer_reaches_its_own_caller(
         cache in prop_oneof![Just(0usize), Just(2usize), Just(100usize)],
         events in prop_oneof![Just(1usize), Just(3usize), Just(1usize << 16)],
+        auto in any::<bool>(),
         actions in proptest::collection::vec(action(), 1..120),
     ) {
-        if let Err(e) = Model::with_capacity(cache, events).run(&actions) {
+        if let Err(e) = Model::with_capacity(cache, events, auto).run(&actions) {
             return Err(TestCaseError::fail(e));
         }
     }
@@ -1865,7 +1869,7 @@ fn a_copy_writer_whose_data_another_caller_wrote_is_woken() {
         Poll(3),
         Poll(0),
     ];
-    Model::with_capacity(0, 1).run(&actions).unwrap();
+    Model::with_capacity(0, 1, false).run(&actions).unwrap();
 }
 
 /// The reproduction, step by step: a small cache with a Close pending, two callers, the

@@ -63,6 +63,19 @@ const IDLE_CHECK: u64 = u64::MAX - 1;
 /// The `who` of the driver task (`Connection::driver`), when one runs.
 pub(crate) const DRIVER: u64 = u64::MAX - 2;
 
+/// Whether the connection starts a driver task of its own while several callers' requests
+/// are in flight (see [`State::wants_auto_driver`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AutoDriver {
+    /// Never: the runtime's self-wakes are cheap, the options say no, or the owner runs a
+    /// driver of its own.
+    Off,
+    /// When the next request finds another caller's request unanswered.
+    Ready,
+    /// Driver `id` was spawned: it runs until nothing is in flight, then ends.
+    Running(u64),
+}
+
 #[derive(Debug)]
 enum Slot {
     /// Queued or written, waiting for (the rest of) its answer.
@@ -177,6 +190,8 @@ pub(crate) struct State {
     /// is here it alone reads the socket; callers still write their own requests, and wake
     /// it when they find it not registered with the socket.
     driver: Option<(u64, Waker)>,
+    /// Whether a driver task is started automatically for concurrent callers.
+    auto_driver: AutoDriver,
     pub(crate) tx_status: TransactionStatus,
     pub(crate) params: HashMap<String, String>,
     /// Notices and notifications, for the `notices()` and `notifies()` streams.
@@ -223,6 +238,7 @@ impl State {
             reader: None,
             writer: None,
             driver: None,
+            auto_driver: AutoDriver::Off,
             tx_status: TransactionStatus::Idle,
             params,
             notices: Events::new(DEFAULT_EVENT_CAPACITY, "notices"),
@@ -238,6 +254,52 @@ impl State {
     }
 
     /// True while requests are queued or on the wire without their answer yet.
+    /// Lets the connection start a driver task by itself for concurrent callers (`on`), or
+    /// never again.
+    pub(crate) fn set_auto_driver(&mut self, on: bool) {
+        if !on {
+            self.auto_driver = AutoDriver::Off;
+        } else if self.auto_driver == AutoDriver::Off {
+            self.auto_driver = AutoDriver::Ready;
+        }
+    }
+
+    /// Called after a request was queued: true (and driver `id` recorded as the automatic
+    /// one, for the caller to spawn) when automatic drivers are on, none runs, and two or
+    /// more requests with owners now wait for answers. Then the futures waiting are many
+    /// callers', possibly of one task, and reading their answers from a task of its own
+    /// spares the scheduler a wake-up of the running task per read (see
+    /// `Runtime::costly_self_wake`). One caller's requests, however pipelined, are one
+    /// request each time (`Pipeline`), so they never start one.
+    pub(crate) fn wants_auto_driver(&mut self, id: impl FnOnce() -> u64) -> Option<u64> {
+        if self.auto_driver != AutoDriver::Ready || self.driver.is_some() || self.closed.is_some() {
+            return None;
+        }
+        let mut owned = self
+            .queue
+            .iter()
+            .skip(self.answered)
+            .filter(|e| !e.abandoned && matches!(e.slot, Slot::Waiting { .. }));
+        // A second one is there.
+        owned.nth(1)?;
+        let id = id();
+        self.auto_driver = AutoDriver::Running(id);
+        Some(id)
+    }
+
+    /// Driver `id` is gone (ended or dropped, maybe never polled): if it was the automatic
+    /// one, the next burst of concurrent requests may start another.
+    pub(crate) fn auto_driver_gone(&mut self, id: u64) {
+        if self.auto_driver == AutoDriver::Running(id) {
+            self.auto_driver = AutoDriver::Ready;
+        }
+    }
+
+    /// True while a driver task is registered (see `Connection::has_driver`).
+    pub(crate) fn has_driver(&self) -> bool {
+        self.driver.is_some()
+    }
+
     pub(crate) fn has_unanswered(&self) -> bool {
         self.queue.len() > self.answered
     }
@@ -871,6 +933,12 @@ impl State {
         }
         if reads || writes || self.needs_writer() {
             self.wake_next_driver();
+        } else if matches!(self.auto_driver, AutoDriver::Running(_)) && !self.has_unanswered() {
+            // The last request in flight was taken back: the automatic driver, parked on
+            // the socket, is woken to end.
+            if let Some((_, w)) = &self.driver {
+                w.wake_by_ref();
+            }
         }
     }
 
@@ -1200,9 +1268,14 @@ impl State {
                     *w = cx.waker().clone();
                 }
             }
-            Some(_) => return Poll::Ready(()),
-            None => {
-                self.driver = Some((id, cx.waker().clone()));
+            // The owner's own driver takes over from an automatic one, which ends when it
+            // next polls.
+            Some((d, _)) if self.auto_driver != AutoDriver::Running(*d) => return Poll::Ready(()),
+            _ => {
+                if let Some((_, auto)) = self.driver.replace((id, cx.waker().clone())) {
+                    // The automatic driver it replaces is woken to see that and end.
+                    auto.wake();
+                }
                 // A caller registered with the socket gives it up: the driver's read takes
                 // over the socket's registration, and the caller, parked in its request's
                 // entry, is woken with its answer as any parked caller is.
@@ -1211,8 +1284,18 @@ impl State {
                 }
             }
         }
+        let auto = self.auto_driver == AutoDriver::Running(id);
         for _ in 0..budget {
-            if self.drive(cx, DRIVER).is_pending() {
+            let pending = self.drive(cx, DRIVER).is_pending();
+            if auto && !self.has_unanswered() && self.write.is_empty() {
+                // Nothing in flight: an automatic driver's work is done (in the same turn as
+                // the last answer it routed), and the next caller reads for itself, without
+                // the hop. Whatever else arrives (notifications) its listeners read.
+                self.end_driver(id);
+                self.auto_driver_gone(id);
+                return Poll::Ready(());
+            }
+            if pending {
                 return Poll::Pending;
             }
             if self.closed.is_some() {

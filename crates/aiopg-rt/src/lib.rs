@@ -138,6 +138,18 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     ///
     /// The future must be cancel safe, as [`connect_tcp`](Self::connect_tcp)'s.
     fn connect_unix(&self, path: &Path) -> BoxFuture<'static, io::Result<BoxStream>>;
+
+    /// True when waking a task from inside its own poll costs a thread wake-up: a
+    /// work-stealing scheduler with several workers (tokio's multi-threaded runtime) answers
+    /// such a wake-up by waking an idle worker to steal the task. `false` by default.
+    ///
+    /// aiopg-conn asks it when several requests share a connection at once: a future reading
+    /// its neighbours' answers wakes them, and when they belong to its own task (a
+    /// `join_all` of queries) each read would pay that wake-up, so such a connection reads
+    /// through a driver task while the requests last instead.
+    fn costly_self_wake(&self) -> bool {
+        false
+    }
 }
 
 /// The error of [`timeout`]: the future did not finish in time.
