@@ -1082,13 +1082,12 @@ impl State {
         // not answered) is what keeps this from stalling: that answer's reader sets
         // `flush_due`.
         //
-        // While a driver task runs, it writes too: callers only encode and wake it, so that
-        // the requests of every future polled in one turn of their task go out in one write.
+        // While a driver task runs, it writes instead: callers only encode and wake it, and it
+        // holds requests back by the same rule, so that a request queued behind a running
+        // statement stays unsent (a timeout takes it back, it never runs) with or without a
+        // driver, and whatever was encoded meanwhile goes out in one write.
         let driven = self.driver.is_some() && who != DRIVER && who != IDLE_CHECK;
-        let send_now = who == DRIVER
-            || !self.answer_due()
-            || self.flush_due
-            || self.write.len() >= WRITE_BATCH;
+        let send_now = !self.answer_due() || self.flush_due || self.write.len() >= WRITE_BATCH;
         // Nothing queued behind a request holding the connection goes out before it ends.
         let limit = match self.exclusive.and_then(|id| self.index(id)) {
             Some(i) => (self.queue[i].end - self.sent) as usize,
