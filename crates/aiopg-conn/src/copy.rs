@@ -37,8 +37,11 @@ const CHUNK: usize = 64 * 1024;
 #[cfg(test)]
 const CHUNK: usize = 3;
 /// A writer waits (backpressure) while more than this much of its data is not on the socket.
+/// One message's worth: with 256 KiB, bursts of four messages cost the server about 8% more
+/// CPU per COPY FROM STDIN and the client on its own core lost as much in rows/s
+/// (BENCHMARKS.md, 2026-12-06); on the server's core it made no difference.
 #[cfg(not(test))]
-const UNSENT: usize = 256 * 1024;
+const UNSENT: usize = 64 * 1024;
 #[cfg(test)]
 const UNSENT: usize = 10;
 /// A CopyData message's header: type byte and length word.
@@ -205,7 +208,7 @@ impl Connection {
 
 /// The data side of `COPY ... FROM STDIN`: from [`Connection::copy_in`].
 ///
-/// Bytes are framed into CopyData messages of about 64 KiB; while more than 256 KiB of them
+/// Bytes are framed into CopyData messages of about 64 KiB; while more than 64 KiB of them
 /// wait for the socket, writing waits (backpressure), so memory stays bounded however fast the
 /// data comes. End with [`finish`](Self::finish) (rows copied) or [`abort`](Self::abort).
 ///

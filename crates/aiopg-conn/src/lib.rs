@@ -238,7 +238,7 @@
 //!
 //! [`Connection::copy_in`] returns a [`CopyInWriter`] (a `Sink<Bytes>` and an `AsyncWrite`):
 //! data goes out in CopyData messages of about 64 KiB, and writing waits while more than
-//! 256 KiB is unsent, so memory stays bounded. [`Connection::copy_out`] returns a
+//! 64 KiB is unsent, so memory stays bounded. [`Connection::copy_out`] returns a
 //! [`CopyOutReader`] (a `Stream` of `Bytes` and an `AsyncRead`) with a row stream's
 //! backpressure. [`BinaryCopyInWriter`] and [`BinaryCopyOutStream`] speak the binary format
 //! with typed values. While a COPY FROM STDIN runs, other requests on the connection wait
