@@ -1030,8 +1030,8 @@ impl Connection {
     /// and hands its neighbours theirs, with no hop between tasks, which is the fastest way
     /// for one caller or for callers on separate tasks. While a driver runs, callers only
     /// encode their requests and wake it: the driver writes them (all those encoded meanwhile
-    /// in one write, held back while an answer is due, as callers do) and reads, and every answer reaches its owner through a wake-up
-    /// from the driver's task. That is faster when many futures of **one**
+    /// in one write, held back while an answer is due, as callers do) and reads, and every
+    /// answer reaches its owner through a wake-up from the driver's task. That is faster when many futures of **one**
     /// task (a `join_all` of 64 queries) share the connection on a work-stealing runtime
     /// (tokio's multi-threaded one): a future that reads its neighbours' answers wakes its
     /// own task while it runs, which such a scheduler answers by waking another worker, one

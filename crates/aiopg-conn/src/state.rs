@@ -67,8 +67,8 @@ pub(crate) const DRIVER: u64 = u64::MAX - 2;
 /// are in flight (see [`State::wants_auto_driver`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AutoDriver {
-    /// Never: the runtime's self-wakes are cheap, the options say no, or the owner runs a
-    /// driver of its own.
+    /// Never: the runtime's self-wakes are cheap, or the options say no (an owner's own
+    /// driver, while it runs, also keeps one from starting).
     Off,
     /// When the next request finds another caller's request unanswered.
     Ready,
@@ -253,7 +253,6 @@ impl State {
         self.notifications.set_capacity(capacity);
     }
 
-    /// True while requests are queued or on the wire without their answer yet.
     /// Lets the connection start a driver task by itself for concurrent callers (`on`), or
     /// never again.
     pub(crate) fn set_auto_driver(&mut self, on: bool) {
@@ -300,6 +299,7 @@ impl State {
         self.driver.is_some()
     }
 
+    /// True while requests are queued or on the wire without their answer yet.
     pub(crate) fn has_unanswered(&self) -> bool {
         self.queue.len() > self.answered
     }
